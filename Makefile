@@ -1,0 +1,24 @@
+# Two commands do all set-up on a fresh machine: `make demo` (the main job) and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel by default, so pip never pulls several GB of CUDA packages onto a CPU machine. On a GPU machine,
+# install your CUDA build of torch into .venv first (see README); an installed torch is kept.
+TORCH_SPEC ?= torch==2.13.0
+
+$(VENV)/installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+.PHONY: demo test bench
+demo: $(VENV)/installed
+	$(BIN)/storybook --home demo demo
+
+test: $(VENV)/installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+bench: $(VENV)/installed
+	$(BIN)/python bench/train.py

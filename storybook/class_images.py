@@ -1,0 +1,49 @@
+"""Prior-preservation class images: generated once by the base model, cached per (model, class noun), reused."""
+
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from tqdm.auto import tqdm
+
+from storybook.storage import slugify
+
+BATCH = 4  # small batches: generating class images is where SD 1.5 training used to run out of memory
+
+
+def class_prompt(class_noun: str) -> str:
+    """The caption of the class images, e.g. 'a photo of toddler'."""
+    return f"a photo of {class_noun}"
+
+
+def class_image_dir(home: Path, model_fingerprint: str, class_noun: str) -> Path:
+    """Where the class images of this base model and class noun are cached."""
+    return home / "cache" / "class-images" / model_fingerprint / slugify(class_noun)
+
+
+def ensure_class_images(
+    pipeline: DiffusionPipeline,
+    folder: Path,
+    class_noun: str,
+    count: int,
+    steps: int,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Return `count` class images in `folder`, generating only the missing ones (image i always uses seed i)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{index:04d}.png" for index in range(count)]
+    missing = [index for index, path in enumerate(paths) if not path.exists()]
+    with tqdm(total=len(missing), desc="class images", disable=not show_progress or not missing) as progress:
+        for start in range(0, len(missing), BATCH):
+            batch = missing[start : start + BATCH]
+            images = pipeline(
+                [class_prompt(class_noun)] * len(batch),
+                num_inference_steps=steps,
+                generator=[torch.Generator("cpu").manual_seed(index) for index in batch],
+            ).images
+            for index, image in zip(batch, images, strict=True):
+                partial = paths[index].with_suffix(".tmp.png")
+                image.save(partial)
+                partial.replace(paths[index])
+            progress.update(len(batch))
+    return paths

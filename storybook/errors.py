@@ -1,0 +1,34 @@
+"""One exception hierarchy: every message says what happened and what to do next."""
+
+
+class StorybookError(Exception):
+    """Base of all errors the CLI and the app show to a user without a traceback."""
+
+
+class InvalidNameError(StorybookError):
+    """A character or book name that cannot become a safe folder name."""
+
+
+class PhotoError(StorybookError):
+    """One or more photos cannot be used; `problems` maps each file to what is wrong with it."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = problems
+        lines = [f"{path}: {problem}" for path, problem in problems.items()]
+        super().__init__("Some photos cannot be used:\n  " + "\n  ".join(lines))
+
+
+class CharacterError(StorybookError):
+    """A character is missing, already exists, or its files are damaged."""
+
+
+class ModelError(StorybookError):
+    """A base model or identity cannot be found or does not fit."""
+
+
+class TrainingError(StorybookError):
+    """Identity training cannot start or continue."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped early (Ctrl-C); a checkpoint was saved and `--resume` continues from it."""

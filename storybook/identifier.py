@@ -1,0 +1,42 @@
+"""Choosing the rare identifier token that a character's identity is bound to ("a photo of zorv toddler")."""
+
+import hashlib
+import random
+
+from transformers import PreTrainedTokenizerBase
+from wordfreq import zipf_frequency
+
+CONSONANTS = "bdfgklmnprstvwxz"
+VOWELS = "aeiou"
+CANDIDATES = 400
+
+
+def is_english_word(text: str) -> bool:
+    """True when `text` appears in wordfreq's English word list (any frequency at all)."""
+    return zipf_frequency(text, "en") > 0
+
+
+def candidate_tokens(seed_text: str) -> list[str]:
+    """Pronounceable 3-4 letter strings (consonant-vowel-consonant[-consonant]), in an order seeded by `seed_text`."""
+    rng = random.Random(hashlib.sha256(seed_text.encode()).digest())
+    candidates = []
+    for _ in range(CANDIDATES):
+        letters = [rng.choice(CONSONANTS), rng.choice(VOWELS), rng.choice(CONSONANTS)]
+        if rng.random() < 0.5:
+            letters.append(rng.choice(CONSONANTS))
+        candidates.append("".join(letters))
+    return list(dict.fromkeys(candidates))
+
+
+def choose_token(tokenizer: PreTrainedTokenizerBase, seed_text: str, taken: set[str], avoid: str = "") -> str:
+    """Pick the identifier for a new character: not an English word, as few tokenizer pieces as possible.
+
+    `taken` holds the tokens of the registry's other characters and `avoid` text (class noun, name) the token must
+    not occur in. The choice is deterministic for `seed_text`.
+    """
+    usable = [
+        token
+        for token in candidate_tokens(seed_text)
+        if token not in taken and token not in avoid.lower() and not is_english_word(token)
+    ]
+    return min(usable, key=lambda token: len(tokenizer.tokenize(token)))

@@ -1,0 +1,145 @@
+"""Base models: find them (hub id, local diffusers folder or the embedded tiny model), load them, fingerprint them."""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from storybook.errors import ModelError
+from storybook.storage import atomic_write_text
+from storybook.tiny_model import make_tiny
+
+TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, built under <home>/models/tiny on first use
+DEFAULT_MODEL = TINY_MODEL
+SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
+SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"} | SDXL_PIPELINES
+
+
+def tiny_model_path(home: Path) -> Path:
+    """The folder of the embedded tiny model under `home`, built (about 30 s on a CPU) when missing."""
+    folder = home / "models" / TINY_MODEL
+    if not (folder / "model_index.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tiny-"))
+        make_tiny(building)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(building, folder)
+    return folder
+
+
+def resolve_model(model: str, home: Path) -> str:
+    """Return what `from_pretrained` should load for `model`: the tiny model's folder, a local folder, or a hub id.
+
+    Raises ModelError when `model` looks like a local path but holds no diffusers pipeline.
+    """
+    if model == TINY_MODEL:
+        return str(tiny_model_path(home))
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")):
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json). Give a folder saved with "
+                "`save_pretrained`, a hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5', or 'tiny'."
+            )
+        return str(path.resolve())
+    return model
+
+
+def model_family(model_path: str) -> str:
+    """'sd' (SD 1.x/2.x) or 'sdxl', read from the pipeline's model_index.json.
+
+    Raises ModelError for pipelines storybook cannot personalise.
+    """
+    index_file = Path(model_path) / "model_index.json"
+    if not index_file.is_file():
+        return "sd"  # a hub id not downloaded yet; loading will tell
+    class_name = json.loads(index_file.read_text())["_class_name"]
+    if class_name not in SD_PIPELINES:
+        raise ModelError(f"{model_path} is a {class_name}; storybook works with Stable Diffusion 1.x/2.x and SDXL.")
+    return "sdxl" if class_name in SDXL_PIPELINES else "sd"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The device to run on: `device` if given, else CUDA, else Apple MPS, else the CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """The weight dtype: `dtype` ('fp32', 'fp16', 'bf16') if given, else fp16 on CUDA and MPS and fp32 on the CPU."""
+    names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype:
+        if dtype not in names:
+            raise ModelError(f"Unknown dtype {dtype!r}: use one of {', '.join(names)}.")
+        return names[dtype]
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def load_pipeline(
+    model: str, home: Path, device: str | None = None, dtype: str | None = None
+) -> tuple[DiffusionPipeline, str]:
+    """Load `model` (see `resolve_model`) on the chosen device and dtype; return the pipeline and its resolved path.
+
+    Raises ModelError with what was looked for and how to provide it when the weights are not available.
+    """
+    model_path = resolve_model(model, home)
+    model_family(model_path)
+    torch_device = pick_device(device)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(
+            model_path, torch_dtype=pick_dtype(torch_device, dtype), safety_checker=None
+        )
+    except (OSError, ValueError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise ModelError(
+            f"Could not load the base model {model!r}: it is not a local diffusers folder and is not in the Hugging "
+            f"Face cache{' (HF_HUB_OFFLINE is set, so nothing is downloaded)' if offline else ''}. Download it on a "
+            f"machine with network (`hf download {model}`), pass a local folder with --model, or use --model tiny. "
+            f"Details: {error}"
+        ) from error
+    if type(pipeline).__name__ not in SD_PIPELINES:
+        raise ModelError(
+            f"{model} loads as {type(pipeline).__name__}; storybook needs Stable Diffusion 1.x/2.x or SDXL."
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(torch_device), model_path
+
+
+def model_folder(model_path: str) -> Path:
+    """The local folder holding `model_path`'s files (a hub id resolves to its cached snapshot)."""
+    if Path(model_path).is_dir():
+        return Path(model_path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_path, local_files_only=True, allow_patterns=["model_index.json", "unet/*"]))
+
+
+def model_fingerprint(model_path: str, home: Path) -> str:
+    """SHA-256 (first 16 hex digits) of the UNet weights of `model_path`; cached per file size and mtime under home."""
+    weight_files = sorted((model_folder(model_path) / "unet").glob("*.safetensors")) or sorted(
+        (model_folder(model_path) / "unet").glob("*.bin")
+    )
+    if not weight_files:
+        raise ModelError(f"{model_path} has no UNet weights under unet/: is the download complete?")
+    cache_file = home / "cache" / "model-fingerprints.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    key = "|".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in weight_files)
+    if key not in cache:
+        digest = hashlib.sha256()
+        for path in weight_files:
+            with path.open("rb") as weights:
+                while chunk := weights.read(1 << 24):
+                    digest.update(chunk)
+        cache[key] = digest.hexdigest()[:16]
+        atomic_write_text(cache_file, json.dumps(cache, indent=1))
+    return cache[key]

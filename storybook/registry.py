@@ -1,0 +1,166 @@
+"""The character registry: each character is a folder under <home>/characters/<slug>/ described by character.json.
+
+Layout: character.json, photos/ (originals, untouched), prepared/ (square crops), identity/ (trained artifact),
+samples/ (validation grids), checkpoints/ (while training).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+from transformers import CLIPTokenizer
+
+from storybook.errors import CharacterError
+from storybook.identifier import choose_token
+from storybook.photos import load_photos, prepare_photo
+from storybook.storage import atomic_write_text, slugify
+
+SCHEMA_VERSION = 1
+PREPARED_MAX_SIDE = 1024  # crops are kept at up to SDXL's size; training resizes them to its model's resolution
+
+
+class PhotoRecord(BaseModel):
+    """One registered photo: the parent's file name, the stored original and its prepared crop."""
+
+    original_name: str
+    stored: str  # relative to the character folder
+    prepared: str
+    sha256: str
+
+
+class Character(BaseModel):
+    """character.json: who the character is and which token its identity is bound to."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    slug: str
+    class_noun: str
+    description: str = ""
+    token: str
+    photos: list[PhotoRecord]
+    created_at: datetime
+
+    @property
+    def instance_prompt(self) -> str:
+        """The training caption of the character's photos, e.g. 'a photo of zorv toddler'."""
+        return f"a photo of {self.token} {self.class_noun}"
+
+
+def characters_root(home: Path) -> Path:
+    """The folder holding every character of the data root `home`."""
+    return home / "characters"
+
+
+def character_dir(home: Path, name: str) -> Path:
+    """The folder of character `name` (a display name or slug); refuses unsafe names."""
+    return characters_root(home) / slugify(name)
+
+
+def load_character(home: Path, name: str) -> Character:
+    """Read character.json of `name`. Raises CharacterError when it is missing, damaged or from a newer version."""
+    folder = character_dir(home, name)
+    record = folder / "character.json"
+    if not record.is_file():
+        known = ", ".join(c.name for c in list_characters(home)) or "none yet"
+        raise CharacterError(f"No character named {name!r} (known: {known}). Add one with `storybook character add`.")
+    try:
+        data = json.loads(record.read_text())
+    except json.JSONDecodeError as error:
+        raise CharacterError(f"{record} is damaged ({error}); remove and add the character again.") from error
+    if data.get("schema_version", 0) > SCHEMA_VERSION:
+        raise CharacterError(f"{record} was written by a newer storybook; upgrade storybook to use it.")
+    try:
+        return Character.model_validate(data)
+    except ValidationError as error:
+        raise CharacterError(f"{record} is not a valid character file: {error}") from error
+
+
+def save_character(home: Path, character: Character) -> None:
+    """Write character.json atomically."""
+    atomic_write_text(character_dir(home, character.slug) / "character.json", character.model_dump_json(indent=2))
+
+
+def list_characters(home: Path) -> list[Character]:
+    """Every registered character, sorted by slug (folders without a character.json are ignored)."""
+    root = characters_root(home)
+    if not root.is_dir():
+        return []
+    return [
+        load_character(home, folder.name) for folder in sorted(root.iterdir()) if (folder / "character.json").is_file()
+    ]
+
+
+def add_character(
+    home: Path,
+    name: str,
+    photo_paths: Sequence[Path],
+    tokenizer: CLIPTokenizer,
+    class_noun: str = "toddler",
+    description: str = "",
+) -> Character:
+    """Register a character from photos: check them, keep the originals, save square crops, choose its token.
+
+    Everything is built in a hidden folder and moved into place at the end, so a failure leaves nothing behind.
+    Raises InvalidNameError, CharacterError (name taken) or PhotoError (listing every bad photo).
+    """
+    slug = slugify(name)
+    folder = characters_root(home) / slug
+    if folder.exists():
+        raise CharacterError(f"A character named {name!r} already exists; pick another name or remove it first.")
+    images = load_photos(photo_paths)
+    taken = {character.token for character in list_characters(home)}
+    token = choose_token(tokenizer, seed_text=slug, taken=taken, avoid=f"{class_noun} {name}")
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".adding-{slug}-"))
+    try:
+        (building / "photos").mkdir()
+        (building / "prepared").mkdir()
+        records = []
+        for index, (path, image) in enumerate(zip(photo_paths, images, strict=True)):
+            original = Path(path).read_bytes()
+            stored = f"photos/{index:02d}{Path(path).suffix.lower()}"
+            (building / stored).write_bytes(original)
+            prepared = f"prepared/{index:02d}.png"
+            prepare_photo(image, min(PREPARED_MAX_SIDE, min(image.size))).save(building / prepared)
+            records.append(
+                PhotoRecord(
+                    original_name=Path(path).name,
+                    stored=stored,
+                    prepared=prepared,
+                    sha256=hashlib.sha256(original).hexdigest(),
+                )
+            )
+        character = Character(
+            name=name.strip(),
+            slug=slug,
+            class_noun=class_noun,
+            description=description,
+            token=token,
+            photos=records,
+            created_at=datetime.now(timezone.utc),
+        )
+        (building / "character.json").write_text(character.model_dump_json(indent=2))
+        os.rename(building, folder)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return character
+
+
+def remove_character(home: Path, name: str) -> Path:
+    """Delete every file of character `name` (photos, crops, identity, samples, checkpoints); return the folder.
+
+    Raises CharacterError when there is no such character.
+    """
+    folder = character_dir(home, name)
+    if not folder.is_dir():
+        raise CharacterError(f"No character named {name!r}; `storybook character list` shows who is registered.")
+    shutil.rmtree(folder)
+    return folder

@@ -1,0 +1,390 @@
+"""Identity training: DreamBooth (full UNet fine-tune) or DreamBooth-LoRA, with prior preservation.
+
+One loop, visible steps: sample cached latents of the photos (and of the class images), add noise, predict it,
+weight the loss, step; checkpoint every N steps and on Ctrl-C; save the identity at the end. Every random draw comes
+from one CPU generator whose state is checkpointed, so a resumed run reaches the same weights as an unbroken one.
+"""
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from storybook import losses
+from storybook.class_images import class_image_dir, class_prompt, ensure_class_images
+from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_lora_identity
+from storybook.models import DEFAULT_MODEL, load_pipeline, model_family, model_fingerprint
+from storybook.registry import Character, character_dir, load_character
+from storybook.storage import atomic_write_text
+from storybook.train_config import Method, TrainingConfig, default_config
+
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class StepReport:
+    """What the progress callback hears after each optimiser step."""
+
+    step: int
+    total: int
+    loss: float
+    elapsed_s: float
+
+
+def validation_prompts(character: Character) -> list[str]:
+    """Prompts rendered into the sample grid at each checkpoint: the token in a few picture-book situations."""
+    subject = f"{character.token} {character.class_noun}"
+    return [character.instance_prompt, f"a {subject} at the beach", f"a {subject} reading a book in bed"]
+
+
+def images_tensor(paths: list[Path], resolution: int) -> torch.Tensor:
+    """Image files resized to `resolution`, in [-1, 1]; shape (N, 3, R, R)."""
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB").resize((resolution, resolution), Image.LANCZOS), np.float32)
+        images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1)
+    return torch.stack(images)
+
+
+class LatentSource:
+    """Latents of a fixed image set: the VAE posterior is computed once (cached) or on every draw (not cached)."""
+
+    def __init__(self, vae, pixels: torch.Tensor, cache: bool):
+        self.vae, self.pixels, self.cache = vae, pixels, cache
+        self.scale = vae.config.scaling_factor
+        if cache:
+            self.mean, self.std = self._posterior(pixels)
+
+    def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        return posterior.mean.float(), posterior.std.float()  # (N, 4, h, w) each
+
+    def means(self) -> torch.Tensor:
+        """The posterior means of every image, scaled for the UNet; (N, 4, h, w)."""
+        return (self.mean if self.cache else self._posterior(self.pixels)[0]) * self.scale
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Draw `batch_size` latents (indices and posterior noise from `generator`), scaled for the UNet."""
+        indices = torch.randint(len(self.pixels), (batch_size,), generator=generator)
+        mean, std = (self.mean[indices], self.std[indices]) if self.cache else self._posterior(self.pixels[indices])
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        return (mean + std * noise) * self.scale
+
+
+def encode_prompt(pipeline: DiffusionPipeline, prompt: str, batch_size: int) -> torch.Tensor:
+    """Text embeddings of `prompt` repeated `batch_size` times; (B, 77, D)."""
+    embeddings, _ = pipeline.encode_prompt(prompt, pipeline.unet.device, batch_size, False)
+    return embeddings
+
+
+def fixed_noise_loss(unet, latents: torch.Tensor, embeddings: torch.Tensor, scheduler: DDPMScheduler) -> float:
+    """Denoising loss on `latents` at 8 evenly spaced timesteps with fixed noise (seed 0): unlike the per-step
+    training loss, which swings with the random timesteps, it is comparable before and after training."""
+    generator = torch.Generator("cpu").manual_seed(0)
+    timesteps = torch.linspace(50, scheduler.config.num_train_timesteps - 50, 8).long()
+    total = 0.0
+    with torch.no_grad():
+        for timestep in timesteps:
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+            t = timestep.repeat(len(latents)).to(latents.device)
+            prediction = unet(scheduler.add_noise(latents, noise, t), t, embeddings[: len(latents)]).sample
+            target = losses.diffusion_target(scheduler, latents, noise, t)
+            total += losses.weighted_mse(prediction, target, torch.ones(len(latents), device=latents.device)).item()
+    return total / len(timesteps)
+
+
+def trainable_state(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The trainable parameters of `model` by name (prefixed), detached on the CPU, for checkpoints."""
+    return {f"{prefix}{name}": p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint under `folder`, or None."""
+    checkpoints = sorted(folder.glob("step-*")) if folder.is_dir() else []
+    return checkpoints[-1] if checkpoints else None
+
+
+def train_identity(
+    home: Path,
+    name: str,
+    method: Method = "lora",
+    model: str = DEFAULT_MODEL,
+    overrides: dict | None = None,
+    resume: bool = False,
+    export_kohya: bool = False,
+    device: str | None = None,
+    show_progress: bool = True,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> IdentityMetadata:
+    """Train the identity of character `name` on base `model` and save it under its identity/ folder.
+
+    `overrides` replaces defaults of `default_config` (e.g. {"steps": 200}). Returns the saved metadata.
+    Raises TrainingError for impossible settings or resume mismatches, TrainingInterrupted after Ctrl-C (with a
+    checkpoint saved), and ModelError when the base model cannot be loaded.
+    """
+    character = load_character(home, name)
+    folder = character_dir(home, character.slug)
+    checkpoint_root = folder / "checkpoints"
+    started = time.perf_counter()
+
+    pipeline, model_path = load_pipeline(model, home, device=device, dtype="fp32")
+    if model_family(model_path) != "sd":
+        raise TrainingError("Identity training supports Stable Diffusion 1.x/2.x base models for now, not SDXL.")
+    unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
+    unet_parameters = sum(p.numel() for p in unet.parameters())
+    config = default_config(method, unet_parameters).model_copy(update=overrides or {})
+    config = TrainingConfig.model_validate(config.model_dump())  # re-validate the overridden values
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipeline.device.type == "cpu")
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    resolution = unet.config.sample_size * pipeline.vae_scale_factor
+    fingerprint = model_fingerprint(model_path, home)
+
+    # Class images come from the untouched base model, so generate them before any weight changes.
+    class_latents = None
+    if config.prior_preservation and config.num_class_images > 0:
+        class_folder = class_image_dir(home, fingerprint, character.class_noun)
+        class_paths = ensure_class_images(
+            pipeline,
+            class_folder,
+            character.class_noun,
+            config.num_class_images,
+            config.class_image_steps,
+            show_progress,
+        )
+        class_latents = LatentSource(vae, images_tensor(class_paths, resolution), config.cache_latents)
+    instance_latents = LatentSource(
+        vae, images_tensor([folder / record.prepared for record in character.photos], resolution), config.cache_latents
+    )
+
+    # Decide what trains: LoRA adapters on attention, or the whole UNet; the text encoder optionally. Frozen weights
+    # run in the mixed-precision dtype to save memory; trained ones stay fp32.
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+    vae.to(dtype=weight_dtype)
+    if not config.train_text_encoder:
+        text_encoder.to(dtype=weight_dtype)
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(config.train_text_encoder and method == "dreambooth")
+    torch.manual_seed(config.seed)  # LoRA's initial A matrices
+    if method == "lora":
+        unet.requires_grad_(False)
+        unet.to(dtype=weight_dtype)
+        unet.add_adapter(
+            LoraConfig(
+                r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS
+            )
+        )
+        if config.train_text_encoder:
+            text_encoder.add_adapter(
+                LoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.rank,
+                    init_lora_weights="gaussian",
+                    target_modules=TEXT_LORA_TARGETS,
+                )
+            )
+    else:
+        unet.requires_grad_(True)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    trained_models = [unet, text_encoder] if config.train_text_encoder else [unet]
+    cast_training_params(trained_models, dtype=torch.float32)
+    parameters = [p for m in trained_models for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-2)
+    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+
+    # Text embeddings are fixed while the text encoder is frozen: compute them once.
+    def prompt_embeddings() -> torch.Tensor:
+        """(B or 2B, 77, D): the instance caption, then the class caption when preserving the prior."""
+        instance = encode_prompt(pipeline, character.instance_prompt, config.batch_size)
+        if class_latents is None:
+            return instance
+        return torch.cat([instance, encode_prompt(pipeline, class_prompt(character.class_noun), config.batch_size)])
+
+    cached_embeddings = None
+    if not config.train_text_encoder:
+        with torch.no_grad():
+            cached_embeddings = prompt_embeddings()
+
+    def photo_loss() -> float:
+        """`fixed_noise_loss` of the character's photos under their caption: falls as the identity is learned."""
+        with torch.no_grad():
+            embeddings = encode_prompt(pipeline, character.instance_prompt, len(character.photos))
+        return fixed_noise_loss(unet, instance_latents.means(), embeddings, noise_scheduler)
+
+    generator = torch.Generator("cpu").manual_seed(config.seed)
+    step, loss_history = 0, []
+    checkpoint = latest_checkpoint(checkpoint_root) if resume else None
+    if resume and checkpoint is None:
+        raise TrainingError(f"No checkpoint to resume for {character.name}; train without --resume.")
+    if checkpoint is not None:
+        state = json.loads((checkpoint / "state.json").read_text())
+        saved_config = TrainingConfig.model_validate(state["config"])
+        if saved_config.model_copy(update={"steps": config.steps}) != config:
+            raise TrainingError(f"{checkpoint} was made with other settings ({saved_config}); train without --resume.")
+        weights = load_file(checkpoint / "trainable.safetensors")
+        for prefix, trained in (("unet.", unet), ("text_encoder.", text_encoder)):
+            named = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            if named:
+                unexpected = accelerator.unwrap_model(trained).load_state_dict(named, strict=False).unexpected_keys
+                if unexpected:
+                    raise TrainingError(f"{checkpoint} does not fit this model ({unexpected[0]}, ...).")
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        generator.set_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+        step, loss_history, photo_loss_before = state["step"], state["loss_history"], state["photo_loss_before"]
+        started -= state["elapsed_s"]
+    else:
+        shutil.rmtree(checkpoint_root, ignore_errors=True)  # a fresh run: stale checkpoints must not be resumed
+        photo_loss_before = photo_loss()
+
+    def save_checkpoint(rng_state: torch.Tensor) -> None:
+        """Write checkpoint step-NNNNNN atomically (temp folder, rename), then drop the older ones."""
+        target = checkpoint_root / f"step-{step:06d}"
+        if target.exists():
+            return
+        partial = checkpoint_root / f".partial-{step:06d}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        weights = trainable_state(accelerator.unwrap_model(unet), "unet.")
+        weights |= trainable_state(accelerator.unwrap_model(text_encoder), "text_encoder.")
+        save_file(weights, partial / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(rng_state, partial / "rng.pt")
+        state = {
+            "step": step,
+            "loss_history": loss_history,
+            "elapsed_s": time.perf_counter() - started,
+            "config": config.model_dump(),
+        }
+        (partial / "state.json").write_text(json.dumps(state))
+        partial.rename(target)
+        for older in checkpoint_root.glob("step-*"):
+            if older != target:
+                shutil.rmtree(older)
+
+    progress = tqdm(total=config.steps, initial=step, desc=f"training {character.name}", disable=not show_progress)
+    unet.train()
+    try:
+        while step < config.steps:
+            rng_at_step_start = generator.get_state()  # what a checkpoint taken mid-step must record
+            step_loss = 0.0
+            for _ in range(config.grad_accum):
+                latents = instance_latents.sample(config.batch_size, generator)  # (B, 4, h, w)
+                if class_latents is not None:
+                    latents = torch.cat([latents, class_latents.sample(config.batch_size, generator)])  # (2B, ...)
+                latents = latents.to(accelerator.device)
+                noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+                noise = losses.offset_noise(noise, config.offset_noise, generator)
+                timesteps = torch.randint(
+                    noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator
+                ).to(latents.device)
+                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                embeddings = cached_embeddings if cached_embeddings is not None else prompt_embeddings()
+                with accelerator.autocast():
+                    prediction = unet(noisy_latents, timesteps, embeddings).sample
+                target = losses.diffusion_target(noise_scheduler, latents, noise, timesteps)
+                weights = losses.min_snr_weights(noise_scheduler, timesteps, config.snr_gamma)
+                if class_latents is None:
+                    loss = losses.weighted_mse(prediction, target, weights)
+                else:
+                    b = config.batch_size
+                    loss = losses.prior_preservation_loss(
+                        losses.weighted_mse(prediction[:b], target[:b], weights[:b]),
+                        losses.weighted_mse(prediction[b:], target[b:], weights[b:]),
+                        config.prior_loss_weight,
+                    )
+                accelerator.backward(loss / config.grad_accum)
+                step_loss += loss.item() / config.grad_accum
+            accelerator.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_history.append(step_loss)
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            if on_step:
+                on_step(StepReport(step, config.steps, step_loss, time.perf_counter() - started))
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                save_checkpoint(generator.get_state())
+                save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
+    except KeyboardInterrupt:
+        save_checkpoint(rng_at_step_start)
+        raise TrainingInterrupted(
+            f"Training of {character.name} stopped at step {step}/{config.steps}; a checkpoint was saved. "
+            f"Continue with `storybook character train {character.slug} --method {method} --resume`."
+        ) from None
+    finally:
+        progress.close()
+
+    photo_loss_after = photo_loss()
+    unet = accelerator.unwrap_model(unet)
+    text_encoder = accelerator.unwrap_model(text_encoder) if config.train_text_encoder else None
+    identity_folder = folder / "identity"
+    partial = folder / ".identity-partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    if method == "lora":
+        files = save_lora_identity(partial, unet, text_encoder, export_kohya)
+    else:
+        files = save_dreambooth_identity(partial, unet, text_encoder)
+    metadata = IdentityMetadata(
+        character=character.slug,
+        token=character.token,
+        class_noun=character.class_noun,
+        method=method,
+        base_model=model,
+        base_model_fingerprint=fingerprint,
+        cross_attention_dim=unet.config.cross_attention_dim,
+        resolution=resolution,
+        config=config,
+        steps_done=step,
+        final_loss=loss_history[-1],
+        loss_history=loss_history,
+        photo_loss_before=photo_loss_before,
+        photo_loss_after=photo_loss_after,
+        wall_time_s=time.perf_counter() - started,
+        photo_sha256=[record.sha256 for record in character.photos],
+        files=files,
+        created_at=datetime.now(timezone.utc),
+    )
+    atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
+    save_samples(pipeline, character, folder / "samples" / "final.png")
+    shutil.rmtree(identity_folder, ignore_errors=True)
+    partial.rename(identity_folder)
+    shutil.rmtree(checkpoint_root, ignore_errors=True)
+    return metadata
+
+
+def save_samples(pipeline: DiffusionPipeline, character: Character, path: Path, steps: int = 20) -> Path:
+    """Render the validation prompts with the current weights (seeds 0..n-1) and save them side by side at `path`."""
+    prompts = validation_prompts(character)
+    was_training = pipeline.unet.training
+    pipeline.unet.eval()
+    images = pipeline(
+        prompts,
+        num_inference_steps=steps,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in range(len(prompts))],
+    ).images
+    pipeline.unet.train(was_training)
+    grid = Image.new("RGB", (sum(image.width for image in images), images[0].height))
+    for index, image in enumerate(images):
+        grid.paste(image, (index * image.width, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

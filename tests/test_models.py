@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from storybook.errors import ModelError
+from storybook.models import load_pipeline, model_family, model_fingerprint, pick_dtype, resolve_model
+
+
+def test_tiny_model_is_a_diffusers_folder_loaded_by_from_pretrained(home):
+    folder = home / "models" / "tiny"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for part in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]:
+        assert (folder / part).is_dir()
+    assert list((folder / "unet").glob("*.safetensors"))
+    pipeline, path = load_pipeline("tiny", home)
+    assert isinstance(pipeline, StableDiffusionPipeline) and path == str(folder)
+    assert model_family(path) == "sd"
+
+
+def test_generation_is_deterministic_for_a_seed(home):
+    pipeline, _ = load_pipeline("tiny", home)
+
+    def image(seed):
+        generator = torch.Generator("cpu").manual_seed(seed)
+        return pipeline("a red picture", num_inference_steps=5, generator=generator, output_type="np").images[0]
+
+    assert np.array_equal(image(3), image(3))
+    assert not np.array_equal(image(3), image(4))
+
+
+def test_missing_weights_give_an_actionable_error(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE") as error:
+        load_pipeline("nobody/no-such-model", home)
+    assert "--model" in str(error.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="model_index.json"):
+        resolve_model(str(empty), home)
+
+
+def test_other_pipelines_are_refused(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ModelError, match="FluxPipeline"):
+        model_family(str(tmp_path))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert model_family(str(tmp_path)) == "sdxl"
+
+
+def test_dtype_defaults_follow_the_device():
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.float16
+    assert pick_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
+    with pytest.raises(ModelError):
+        pick_dtype(torch.device("cpu"), "fp8")
+
+
+def test_fingerprint_is_stable_and_cached(home):
+    path = resolve_model("tiny", home)
+    first = model_fingerprint(path, home)
+    assert len(first) == 16 and model_fingerprint(path, home) == first
+    assert (home / "cache" / "model-fingerprints.json").exists()

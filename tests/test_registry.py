@@ -1,0 +1,101 @@
+import json
+
+import pytest
+from PIL import Image
+
+from storybook import registry
+from storybook.errors import CharacterError, InvalidNameError, PhotoError
+from storybook.tiny_model import build_tokenizer
+
+TOKENIZER = build_tokenizer()
+
+
+def add(home, name, photos, **kwargs):
+    return registry.add_character(home, name, photos, TOKENIZER, **kwargs)
+
+
+def test_add_writes_record_originals_and_square_crops(tmp_path, sample_photos):
+    character = add(tmp_path, "Mia Rose", sample_photos, description="curly red hair")
+    folder = tmp_path / "characters" / "mia-rose"
+    assert character.slug == "mia-rose"
+    saved = json.loads((folder / "character.json").read_text())
+    assert saved["token"] == character.token and saved["schema_version"] == registry.SCHEMA_VERSION
+    assert len(list((folder / "photos").iterdir())) == len(sample_photos)
+    for record, original in zip(character.photos, sample_photos, strict=True):
+        assert (folder / record.stored).read_bytes() == original.read_bytes()  # originals kept untouched
+        with Image.open(folder / record.prepared) as crop:
+            assert crop.width == crop.height and crop.mode == "RGB"
+    assert character.instance_prompt == f"a photo of {character.token} toddler"
+
+
+def test_characters_get_distinct_tokens_and_are_listed(tmp_path, sample_photos):
+    first = add(tmp_path, "Mia", sample_photos)
+    second = add(tmp_path, "Leo", sample_photos[:3], class_noun="boy")
+    assert first.token != second.token
+    assert [c.slug for c in registry.list_characters(tmp_path)] == ["leo", "mia"]
+    assert registry.load_character(tmp_path, "Leo").class_noun == "boy"
+
+
+def test_duplicate_and_unsafe_names_are_refused(tmp_path, sample_photos):
+    add(tmp_path, "Mia", sample_photos)
+    with pytest.raises(CharacterError, match="already exists"):
+        add(tmp_path, "mia", sample_photos)
+    for bad in ["../escape", "/abs/path", ""]:
+        with pytest.raises(InvalidNameError):
+            add(tmp_path, bad, sample_photos)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_bad_photo_leaves_nothing_behind(tmp_path, sample_photos):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(PhotoError) as error:
+        add(tmp_path, "Mia", [*sample_photos, corrupt])
+    assert str(corrupt) in error.value.problems
+    characters = tmp_path / "characters"
+    assert not characters.exists() or list(characters.iterdir()) == []
+
+
+def test_failure_while_preparing_leaves_nothing_behind(tmp_path, sample_photos, monkeypatch):
+    calls = []
+
+    def fail_on_third(image, resolution):
+        calls.append(image)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return image
+
+    monkeypatch.setattr(registry, "prepare_photo", fail_on_third)
+    with pytest.raises(OSError):
+        add(tmp_path, "Mia", sample_photos)
+    assert list((tmp_path / "characters").iterdir()) == []  # not even the hidden folder it was built in
+
+
+def test_remove_deletes_every_file(tmp_path, sample_photos):
+    add(tmp_path, "Mia", sample_photos)
+    folder = tmp_path / "characters" / "mia"
+    (folder / "identity").mkdir()
+    (folder / "identity" / "weights.safetensors").write_bytes(b"x")
+    registry.remove_character(tmp_path, "Mia")
+    assert not folder.exists()
+    assert list((tmp_path / "characters").iterdir()) == []
+    with pytest.raises(CharacterError):
+        registry.remove_character(tmp_path, "Mia")
+
+
+def test_damaged_or_newer_record_gives_clear_error(tmp_path, sample_photos):
+    add(tmp_path, "Mia", sample_photos)
+    record = tmp_path / "characters" / "mia" / "character.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "schema_version": 99}))
+    with pytest.raises(CharacterError, match="newer storybook"):
+        registry.load_character(tmp_path, "Mia")
+    record.write_text("{ half a file")
+    with pytest.raises(CharacterError, match="damaged"):
+        registry.load_character(tmp_path, "Mia")
+
+
+def test_missing_character_names_the_known_ones(tmp_path, sample_photos):
+    add(tmp_path, "Mia", sample_photos)
+    with pytest.raises(CharacterError, match="Mia"):
+        registry.load_character(tmp_path, "Nobody")

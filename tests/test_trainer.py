@@ -1,0 +1,125 @@
+"""Identity training on the tiny model: it learns, resumes exactly, and its artifacts load into fresh pipelines."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from storybook import registry
+from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.identity import KOHYA_FILE, LORA_FILE, load_identity, read_identity
+from storybook.tiny_model import build_tokenizer
+from storybook.trainer import train_identity
+
+pytestmark = pytest.mark.slow
+FAST = {"num_class_images": 4, "class_image_steps": 4, "checkpoint_every": 10}
+
+
+@pytest.fixture
+def mia(home, sample_photos):
+    """The sample toddler registered in a fresh data root."""
+    return registry.add_character(home, "Mia", sample_photos, build_tokenizer())
+
+
+def fresh_pipeline(home) -> StableDiffusionPipeline:
+    pipeline = StableDiffusionPipeline.from_pretrained(home / "models" / "tiny")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def render(pipeline, prompt: str, seeds=(0, 1, 2)) -> np.ndarray:
+    """Images for `prompt` at fixed seeds as floats in [0, 1]; (N, H, W, 3)."""
+    images = pipeline(
+        [prompt] * len(seeds),
+        num_inference_steps=10,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        output_type="np",
+    ).images
+    return np.asarray(images)
+
+
+def photo_colour(home, character) -> np.ndarray:
+    """Mean RGB of the character's prepared photos, in [0, 1]."""
+    from PIL import Image
+
+    folder = registry.character_dir(home, character.slug)
+    crops = [np.asarray(Image.open(folder / r.prepared).convert("RGB"), np.float32) / 255 for r in character.photos]
+    return np.mean([crop.mean(axis=(0, 1)) for crop in crops], axis=0)
+
+
+def test_lora_learns_the_character_and_loads_into_a_fresh_pipeline(home, mia):
+    before = render(fresh_pipeline(home), mia.instance_prompt)
+    metadata = train_identity(home, "Mia", "lora", overrides=FAST, export_kohya=True, show_progress=False)
+
+    assert metadata.photo_loss_after < 0.9 * metadata.photo_loss_before  # the photos' denoising loss fell
+
+    pipeline = fresh_pipeline(home)
+    identity = load_identity(pipeline, registry.character_dir(home, "Mia") / "identity", adapter_name="mia")
+    assert identity.token == mia.token and identity.method == "lora"
+    after = render(pipeline, mia.instance_prompt)
+    assert not np.allclose(before, after, atol=1e-3)  # the LoRA changes the output
+    target = photo_colour(home, mia)
+    distance_before = np.abs(before.mean(axis=(1, 2)) - target).mean()
+    distance_after = np.abs(after.mean(axis=(1, 2)) - target).mean()
+    assert distance_after < distance_before  # ...toward the colours of the photos
+
+    folder = registry.character_dir(home, "Mia")
+    assert (folder / "samples" / "final.png").exists()
+    assert not (folder / "checkpoints").exists()  # cleaned up after success
+    kohya_keys = list(load_file(folder / "identity" / KOHYA_FILE))
+    assert kohya_keys and all(key.startswith("lora_unet_") for key in kohya_keys)
+    assert metadata.photo_sha256 == [p.sha256 for p in mia.photos]
+    assert read_identity(folder / "identity").files == [LORA_FILE, KOHYA_FILE]
+
+
+def test_interrupted_training_resumes_to_the_same_weights(home, mia):
+    settings = {**FAST, "steps": 20, "checkpoint_every": 5}
+    uninterrupted = train_identity(home, "Mia", "lora", overrides=settings, show_progress=False)
+    folder = registry.character_dir(home, "Mia")
+    expected = load_file(folder / "identity" / LORA_FILE)
+
+    def ctrl_c_at_step_13(report):
+        if report.step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train_identity(home, "Mia", "lora", overrides=settings, show_progress=False, on_step=ctrl_c_at_step_13)
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000013"]
+    with pytest.raises(TrainingError, match="other settings"):
+        train_identity(home, "Mia", "lora", overrides={**settings, "rank": 8}, resume=True, show_progress=False)
+
+    resumed = train_identity(home, "Mia", "lora", overrides=settings, resume=True, show_progress=False)
+    assert resumed.loss_history == pytest.approx(uninterrupted.loss_history, rel=1e-4)
+    weights = load_file(folder / "identity" / LORA_FILE)
+    assert weights.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_without_checkpoint_is_refused(home, mia):
+    with pytest.raises(TrainingError, match="No checkpoint"):
+        train_identity(home, "Mia", "lora", overrides=FAST, resume=True, show_progress=False)
+
+
+def test_dreambooth_fine_tunes_the_unet_and_swaps_it_in(home, mia):
+    base = fresh_pipeline(home)
+    before = render(base, mia.instance_prompt)
+    metadata = train_identity(home, "Mia", "dreambooth", overrides=FAST, show_progress=False)
+    assert metadata.photo_loss_after < 0.9 * metadata.photo_loss_before
+
+    pipeline = fresh_pipeline(home)
+    load_identity(pipeline, registry.character_dir(home, "Mia") / "identity", adapter_name="mia")
+    after = render(pipeline, mia.instance_prompt)
+    target = photo_colour(home, mia)
+    assert np.abs(after.mean(axis=(1, 2)) - target).mean() < np.abs(before.mean(axis=(1, 2)) - target).mean()
+
+
+def test_class_images_are_cached_and_reused(home, mia, sample_photos):
+    train_identity(home, "Mia", "lora", overrides={**FAST, "steps": 2}, show_progress=False)
+    class_images = sorted((home / "cache" / "class-images").rglob("*.png"))
+    assert len(class_images) == FAST["num_class_images"]
+    stamps = [p.stat().st_mtime_ns for p in class_images]
+    registry.add_character(home, "Leo", sample_photos[:3], build_tokenizer())
+    train_identity(home, "Leo", "lora", overrides={**FAST, "steps": 2}, show_progress=False)
+    assert [p.stat().st_mtime_ns for p in sorted((home / "cache" / "class-images").rglob("*.png"))] == stamps
