@@ -119,7 +119,7 @@ def load_identity(
         pipeline.load_lora_weights(folder, weight_name=LORA_FILE, adapter_name=adapter_name)
         return metadata
     dtype, device = pipeline.unet.dtype, pipeline.unet.device
-    pipeline.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype).to(device)
+    pipeline.unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype).to(device)
     if (folder / "text_encoder").is_dir():
-        pipeline.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).to(device)
+        pipeline.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype).to(device)
     return metadata

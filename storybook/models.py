@@ -97,7 +97,7 @@ def load_pipeline(
     torch_device = pick_device(device)
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            model_path, torch_dtype=pick_dtype(torch_device, dtype), safety_checker=None
+            model_path, dtype=pick_dtype(torch_device, dtype), safety_checker=None
         )
     except (OSError, ValueError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")

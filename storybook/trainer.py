@@ -20,10 +20,10 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from storybook import losses
+from storybook.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from storybook.class_images import class_image_dir, class_prompt, ensure_class_images
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_lora_identity
@@ -110,17 +110,6 @@ def fixed_noise_loss(unet, latents: torch.Tensor, embeddings: torch.Tensor, sche
     return total / len(timesteps)
 
 
-def trainable_state(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """The trainable parameters of `model` by name (prefixed), detached on the CPU, for checkpoints."""
-    return {f"{prefix}{name}": p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint under `folder`, or None."""
-    checkpoints = sorted(folder.glob("step-*")) if folder.is_dir() else []
-    return checkpoints[-1] if checkpoints else None
-
-
 def train_identity(
     home: Path,
     name: str,
@@ -176,15 +165,15 @@ def train_identity(
     # Decide what trains: LoRA adapters on attention, or the whole UNet; the text encoder optionally. Frozen weights
     # run in the mixed-precision dtype to save memory; trained ones stay fp32.
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
-    vae.to(dtype=weight_dtype)
-    if not config.train_text_encoder:
-        text_encoder.to(dtype=weight_dtype)
+    frozen_models = [vae] + ([] if config.train_text_encoder else [text_encoder]) + ([unet] if method == "lora" else [])
+    if weight_dtype != torch.float32:
+        for frozen in frozen_models:
+            frozen.to(dtype=weight_dtype)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(config.train_text_encoder and method == "dreambooth")
     torch.manual_seed(config.seed)  # LoRA's initial A matrices
     if method == "lora":
         unet.requires_grad_(False)
-        unet.to(dtype=weight_dtype)
         unet.add_adapter(
             LoraConfig(
                 r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS
@@ -229,60 +218,37 @@ def train_identity(
         return fixed_noise_loss(unet, instance_latents.means(), embeddings, noise_scheduler)
 
     generator = torch.Generator("cpu").manual_seed(config.seed)
+    trained = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
     step, loss_history = 0, []
     checkpoint = latest_checkpoint(checkpoint_root) if resume else None
     if resume and checkpoint is None:
         raise TrainingError(f"No checkpoint to resume for {character.name}; train without --resume.")
     if checkpoint is not None:
-        state = json.loads((checkpoint / "state.json").read_text())
-        saved_config = TrainingConfig.model_validate(state["config"])
+        saved_config = TrainingConfig.model_validate(json.loads((checkpoint / "state.json").read_text())["config"])
         if saved_config.model_copy(update={"steps": config.steps}) != config:
             raise TrainingError(f"{checkpoint} was made with other settings ({saved_config}); train without --resume.")
-        weights = load_file(checkpoint / "trainable.safetensors")
-        for prefix, trained in (("unet.", unet), ("text_encoder.", text_encoder)):
-            named = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            if named:
-                unexpected = accelerator.unwrap_model(trained).load_state_dict(named, strict=False).unexpected_keys
-                if unexpected:
-                    raise TrainingError(f"{checkpoint} does not fit this model ({unexpected[0]}, ...).")
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        generator.set_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+        state = load_checkpoint(checkpoint, trained, optimizer, generator)
         step, loss_history, photo_loss_before = state["step"], state["loss_history"], state["photo_loss_before"]
         started -= state["elapsed_s"]
     else:
         shutil.rmtree(checkpoint_root, ignore_errors=True)  # a fresh run: stale checkpoints must not be resumed
         photo_loss_before = photo_loss()
 
-    def save_checkpoint(rng_state: torch.Tensor) -> None:
-        """Write checkpoint step-NNNNNN atomically (temp folder, rename), then drop the older ones."""
-        target = checkpoint_root / f"step-{step:06d}"
-        if target.exists():
-            return
-        partial = checkpoint_root / f".partial-{step:06d}"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        weights = trainable_state(accelerator.unwrap_model(unet), "unet.")
-        weights |= trainable_state(accelerator.unwrap_model(text_encoder), "text_encoder.")
-        save_file(weights, partial / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(rng_state, partial / "rng.pt")
+    def checkpoint_now(rng_state: torch.Tensor) -> None:
+        """Save a checkpoint of the run so far, with the RNG state the next step must start from."""
         state = {
-            "step": step,
             "loss_history": loss_history,
+            "photo_loss_before": photo_loss_before,
             "elapsed_s": time.perf_counter() - started,
             "config": config.model_dump(),
         }
-        (partial / "state.json").write_text(json.dumps(state))
-        partial.rename(target)
-        for older in checkpoint_root.glob("step-*"):
-            if older != target:
-                shutil.rmtree(older)
+        save_checkpoint(checkpoint_root, step, trained, optimizer, rng_state, state)
 
     progress = tqdm(total=config.steps, initial=step, desc=f"training {character.name}", disable=not show_progress)
     unet.train()
     try:
+        rng_state = generator.get_state()  # the state the next step starts from: saved with `step` in checkpoints
         while step < config.steps:
-            rng_at_step_start = generator.get_state()  # what a checkpoint taken mid-step must record
             step_loss = 0.0
             for _ in range(config.grad_accum):
                 latents = instance_latents.sample(config.batch_size, generator)  # (B, 4, h, w)
@@ -314,17 +280,17 @@ def train_identity(
             accelerator.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            step, rng_state = step + 1, generator.get_state()
             loss_history.append(step_loss)
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             if on_step:
                 on_step(StepReport(step, config.steps, step_loss, time.perf_counter() - started))
             if step % config.checkpoint_every == 0 and step < config.steps:
-                save_checkpoint(generator.get_state())
+                checkpoint_now(rng_state)
                 save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
     except KeyboardInterrupt:
-        save_checkpoint(rng_at_step_start)
+        checkpoint_now(rng_state)
         raise TrainingInterrupted(
             f"Training of {character.name} stopped at step {step}/{config.steps}; a checkpoint was saved. "
             f"Continue with `storybook character train {character.slug} --method {method} --resume`."
