@@ -181,7 +181,7 @@ def character_train(
         folder = registry.character_dir(state["home"], metadata.character)
         console.print(
             f"Trained {metadata.method} identity of {metadata.character} in {metadata.wall_time_s:.0f} s "
-            f"(loss {metadata.loss_history[0]:.4f} -> {metadata.final_loss:.4f}): {folder / 'identity'}"
+            f"(photo loss {metadata.photo_loss_before:.4f} -> {metadata.photo_loss_after:.4f}): {folder / 'identity'}"
         )
         console.print(f"Samples: {folder / 'samples' / 'final.png'}")
 
@@ -209,7 +209,7 @@ def demo() -> None:
         metadata = train_identity(home, "Mia", "lora", DEFAULT_MODEL)
         folder = registry.character_dir(home, "Mia")
         console.print(
-            f"Trained Mia's LoRA identity: loss {metadata.loss_history[0]:.3f} -> {metadata.final_loss:.3f} "
+            f"Trained Mia's LoRA: photo loss {metadata.photo_loss_before:.3f} -> {metadata.photo_loss_after:.3f} "
             f"in {metadata.wall_time_s:.0f} s\n  identity: {folder / 'identity'}\n"
             f"  samples:  {folder / 'samples' / 'final.png'}"
         )

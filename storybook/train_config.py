@@ -2,7 +2,9 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from storybook.errors import TrainingError
 
 Method = Literal["lora", "dreambooth"]
 SMALL_MODEL_PARAMETERS = 50_000_000  # UNets below this (the tiny and mini models) get the scaled-down defaults
@@ -31,33 +33,49 @@ class TrainingConfig(BaseModel):
     cache_latents: bool = True
 
 
+# Published practice: diffusers' train_dreambooth_lora.py README (lr 1e-4, ~500-1000 steps) and the HF DreamBooth
+# blog for faces (lr 1e-6..2e-6, 800-1200 steps, 100-200 class images, prior weight 1.0).
+PUBLISHED_DEFAULTS = {
+    "lora": {"steps": 800, "learning_rate": 1e-4, "rank": 8, "num_class_images": 100, "checkpoint_every": 100},
+    "dreambooth": {"steps": 1000, "learning_rate": 2e-6, "num_class_images": 200, "checkpoint_every": 200},
+}
+# The tiny model learns in a minute on a CPU: higher rates, bigger batches, a few cheap class images.
+SMALL_MODEL_DEFAULTS = {
+    "lora": {
+        "steps": 60,
+        "learning_rate": 5e-3,
+        "rank": 4,
+        "batch_size": 4,
+        "num_class_images": 8,
+        "class_image_steps": 10,
+        "checkpoint_every": 20,
+    },
+    "dreambooth": {
+        "steps": 60,
+        "learning_rate": 2e-4,
+        "batch_size": 4,
+        "num_class_images": 8,
+        "class_image_steps": 10,
+        "checkpoint_every": 20,
+    },
+}
+
+
 def default_config(method: Method, unet_parameters: int) -> TrainingConfig:
-    """Published defaults for `method` (LoRA: rank 8, lr 1e-4, 800 steps; DreamBooth on faces: lr 2e-6, 1000 steps,
-    prior weight 1.0, 200 class images), or scaled-down ones for UNets under SMALL_MODEL_PARAMETERS."""
+    """The default settings for `method`: published ones, or scaled-down ones for UNets under
+    SMALL_MODEL_PARAMETERS."""
     small = unet_parameters < SMALL_MODEL_PARAMETERS
-    if method == "lora":
-        if small:
-            return TrainingConfig(
-                method=method,
-                steps=60,
-                learning_rate=5e-3,
-                rank=4,
-                batch_size=4,
-                num_class_images=8,
-                class_image_steps=10,
-                checkpoint_every=20,
-            )
-        return TrainingConfig(
-            method=method, steps=800, learning_rate=1e-4, rank=8, num_class_images=100, checkpoint_every=100
-        )
-    if small:
-        return TrainingConfig(
-            method=method,
-            steps=60,
-            learning_rate=2e-4,
-            batch_size=4,
-            num_class_images=8,
-            class_image_steps=10,
-            checkpoint_every=20,
-        )
-    return TrainingConfig(method=method, steps=1000, learning_rate=2e-6, num_class_images=200, checkpoint_every=200)
+    return TrainingConfig(method=method, **(SMALL_MODEL_DEFAULTS if small else PUBLISHED_DEFAULTS)[method])
+
+
+def resolve_config(method: Method, unet_parameters: int, overrides: dict | None = None) -> TrainingConfig:
+    """`default_config` with `overrides` (e.g. {"steps": 200}) applied and checked.
+
+    Raises TrainingError naming the bad setting (e.g. steps=0).
+    """
+    settings = default_config(method, unet_parameters).model_dump() | (overrides or {})
+    try:
+        return TrainingConfig.model_validate(settings)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise TrainingError(f"Invalid training settings ({problems}).") from None

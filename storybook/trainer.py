@@ -30,7 +30,7 @@ from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_
 from storybook.models import DEFAULT_MODEL, load_pipeline, model_family, model_fingerprint
 from storybook.registry import Character, character_dir, load_character
 from storybook.storage import atomic_write_text
-from storybook.train_config import Method, TrainingConfig, default_config
+from storybook.train_config import Method, TrainingConfig, resolve_config
 
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -138,8 +138,7 @@ def train_identity(
         raise TrainingError("Identity training supports Stable Diffusion 1.x/2.x base models for now, not SDXL.")
     unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
     unet_parameters = sum(p.numel() for p in unet.parameters())
-    config = default_config(method, unet_parameters).model_copy(update=overrides or {})
-    config = TrainingConfig.model_validate(config.model_dump())  # re-validate the overridden values
+    config = resolve_config(method, unet_parameters, overrides)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipeline.device.type == "cpu")
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     resolution = unet.config.sample_size * pipeline.vae_scale_factor
@@ -213,9 +212,9 @@ def train_identity(
 
     def photo_loss() -> float:
         """`fixed_noise_loss` of the character's photos under their caption: falls as the identity is learned."""
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():
             embeddings = encode_prompt(pipeline, character.instance_prompt, len(character.photos))
-        return fixed_noise_loss(unet, instance_latents.means(), embeddings, noise_scheduler)
+            return fixed_noise_loss(unet, instance_latents.means(), embeddings, noise_scheduler)
 
     generator = torch.Generator("cpu").manual_seed(config.seed)
     trained = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}

@@ -1,0 +1,21 @@
+import pytest
+
+from storybook.errors import TrainingError
+from storybook.train_config import resolve_config
+
+
+def test_published_defaults_for_real_models_and_scaled_ones_for_tiny_models():
+    lora = resolve_config("lora", 860_000_000)
+    assert (lora.steps, lora.learning_rate, lora.rank, lora.prior_loss_weight) == (800, 1e-4, 8, 1.0)
+    dreambooth = resolve_config("dreambooth", 860_000_000)
+    assert (dreambooth.learning_rate, dreambooth.num_class_images) == (2e-6, 200)
+    tiny = resolve_config("lora", 2_000_000)
+    assert tiny.steps < lora.steps and tiny.num_class_images < lora.num_class_images
+
+
+def test_overrides_are_applied_and_checked():
+    assert resolve_config("lora", 10, {"steps": 7, "rank": 16}).model_dump()["steps"] == 7
+    with pytest.raises(TrainingError, match="steps"):
+        resolve_config("lora", 10, {"steps": 0})
+    with pytest.raises(TrainingError, match="mixed_precision"):
+        resolve_config("lora", 10, {"mixed_precision": "fp8"})
