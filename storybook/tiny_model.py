@@ -203,6 +203,11 @@ def build_tiny_pipeline(seed: int = 0, vae_steps: int = 300, unet_steps: int = 2
     train_vae(vae, vae_steps, seed)
     train_unet(unet, vae, text_encoder, tokenizer, DDPMScheduler(**schedule), unet_steps, seed)
     scheduler = DPMSolverMultistepScheduler(**schedule)
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusionPipeline:
+    """A Stable Diffusion pipeline from its parts, with no safety checker (models built here have none)."""
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
