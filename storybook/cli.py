@@ -9,7 +9,7 @@ from rich.table import Table
 
 from storybook import registry
 from storybook.errors import StorybookError
-from storybook.models import DEFAULT_MODEL, resolve_model
+from storybook.models import DEFAULT_MODEL, load_tokenizer
 from storybook.storage import HOME_ENV, data_home
 from storybook.train_config import Method
 
@@ -47,13 +47,6 @@ def run(action):
         raise typer.Exit(1) from None
 
 
-def load_tokenizer(model: str):
-    """The tokenizer of base `model` (for choosing identifier tokens), without loading any weights."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_model(model, state["home"]), subfolder="tokenizer")
-
-
 @models_app.command("make-tiny")
 def make_tiny_command(directory: Path) -> None:
     """Write the tiny Stable-Diffusion-shaped pipeline (random UNet and text encoder, briefly trained VAE) to DIR."""
@@ -74,7 +67,12 @@ def character_add(
 
     def add():
         character = registry.add_character(
-            state["home"], name, photos, load_tokenizer(model), class_noun=class_noun, description=description
+            state["home"],
+            name,
+            photos,
+            load_tokenizer(model, state["home"]),
+            class_noun=class_noun,
+            description=description,
         )
         folder = registry.character_dir(state["home"], character.slug)
         console.print(f"Added [bold]{character.name}[/bold] with token '{character.token}' in {folder}")
@@ -198,7 +196,7 @@ def demo() -> None:
 
         home = state["home"]
         console.print(f"Data root: {home}")
-        tokenizer = load_tokenizer(DEFAULT_MODEL)
+        tokenizer = load_tokenizer(DEFAULT_MODEL, home)
         if (registry.character_dir(home, "Mia") / "character.json").exists():
             registry.remove_character(home, "Mia")
         photos = write_sample_photos(home / "demo-photos")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from storybook.errors import ModelError
 from storybook.storage import atomic_write_text
@@ -48,6 +49,11 @@ def resolve_model(model: str, home: Path) -> str:
             )
         return str(path.resolve())
     return model
+
+
+def load_tokenizer(model: str, home: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of base `model` (to choose identifier tokens), without loading any weights."""
+    return AutoTokenizer.from_pretrained(resolve_model(model, home), subfolder="tokenizer")
 
 
 def model_family(model_path: str) -> str:
