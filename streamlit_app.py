@@ -33,8 +33,8 @@ def add_character_form(home: Path) -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         paths = {}
-        for upload in uploads or []:
-            path = Path(folder) / Path(upload.name).name
+        for index, upload in enumerate(uploads or []):
+            path = Path(folder) / f"{index:02d}-{Path(upload.name).name}"  # phones name every upload image.jpg
             path.write_bytes(upload.getvalue())
             paths[str(path)] = upload.name
         try:

@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,7 @@ def main() -> None:
     if args.steps < WARMUP_STEPS + 2:
         parser.error(f"--steps must be at least {WARMUP_STEPS + 2}")
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the child, remove the temporary folder
     load_before = os.getloadavg()  # 1, 5, 15 min: other work on the machine skews CPU timings
     import torch
 

@@ -1,7 +1,8 @@
 """Training checkpoints: trainable weights, optimiser, RNG state and progress, written atomically, one kept.
 
-Layout: <root>/step-NNNNNN/{trainable.safetensors, optimizer.pt, rng.pt, state.json}. A checkpoint is written in a
-hidden folder and renamed into place, so a crash mid-write never leaves a half checkpoint that `--resume` would read.
+Layout: <root>/step-NNNNNN/{trainable.safetensors, optimizer.pt, rng.pt, state.json}, plus scaler.pt under fp16.
+A checkpoint is written in a hidden folder and renamed into place, so a crash mid-write never leaves a half
+checkpoint that `--resume` would read.
 """
 
 import json
@@ -25,11 +26,12 @@ def save_checkpoint(
     step: int,
     models: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
     rng_state: torch.Tensor,
     state: dict,
 ) -> Path:
-    """Write checkpoint step-NNNNNN (the trainable parameters of `models` by prefix, the optimiser, `rng_state` and
-    the JSON-able `state`), then delete older checkpoints. Returns its folder."""
+    """Write checkpoint step-NNNNNN (the trainable parameters of `models` by prefix, the optimiser, the fp16 loss
+    `scaler`, `rng_state` and the JSON-able `state`), then delete older checkpoints. Returns its folder."""
     target = root / f"step-{step:06d}"
     if target.exists():
         return target
@@ -45,6 +47,8 @@ def save_checkpoint(
     save_file(weights, partial / "trainable.safetensors")
     torch.save(optimizer.state_dict(), partial / "optimizer.pt")
     torch.save(rng_state, partial / "rng.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), partial / "scaler.pt")
     (partial / "state.json").write_text(json.dumps({**state, "step": step}))
     partial.rename(target)
     for older in root.glob("step-*"):
@@ -54,18 +58,35 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    checkpoint: Path, models: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, generator: torch.Generator
-) -> dict:
-    """Restore `models`' trainable parameters, the optimiser and `generator` from `checkpoint`; return its state.
+    checkpoint: Path,
+    models: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    generator: torch.Generator,
+) -> None:
+    """Restore `models`' trainable parameters, the optimiser, `scaler` and `generator` from `checkpoint`.
 
-    Raises TrainingError when the saved weights do not fit the models.
+    Raises TrainingError when the files are damaged or the saved weights do not fit the models.
     """
-    weights = load_file(checkpoint / "trainable.safetensors")
-    for prefix, model in models.items():
-        named = {key[len(prefix) + 1 :]: value for key, value in weights.items() if key.startswith(f"{prefix}.")}
-        unexpected = model.load_state_dict(named, strict=False).unexpected_keys
-        if unexpected:
-            raise TrainingError(f"{checkpoint} does not fit this model ({unexpected[0]}, ...); train without --resume.")
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-    generator.set_state(torch.load(checkpoint / "rng.pt", weights_only=True))
-    return json.loads((checkpoint / "state.json").read_text())
+    try:
+        weights = load_file(checkpoint / "trainable.safetensors")
+        for prefix, model in models.items():
+            named = {key[len(prefix) + 1 :]: value for key, value in weights.items() if key.startswith(f"{prefix}.")}
+            if model.load_state_dict(named, strict=False).unexpected_keys:
+                raise RuntimeError("unexpected parameter names")
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        if scaler is not None and (checkpoint / "scaler.pt").exists():
+            scaler.load_state_dict(torch.load(checkpoint / "scaler.pt", weights_only=True))
+        generator.set_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise TrainingError(
+            f"{checkpoint} does not fit this model or is damaged ({error}); start over with --restart."
+        ) from error
+
+
+def read_state(checkpoint: Path) -> dict:
+    """The JSON state saved with `checkpoint` (step, settings, history). Raises TrainingError when it is damaged."""
+    try:
+        return json.loads((checkpoint / "state.json").read_text())
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"{checkpoint} is damaged ({error}); start over with --restart.") from error

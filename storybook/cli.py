@@ -148,6 +148,7 @@ def character_train(
     seed: Annotated[int | None, typer.Option()] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Save a checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    restart: Annotated[bool, typer.Option(help="Discard an unfinished run's checkpoint and start over.")] = False,
     export_kohya: Annotated[bool, typer.Option(help="Also write a kohya/A1111-format LoRA file.")] = False,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")] = None,
 ) -> None:
@@ -174,7 +175,15 @@ def character_train(
         from storybook.trainer import train_identity
 
         metadata = train_identity(
-            state["home"], name, method, model, overrides, resume=resume, export_kohya=export_kohya, device=device
+            state["home"],
+            name,
+            method,
+            model,
+            overrides,
+            resume=resume,
+            restart=restart,
+            export_kohya=export_kohya,
+            device=device,
         )
         folder = registry.character_dir(state["home"], metadata.character)
         console.print(

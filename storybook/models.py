@@ -53,7 +53,13 @@ def resolve_model(model: str, home: Path) -> str:
 
 def load_tokenizer(model: str, home: Path) -> PreTrainedTokenizerBase:
     """The tokenizer of base `model` (to choose identifier tokens), without loading any weights."""
-    return AutoTokenizer.from_pretrained(resolve_model(model, home), subfolder="tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(model, home), subfolder="tokenizer")
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"Could not load the tokenizer of {model!r} ({error}). Pass a local diffusers folder, a downloaded hub "
+            "id, or 'tiny'."
+        ) from error
 
 
 def model_family(model_path: str) -> str:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,13 +88,20 @@ def save_character(home: Path, character: Character) -> None:
 
 
 def list_characters(home: Path) -> list[Character]:
-    """Every registered character, sorted by slug (folders without a character.json are ignored)."""
+    """Every readable registered character, sorted by slug.
+
+    Folders without a character.json are ignored, and a damaged record is skipped with a warning, so that one bad
+    file does not hide the other characters or block adding new ones.
+    """
     root = characters_root(home)
-    if not root.is_dir():
-        return []
-    return [
-        load_character(home, folder.name) for folder in sorted(root.iterdir()) if (folder / "character.json").is_file()
-    ]
+    characters = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if (folder / "character.json").is_file():
+            try:
+                characters.append(load_character(home, folder.name))
+            except CharacterError as error:
+                warnings.warn(str(error), stacklevel=2)
+    return characters
 
 
 def add_character(

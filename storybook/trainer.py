@@ -5,7 +5,6 @@ weight the loss, step; checkpoint every N steps and on Ctrl-C; save the identity
 from one CPU generator whose state is checkpointed, so a resumed run reaches the same weights as an unbroken one.
 """
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -23,17 +22,18 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from storybook import losses
-from storybook.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from storybook.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from storybook.class_images import class_image_dir, class_prompt, ensure_class_images
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_lora_identity
-from storybook.models import DEFAULT_MODEL, load_pipeline, model_family, model_fingerprint
+from storybook.models import DEFAULT_MODEL, SDXL_PIPELINES, load_pipeline, model_fingerprint
 from storybook.registry import Character, character_dir, load_character
 from storybook.storage import atomic_write_text
 from storybook.train_config import Method, TrainingConfig, resolve_config
 
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+ENCODE_BATCH = 8  # images per VAE call when caching latents
 
 
 @dataclass
@@ -72,9 +72,13 @@ class LatentSource:
             self.mean, self.std = self._posterior(pixels)
 
     def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        means, stds = [], []
         with torch.no_grad():
-            posterior = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-        return posterior.mean.float(), posterior.std.float()  # (N, 4, h, w) each
+            for chunk in pixels.split(ENCODE_BATCH):  # 200 class images at 512 px in one batch would not fit a GPU
+                posterior = self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist
+                means.append(posterior.mean.float())
+                stds.append(posterior.std.float())
+        return torch.cat(means), torch.cat(stds)  # (N, 4, h, w) each
 
     def means(self) -> torch.Tensor:
         """The posterior means of every image, scaled for the UNet; (N, 4, h, w)."""
@@ -117,6 +121,7 @@ def train_identity(
     model: str = DEFAULT_MODEL,
     overrides: dict | None = None,
     resume: bool = False,
+    restart: bool = False,
     export_kohya: bool = False,
     device: str | None = None,
     show_progress: bool = True,
@@ -125,8 +130,9 @@ def train_identity(
     """Train the identity of character `name` on base `model` and save it under its identity/ folder.
 
     `overrides` replaces defaults of `default_config` (e.g. {"steps": 200}). Returns the saved metadata.
-    Raises TrainingError for impossible settings or resume mismatches, TrainingInterrupted after Ctrl-C (with a
-    checkpoint saved), and ModelError when the base model cannot be loaded.
+    `resume` continues the last checkpoint; `restart` discards it. Raises TrainingError for impossible settings,
+    resume mismatches or an unfinished run given neither, TrainingInterrupted after Ctrl-C (with a checkpoint
+    saved), and ModelError when the base model cannot be loaded.
     """
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
@@ -134,11 +140,13 @@ def train_identity(
     started = time.perf_counter()
 
     pipeline, model_path = load_pipeline(model, home, device=device, dtype="fp32")
-    if model_family(model_path) != "sd":
+    if type(pipeline).__name__ in SDXL_PIPELINES:
         raise TrainingError("Identity training supports Stable Diffusion 1.x/2.x base models for now, not SDXL.")
     unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
     unet_parameters = sum(p.numel() for p in unet.parameters())
     config = resolve_config(method, unet_parameters, overrides)
+    if config.mixed_precision != "no" and pipeline.device.type == "cpu":
+        raise TrainingError("Mixed precision needs a GPU; on the CPU train with --mixed-precision no.")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipeline.device.type == "cpu")
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     resolution = unet.config.sample_size * pipeline.vae_scale_factor
@@ -219,18 +227,29 @@ def train_identity(
     generator = torch.Generator("cpu").manual_seed(config.seed)
     trained = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
     step, loss_history = 0, []
-    checkpoint = latest_checkpoint(checkpoint_root) if resume else None
+    checkpoint = latest_checkpoint(checkpoint_root)
     if resume and checkpoint is None:
         raise TrainingError(f"No checkpoint to resume for {character.name}; train without --resume.")
-    if checkpoint is not None:
-        saved_config = TrainingConfig.model_validate(json.loads((checkpoint / "state.json").read_text())["config"])
-        if saved_config.model_copy(update={"steps": config.steps}) != config:
-            raise TrainingError(f"{checkpoint} was made with other settings ({saved_config}); train without --resume.")
-        state = load_checkpoint(checkpoint, trained, optimizer, generator)
+    if checkpoint is not None and not (resume or restart):
+        raise TrainingError(
+            f"{character.name} has an unfinished training run ({checkpoint.name}): continue it with --resume, "
+            "or start over with --restart."
+        )
+    if resume:
+        state = read_state(checkpoint)
+        saved_config = TrainingConfig.model_validate(state["config"])
+        if saved_config.model_copy(update={"steps": config.steps}) != config or state["base"] != fingerprint:
+            raise TrainingError(
+                f"{checkpoint} was made with another base model or other settings ({saved_config}); pass the same "
+                "settings to --resume, or start over with --restart."
+            )
+        if state["step"] > config.steps:
+            raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
+        load_checkpoint(checkpoint, trained, optimizer, accelerator.scaler, generator)
         step, loss_history, photo_loss_before = state["step"], state["loss_history"], state["photo_loss_before"]
         started -= state["elapsed_s"]
     else:
-        shutil.rmtree(checkpoint_root, ignore_errors=True)  # a fresh run: stale checkpoints must not be resumed
+        shutil.rmtree(checkpoint_root, ignore_errors=True)
         photo_loss_before = photo_loss()
 
     def checkpoint_now(rng_state: torch.Tensor) -> None:
@@ -240,8 +259,9 @@ def train_identity(
             "photo_loss_before": photo_loss_before,
             "elapsed_s": time.perf_counter() - started,
             "config": config.model_dump(),
+            "base": fingerprint,
         }
-        save_checkpoint(checkpoint_root, step, trained, optimizer, rng_state, state)
+        save_checkpoint(checkpoint_root, step, trained, optimizer, accelerator.scaler, rng_state, state)
 
     progress = tqdm(total=config.steps, initial=step, desc=f"training {character.name}", disable=not show_progress)
     unet.train()
@@ -287,7 +307,8 @@ def train_identity(
                 on_step(StepReport(step, config.steps, step_loss, time.perf_counter() - started))
             if step % config.checkpoint_every == 0 and step < config.steps:
                 checkpoint_now(rng_state)
-                save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
+                with accelerator.autocast():
+                    save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
     except KeyboardInterrupt:
         checkpoint_now(rng_state)
         raise TrainingInterrupted(
@@ -329,9 +350,15 @@ def train_identity(
         created_at=datetime.now(timezone.utc),
     )
     atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
-    save_samples(pipeline, character, folder / "samples" / "final.png")
-    shutil.rmtree(identity_folder, ignore_errors=True)
+    with accelerator.autocast():
+        save_samples(pipeline, character, folder / "samples" / "final.png")
+    # Swap folders so that some complete identity is on disk at every moment.
+    previous = folder / ".identity-previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if identity_folder.exists():
+        identity_folder.rename(previous)
     partial.rename(identity_folder)
+    shutil.rmtree(previous, ignore_errors=True)
     shutil.rmtree(checkpoint_root, ignore_errors=True)
     return metadata
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from storybook.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from storybook.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from storybook.errors import TrainingError
 
 
@@ -17,13 +17,13 @@ def make_run(seed: int):
 def test_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     model, optimizer = make_run(0)
     generator = torch.Generator().manual_seed(7)
-    save_checkpoint(tmp_path, 5, {"unet": model}, optimizer, generator.get_state(), {"loss_history": [1.0]})
+    save_checkpoint(tmp_path, 5, {"unet": model}, optimizer, None, generator.get_state(), {"loss_history": [1.0]})
     expected_draw = torch.rand(3, generator=generator)
 
     other, other_optimizer = make_run(1)
     fresh_generator = torch.Generator().manual_seed(99)
-    state = load_checkpoint(latest_checkpoint(tmp_path), {"unet": other}, other_optimizer, fresh_generator)
-    assert state == {"loss_history": [1.0], "step": 5}
+    load_checkpoint(latest_checkpoint(tmp_path), {"unet": other}, other_optimizer, None, fresh_generator)
+    assert read_state(latest_checkpoint(tmp_path)) == {"loss_history": [1.0], "step": 5}
     torch.testing.assert_close(other.weight, model.weight)
     assert other_optimizer.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
     torch.testing.assert_close(torch.rand(3, generator=fresh_generator), expected_draw)
@@ -32,8 +32,8 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path):
 def test_only_the_newest_complete_checkpoint_is_kept_and_found(tmp_path):
     model, optimizer = make_run(0)
     rng = torch.Generator().get_state()
-    save_checkpoint(tmp_path, 10, {"unet": model}, optimizer, rng, {})
-    save_checkpoint(tmp_path, 20, {"unet": model}, optimizer, rng, {})
+    save_checkpoint(tmp_path, 10, {"unet": model}, optimizer, None, rng, {})
+    save_checkpoint(tmp_path, 20, {"unet": model}, optimizer, None, rng, {})
     (tmp_path / ".partial-000030").mkdir()  # a write that crashed half-way
     assert latest_checkpoint(tmp_path) == tmp_path / "step-000020"
     assert not (tmp_path / "step-000010").exists()
@@ -42,7 +42,10 @@ def test_only_the_newest_complete_checkpoint_is_kept_and_found(tmp_path):
 
 def test_weights_of_another_model_are_refused(tmp_path):
     model, optimizer = make_run(0)
-    save_checkpoint(tmp_path, 1, {"unet": model}, optimizer, torch.Generator().get_state(), {})
+    save_checkpoint(tmp_path, 1, {"unet": model}, optimizer, None, torch.Generator().get_state(), {})
     other = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(TrainingError, match="does not fit"):
-        load_checkpoint(tmp_path / "step-000001", {"unet": other}, optimizer, torch.Generator())
+        load_checkpoint(tmp_path / "step-000001", {"unet": other}, optimizer, None, torch.Generator())
+    (tmp_path / "step-000001" / "state.json").write_text("{ half")
+    with pytest.raises(TrainingError, match="damaged"):
+        read_state(tmp_path / "step-000001")

@@ -93,6 +93,9 @@ def test_damaged_or_newer_record_gives_clear_error(tmp_path, sample_photos):
     record.write_text("{ half a file")
     with pytest.raises(CharacterError, match="damaged"):
         registry.load_character(tmp_path, "Mia")
+    with pytest.warns(UserWarning, match="damaged"):
+        assert registry.list_characters(tmp_path) == []  # skipped, so the others stay usable
+    add(tmp_path, "Leo", sample_photos[:3])  # and new characters can still be added
 
 
 def test_missing_character_names_the_known_ones(tmp_path, sample_photos):

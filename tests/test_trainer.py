@@ -86,6 +86,8 @@ def test_interrupted_training_resumes_to_the_same_weights(home, mia):
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train_identity(home, "Mia", "lora", overrides=settings, show_progress=False, on_step=ctrl_c_at_step_13)
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000013"]
+    with pytest.raises(TrainingError, match="--resume"):  # a fresh run must not silently discard the checkpoint
+        train_identity(home, "Mia", "lora", overrides=settings, show_progress=False)
     with pytest.raises(TrainingError, match="other settings"):
         train_identity(home, "Mia", "lora", overrides={**settings, "rank": 8}, resume=True, show_progress=False)
 
@@ -123,3 +125,20 @@ def test_class_images_are_cached_and_reused(home, mia, sample_photos):
     registry.add_character(home, "Leo", sample_photos[:3], build_tokenizer())
     train_identity(home, "Leo", "lora", overrides={**FAST, "steps": 2}, show_progress=False)
     assert [p.stat().st_mtime_ns for p in sorted((home / "cache" / "class-images").rglob("*.png"))] == stamps
+
+
+def test_expert_flags_train_and_save_a_text_encoder_lora(home, mia):
+    flags = {"steps": 4, "train_text_encoder": True, "grad_accum": 2, "snr_gamma": 5.0, "offset_noise": 0.1}
+    metadata = train_identity(
+        home, "Mia", "lora", overrides={**FAST, **flags, "cache_latents": False}, show_progress=False
+    )
+    assert metadata.config.train_text_encoder and len(metadata.loss_history) == 4
+    folder = registry.character_dir(home, "Mia") / "identity"
+    assert any(key.startswith("text_encoder.") for key in load_file(folder / LORA_FILE))
+    load_identity(fresh_pipeline(home), folder, adapter_name="mia")
+
+
+def test_mixed_precision_on_the_cpu_is_refused_before_any_work(home, mia):
+    with pytest.raises(TrainingError, match="GPU"):
+        train_identity(home, "Mia", "lora", overrides={**FAST, "mixed_precision": "fp16"}, show_progress=False)
+    assert not (home / "cache" / "class-images").exists()
