@@ -34,7 +34,8 @@ def add_character_form(home: Path) -> None:
     with tempfile.TemporaryDirectory() as folder:
         paths = {}
         for index, upload in enumerate(uploads or []):
-            path = Path(folder) / f"{index:02d}-{Path(upload.name).name}"  # phones name every upload image.jpg
+            path = Path(folder) / f"{index:02d}" / Path(upload.name).name  # phones name every upload image.jpg
+            path.parent.mkdir()
             path.write_bytes(upload.getvalue())
             paths[str(path)] = upload.name
         try:

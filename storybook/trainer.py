@@ -129,7 +129,7 @@ def train_identity(
 ) -> IdentityMetadata:
     """Train the identity of character `name` on base `model` and save it under its identity/ folder.
 
-    `overrides` replaces defaults of `default_config` (e.g. {"steps": 200}). Returns the saved metadata.
+    `overrides` replaces the method's defaults (`resolve_config`, e.g. {"steps": 200}). Returns the saved metadata.
     `resume` continues the last checkpoint; `restart` discards it. Raises TrainingError for impossible settings,
     resume mismatches or an unfinished run given neither, TrainingInterrupted after Ctrl-C (with a checkpoint
     saved), and ModelError when the base model cannot be loaded.

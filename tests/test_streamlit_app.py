@@ -2,6 +2,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from storybook import registry
+
 APP = str(Path(__file__).parents[1] / "streamlit_app.py")
 
 
@@ -24,6 +26,8 @@ def test_add_character_reports_a_bad_photo_then_registers_and_removes(home, samp
     at.button[0].click().run()
     assert any("Added Mia" in message.value for message in at.success)
     assert (home / "characters" / "mia" / "character.json").exists()
+    registered = registry.load_character(home, "Mia")
+    assert [photo.original_name for photo in registered.photos] == [path.name for path in sample_photos]
 
     at.checkbox(key="confirm-mia").check().run()
     at.button(key="remove-mia").click().run()
