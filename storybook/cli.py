@@ -7,16 +7,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storybook import registry
+from storybook import book_edits, registry
+from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Pronouns, book_dir, books_root, load_book, save_book
 from storybook.errors import StorybookError
+from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
 from storybook.models import DEFAULT_MODEL, load_tokenizer
 from storybook.storage import HOME_ENV, data_home
+from storybook.story import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
 from storybook.train_config import Method
 
 app = typer.Typer(help="Make personalised picture books from a few photos of a child.", no_args_is_help=True)
 character_app = typer.Typer(help="Register, train, inspect and remove characters.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
+story_app = typer.Typer(help="Write stories and edit their pages.", no_args_is_help=True)
 app.add_typer(character_app, name="character")
+app.add_typer(story_app, name="story")
 app.add_typer(models_app, name="models")
 console = Console()
 state = {"home": None, "debug": False}
@@ -195,9 +200,134 @@ def character_train(
     run(train)
 
 
+@story_app.command("write")
+def story_write(
+    child: Annotated[str, typer.Option(help="The child's name, as the story says it.")],
+    theme: Annotated[str, typer.Option(help="What the story is about, e.g. 'a day at the beach'.")],
+    character: Annotated[
+        list[str] | None, typer.Option(help="A registered character in the story (1-3; default: the child's own).")
+    ] = None,
+    pages: Annotated[int, typer.Option(min=MIN_PAGES, max=MAX_PAGES)] = 12,
+    age: Annotated[int, typer.Option(min=0, max=6, help="The child's age in years.")] = 2,
+    pronouns: Annotated[Pronouns, typer.Option(help="she, he or they.")] = "they",
+    style: Annotated[str, typer.Option(help="The art style of every picture.")] = DEFAULT_STYLE,
+    max_words: Annotated[int | None, typer.Option(help="Words a page may hold (default: by age).")] = None,
+    dedication: Annotated[str | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option(help="Fixes the offline story and the pictures' seeds.")] = None,
+    writer: Annotated[
+        Writer | None, typer.Option(help="llm or offline (default: llm when OPENAI_API_KEY or OPENAI_BASE_URL is set).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="The LLM to ask (any model the server has).")
+    ] = DEFAULT_LLM_MODEL,
+) -> None:
+    """Write a story about the child and their characters, and save it as a new book project."""
+
+    def write():
+        request = StoryRequest(
+            child=child,
+            characters=character or [],
+            theme=theme,
+            pages=pages,
+            age=age,
+            pronouns=pronouns,
+            style=style,
+            max_words_per_page=max_words,
+            dedication=dedication,
+            seed=seed,
+        )
+        chosen = writer or default_writer()
+        console.print(f"Writing with the {chosen} writer" + (f" ({model})" if chosen == "llm" else ""))
+        folder, book = write_story(state["home"], request, chosen, LLMSettings(model=model))
+        console.print(f"[bold]{book.title}[/bold]: {len(book.pages)} pages in {folder}")
+        console.print(f"Next: storybook story show {folder.name}")
+
+    run(write)
+
+
+@story_app.command("list")
+def story_list() -> None:
+    """List the books of the data root."""
+
+    def show_list():
+        table = Table("book", "title", "pages", "writer")
+        for record in sorted(books_root(state["home"]).glob(f"*/{BOOK_FILE}")):
+            book = load_book(record.parent)
+            table.add_row(record.parent.name, book.title, str(len(book.pages)), book.writer)
+        console.print(table)
+
+    run(show_list)
+
+
+@story_app.command("show")
+def story_show(book: Annotated[str, typer.Argument(help="A book name under books/, or a book folder.")]) -> None:
+    """Show a book's pages: text, characters and scene prompt."""
+
+    def show():
+        story = load_book(book_dir(state["home"], book))
+        console.print(f"[bold]{story.title}[/bold] ({story.dedication}) - {story.style}, written by {story.writer}")
+        table = Table("page", "text", "characters", "scene prompt", show_lines=True)
+        for number, page in enumerate(story.pages, start=1):
+            table.add_row(str(number), page.text, ", ".join(page.characters), page.prompt)
+        console.print(table)
+
+    run(show)
+
+
+def edit_book(book: str, edit) -> None:
+    """Load `book`, apply `edit` (Book -> Book), save it and say so; a refused edit leaves book.json as it was."""
+
+    def apply():
+        folder = book_dir(state["home"], book)
+        save_book(folder, edit(load_book(folder)))
+        console.print(f"Saved {folder / BOOK_FILE}")
+
+    run(apply)
+
+
+@story_app.command("edit")
+def story_edit(
+    book: str,
+    page: int,
+    text: Annotated[str | None, typer.Option(help="New text for the page.")] = None,
+    scene: Annotated[
+        str | None, typer.Option(help="New scene; name characters by their phrase ('zorv toddler').")
+    ] = None,
+    character: Annotated[
+        list[str] | None, typer.Option(help="Slug of a character drawn (default: from the scene).")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="Replace the whole scene prompt (experts).")] = None,
+) -> None:
+    """Change a page's text, scene, characters or prompt."""
+    edit_book(book, lambda story: book_edits.edit_page(story, page, text, scene, character, prompt))
+
+
+@story_app.command("add-page")
+def story_add_page(
+    book: str,
+    text: Annotated[str, typer.Option()],
+    scene: Annotated[str, typer.Option(help="What the picture shows, naming characters by their phrase.")],
+    at: Annotated[int | None, typer.Option(help="The new page's number (default: at the end).")] = None,
+) -> None:
+    """Add a page."""
+    edit_book(book, lambda story: book_edits.add_page(story, at or len(story.pages) + 1, text, scene))
+
+
+@story_app.command("remove-page")
+def story_remove_page(book: str, page: int) -> None:
+    """Remove a page."""
+    edit_book(book, lambda story: book_edits.remove_page(story, page))
+
+
+@story_app.command("move-page")
+def story_move_page(book: str, page: int, to: int) -> None:
+    """Move a page so that it becomes page TO."""
+    edit_book(book, lambda story: book_edits.move_page(story, page, to))
+
+
 @app.command()
 def demo() -> None:
-    """Offline demo on the CPU: build the tiny model, register a sample toddler from drawn photos, train it briefly."""
+    """Offline demo on the CPU: build the tiny model, register a sample toddler, train it briefly, write a story."""
 
     def run_demo():
         from storybook.sample_photos import write_sample_photos
@@ -220,5 +350,8 @@ def demo() -> None:
             f"in {metadata.wall_time_s:.0f} s\n  identity: {folder / 'identity'}\n"
             f"  samples:  {folder / 'samples' / 'final.png'}"
         )
+        request = StoryRequest(child="Mia", theme="a day at the beach", pages=12, pronouns="she", seed=1)
+        book_folder, book = write_story(home, request, "offline")
+        console.print(f"Wrote '{book.title}' ({len(book.pages)} pages, offline writer): {book_folder / BOOK_FILE}")
 
     run(run_demo)

@@ -32,3 +32,11 @@ class TrainingError(StorybookError):
 
 class TrainingInterrupted(TrainingError):
     """Training stopped early (Ctrl-C); a checkpoint was saved and `--resume` continues from it."""
+
+
+class BookError(StorybookError):
+    """A book project is missing, damaged, from a newer version, or an edit would break it."""
+
+
+class StoryError(StorybookError):
+    """A story could not be written: the writer failed, or its story broke the rules after every retry."""

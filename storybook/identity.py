@@ -55,7 +55,14 @@ def save_lora_identity(
 ) -> list[str]:
     """Write the LoRA weights of `unet` (and `text_encoder` when it was trained) to `folder`; return the file names."""
     unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)) if text_encoder else None
+    text_layers = None
+    if text_encoder is not None:
+        # transformers 5 dropped CLIP's `text_model.` level; write it back so that A1111, ComfyUI and kohya (and
+        # diffusers, which strips it again when loading) all find the layers.
+        text_state = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        text_layers = {
+            key if key.startswith("text_model.") else f"text_model.{key}": v for key, v in text_state.items()
+        }
     StableDiffusionPipeline.save_lora_weights(
         folder,
         unet_lora_layers=unet_layers,
@@ -74,7 +81,10 @@ def save_lora_identity(
 def export_kohya(lora_file: Path, kohya_file: Path) -> None:
     """Convert a diffusers-format LoRA file to kohya's key names (`lora_unet_…`, `lora_te_…`) used by A1111/ComfyUI."""
     peft_state = convert_all_state_dict_to_peft(load_file(lora_file))
-    save_file({key: value.contiguous() for key, value in convert_state_dict_to_kohya(peft_state).items()}, kohya_file)
+    kohya_state = convert_state_dict_to_kohya(peft_state)
+    # diffusers names the text encoder `lora_te1_` (SDXL's first encoder); SD 1.x/2.x LoRAs use `lora_te_`.
+    kohya_state = {key.replace("lora_te1_", "lora_te_", 1): value.contiguous() for key, value in kohya_state.items()}
+    save_file(kohya_state, kohya_file)
 
 
 def save_dreambooth_identity(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> list[str]:

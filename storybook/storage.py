@@ -1,4 +1,4 @@
-"""Where storybook keeps its data, safe names for folders, and atomic file writes."""
+"""Where storybook keeps its data and finds its templates, safe names for folders, and atomic file writes."""
 
 import os
 import re
@@ -9,6 +9,7 @@ from pathlib import Path
 from storybook.errors import InvalidNameError
 
 HOME_ENV = "STORYBOOK_HOME"
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"  # the story and prompt templates (Jinja2)
 
 
 def data_home(home: Path | None = None) -> Path:

@@ -6,8 +6,11 @@ from one CPU generator whose state is checkpointed, so a resumed run reaches the
 """
 
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -114,6 +118,42 @@ def fixed_noise_loss(unet, latents: torch.Tensor, embeddings: torch.Tensor, sche
     return total / len(timesteps)
 
 
+def make_accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
+    """A fresh Accelerator for one training run.
+
+    accelerate keeps one process-wide state and refuses a second run with another mixed-precision setting (the
+    Streamlit app trains several characters in one process), so each run starts from a reset state.
+    """
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+@contextmanager
+def interrupts_between_steps() -> Iterator[Callable[[], bool]]:
+    """Within the block a first Ctrl-C only asks to stop, and the loop stops between steps, so that a step is never
+    split from its bookkeeping and the final save is never cut short; a second Ctrl-C interrupts at once.
+
+    Yields a function telling whether a stop was asked. Signals reach only the main thread, so elsewhere (the
+    Streamlit app) it never is.
+    """
+    requested = False
+
+    def on_sigint(signum, frame):
+        nonlocal requested
+        if requested:
+            raise KeyboardInterrupt
+        requested = True
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train_identity(
     home: Path,
     name: str,
@@ -134,6 +174,11 @@ def train_identity(
     resume mismatches or an unfinished run given neither, TrainingInterrupted after Ctrl-C (with a checkpoint
     saved), and ModelError when the base model cannot be loaded.
     """
+    if device and torch.device(device).type == "cuda" and torch.device(device).index not in (None, 0):
+        raise TrainingError(
+            f"Training runs on the current GPU; to train on {device}, run with "
+            f"CUDA_VISIBLE_DEVICES={torch.device(device).index} and --device cuda."
+        )
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
     checkpoint_root = folder / "checkpoints"
@@ -147,7 +192,7 @@ def train_identity(
     config = resolve_config(method, unet_parameters, overrides)
     if config.mixed_precision != "no" and pipeline.device.type == "cpu":
         raise TrainingError("Mixed precision needs a GPU; on the CPU train with --mixed-precision no.")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipeline.device.type == "cpu")
+    accelerator = make_accelerator(config.mixed_precision, cpu=pipeline.device.type == "cpu")
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     resolution = unet.config.sample_size * pipeline.vae_scale_factor
     fingerprint = model_fingerprint(model_path, home)
@@ -263,104 +308,107 @@ def train_identity(
         }
         save_checkpoint(checkpoint_root, step, trained, optimizer, accelerator.scaler, rng_state, state)
 
-    progress = tqdm(total=config.steps, initial=step, desc=f"training {character.name}", disable=not show_progress)
-    unet.train()
-    try:
-        rng_state = generator.get_state()  # the state the next step starts from: saved with `step` in checkpoints
-        while step < config.steps:
-            step_loss = 0.0
-            for _ in range(config.grad_accum):
-                latents = instance_latents.sample(config.batch_size, generator)  # (B, 4, h, w)
-                if class_latents is not None:
-                    latents = torch.cat([latents, class_latents.sample(config.batch_size, generator)])  # (2B, ...)
-                latents = latents.to(accelerator.device)
-                noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-                noise = losses.offset_noise(noise, config.offset_noise, generator)
-                timesteps = torch.randint(
-                    noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator
-                ).to(latents.device)
-                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-                embeddings = cached_embeddings if cached_embeddings is not None else prompt_embeddings()
-                with accelerator.autocast():
-                    prediction = unet(noisy_latents, timesteps, embeddings).sample
-                target = losses.diffusion_target(noise_scheduler, latents, noise, timesteps)
-                weights = losses.min_snr_weights(noise_scheduler, timesteps, config.snr_gamma)
-                if class_latents is None:
-                    loss = losses.weighted_mse(prediction, target, weights)
-                else:
-                    b = config.batch_size
-                    loss = losses.prior_preservation_loss(
-                        losses.weighted_mse(prediction[:b], target[:b], weights[:b]),
-                        losses.weighted_mse(prediction[b:], target[b:], weights[b:]),
-                        config.prior_loss_weight,
-                    )
-                accelerator.backward(loss / config.grad_accum)
-                step_loss += loss.item() / config.grad_accum
-            accelerator.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, rng_state = step + 1, generator.get_state()
-            loss_history.append(step_loss)
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            if on_step:
-                on_step(StepReport(step, config.steps, step_loss, time.perf_counter() - started))
-            if step % config.checkpoint_every == 0 and step < config.steps:
-                checkpoint_now(rng_state)
-                with accelerator.autocast():
-                    save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
-    except KeyboardInterrupt:
-        checkpoint_now(rng_state)
-        raise TrainingInterrupted(
-            f"Training of {character.name} stopped at step {step}/{config.steps}; a checkpoint was saved. "
-            f"Continue with `storybook character train {character.slug} --method {method} --resume`."
-        ) from None
-    finally:
-        progress.close()
+    with interrupts_between_steps() as stop_requested:
+        progress = tqdm(total=config.steps, initial=step, desc=f"training {character.name}", disable=not show_progress)
+        unet.train()
+        try:
+            rng_state = generator.get_state()  # the state the next step starts from: saved with `step` in checkpoints
+            while step < config.steps:
+                step_loss = 0.0
+                for _ in range(config.grad_accum):
+                    latents = instance_latents.sample(config.batch_size, generator)  # (B, 4, h, w)
+                    if class_latents is not None:
+                        latents = torch.cat([latents, class_latents.sample(config.batch_size, generator)])  # (2B, ...)
+                    latents = latents.to(accelerator.device)
+                    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+                    noise = losses.offset_noise(noise, config.offset_noise, generator)
+                    timesteps = torch.randint(
+                        noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator
+                    ).to(latents.device)
+                    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                    embeddings = cached_embeddings if cached_embeddings is not None else prompt_embeddings()
+                    with accelerator.autocast():
+                        prediction = unet(noisy_latents, timesteps, embeddings).sample
+                    target = losses.diffusion_target(noise_scheduler, latents, noise, timesteps)
+                    weights = losses.min_snr_weights(noise_scheduler, timesteps, config.snr_gamma)
+                    if class_latents is None:
+                        loss = losses.weighted_mse(prediction, target, weights)
+                    else:
+                        b = config.batch_size
+                        loss = losses.prior_preservation_loss(
+                            losses.weighted_mse(prediction[:b], target[:b], weights[:b]),
+                            losses.weighted_mse(prediction[b:], target[b:], weights[b:]),
+                            config.prior_loss_weight,
+                        )
+                    accelerator.backward(loss / config.grad_accum)
+                    step_loss += loss.item() / config.grad_accum
+                accelerator.clip_grad_norm_(parameters, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step, rng_state = step + 1, generator.get_state()
+                loss_history.append(step_loss)
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+                if on_step:
+                    on_step(StepReport(step, config.steps, step_loss, time.perf_counter() - started))
+                if step % config.checkpoint_every == 0 and step < config.steps:
+                    checkpoint_now(rng_state)
+                    with accelerator.autocast():
+                        save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
+                if stop_requested():
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            checkpoint_now(rng_state)
+            raise TrainingInterrupted(
+                f"Training of {character.name} stopped at step {step}/{config.steps}; a checkpoint was saved. "
+                f"Continue with `storybook character train {character.slug} --method {method} --resume`."
+            ) from None
+        finally:
+            progress.close()
 
-    photo_loss_after = photo_loss()
-    unet = accelerator.unwrap_model(unet)
-    text_encoder = accelerator.unwrap_model(text_encoder) if config.train_text_encoder else None
-    identity_folder = folder / "identity"
-    partial = folder / ".identity-partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    if method == "lora":
-        files = save_lora_identity(partial, unet, text_encoder, export_kohya)
-    else:
-        files = save_dreambooth_identity(partial, unet, text_encoder)
-    metadata = IdentityMetadata(
-        character=character.slug,
-        token=character.token,
-        class_noun=character.class_noun,
-        method=method,
-        base_model=model,
-        base_model_fingerprint=fingerprint,
-        cross_attention_dim=unet.config.cross_attention_dim,
-        resolution=resolution,
-        config=config,
-        steps_done=step,
-        final_loss=loss_history[-1],
-        loss_history=loss_history,
-        photo_loss_before=photo_loss_before,
-        photo_loss_after=photo_loss_after,
-        wall_time_s=time.perf_counter() - started,
-        photo_sha256=[record.sha256 for record in character.photos],
-        files=files,
-        created_at=datetime.now(timezone.utc),
-    )
-    atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
-    with accelerator.autocast():
-        save_samples(pipeline, character, folder / "samples" / "final.png")
-    # Swap folders so that some complete identity is on disk at every moment.
-    previous = folder / ".identity-previous"
-    shutil.rmtree(previous, ignore_errors=True)
-    if identity_folder.exists():
-        identity_folder.rename(previous)
-    partial.rename(identity_folder)
-    shutil.rmtree(previous, ignore_errors=True)
-    shutil.rmtree(checkpoint_root, ignore_errors=True)
-    return metadata
+        photo_loss_after = photo_loss()
+        unet = accelerator.unwrap_model(unet)
+        text_encoder = accelerator.unwrap_model(text_encoder) if config.train_text_encoder else None
+        identity_folder = folder / "identity"
+        partial = folder / ".identity-partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        if method == "lora":
+            files = save_lora_identity(partial, unet, text_encoder, export_kohya)
+        else:
+            files = save_dreambooth_identity(partial, unet, text_encoder)
+        metadata = IdentityMetadata(
+            character=character.slug,
+            token=character.token,
+            class_noun=character.class_noun,
+            method=method,
+            base_model=model,
+            base_model_fingerprint=fingerprint,
+            cross_attention_dim=unet.config.cross_attention_dim,
+            resolution=resolution,
+            config=config,
+            steps_done=step,
+            final_loss=loss_history[-1],
+            loss_history=loss_history,
+            photo_loss_before=photo_loss_before,
+            photo_loss_after=photo_loss_after,
+            wall_time_s=time.perf_counter() - started,
+            photo_sha256=[record.sha256 for record in character.photos],
+            files=files,
+            created_at=datetime.now(timezone.utc),
+        )
+        atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
+        with accelerator.autocast():
+            save_samples(pipeline, character, folder / "samples" / "final.png")
+        # Swap folders so that some complete identity is on disk at every moment.
+        previous = folder / ".identity-previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        if identity_folder.exists():
+            identity_folder.rename(previous)
+        partial.rename(identity_folder)
+        shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(checkpoint_root, ignore_errors=True)
+        return metadata
 
 
 def save_samples(pipeline: DiffusionPipeline, character: Character, path: Path, steps: int = 20) -> Path:

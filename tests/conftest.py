@@ -1,10 +1,12 @@
 """Shared fixtures: the tiny model is built once per test session; every test gets its own data root."""
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from storybook import registry
 from storybook.models import tiny_model_path
 from storybook.sample_photos import write_sample_photos
 
@@ -32,3 +34,29 @@ def home(tmp_path, tiny_models_dir) -> Path:
 def sample_photos(tmp_path_factory) -> list[Path]:
     """Five drawn photos of the sample toddler (curly red hair, yellow raincoat)."""
     return write_sample_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture
+def family_home(tmp_path) -> Path:
+    """A data root with two registered characters, Mia (toddler) and Rex (dog), as records only (no photos on disk)."""
+    root = tmp_path / "family"
+    for name, class_noun, token, description in [
+        ("Mia", "toddler", "zorv", "2-year-old girl, curly red hair, yellow raincoat"),
+        ("Rex", "dog", "qwib", "small brown puppy"),
+    ]:
+        photo = registry.PhotoRecord(
+            original_name=f"IMG_{name}.HEIC", stored=f"photos/{name}.png", prepared=f"prepared/{name}.png", sha256="0"
+        )
+        registry.save_character(
+            root,
+            registry.Character(
+                name=name,
+                slug=name.lower(),
+                class_noun=class_noun,
+                description=description,
+                token=token,
+                photos=[photo],
+                created_at=datetime.now(timezone.utc),
+            ),
+        )
+    return root

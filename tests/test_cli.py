@@ -37,3 +37,28 @@ def test_remove_asks_for_confirmation(home, sample_photos):
     invoke(home, "character", "add", "Mia", *photos)
     declined = runner.invoke(app, ["--home", str(home), "character", "remove", "Mia"], input="n\n")
     assert declined.exit_code != 0 and (home / "characters" / "mia").exists()
+
+
+def test_story_write_show_edit_and_a_refused_edit(family_home, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    args = ["--child", "Mia", "--character", "Mia", "--character", "Rex", "--theme", "beach", "--pages", "8"]
+    written = invoke(family_home, "story", "write", *args, "--seed", "3")
+    assert written.exit_code == 0, written.output
+    assert "Writing with the offline writer" in written.output
+    [folder] = (family_home / "books").iterdir()
+    listed = invoke(family_home, "story", "list")
+    assert folder.name in listed.output and "offline" in listed.output
+    edited = invoke(family_home, "story", "edit", folder.name, "2", "--text", "Mia digs. Dig, dig, dig!")
+    assert edited.exit_code == 0, edited.output
+    shown = invoke(family_home, "story", "show", folder.name)
+    assert "Mia digs. Dig, dig, dig!" in shown.output and "zorv toddler" in shown.output
+    before = (folder / "book.json").read_text()
+    refused = invoke(family_home, "story", "edit", folder.name, "2", "--text", "Mia finds a knife.")
+    assert refused.exit_code == 1 and "knife" in refused.output
+    assert (folder / "book.json").read_text() == before
+    moved = invoke(family_home, "story", "move-page", folder.name, "1", "8")
+    removed = invoke(family_home, "story", "remove-page", folder.name, "8")
+    added = invoke(family_home, "story", "add-page", folder.name, "--text", "Bye, sea!", "--scene", "qwib dog at sea")
+    assert moved.exit_code == removed.exit_code == added.exit_code == 0
+    assert "Bye, sea!" in invoke(family_home, "story", "show", folder.name).output

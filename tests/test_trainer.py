@@ -1,5 +1,8 @@
 """Identity training on the tiny model: it learns, resumes exactly, and its artifacts load into fresh pipelines."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.identity import KOHYA_FILE, LORA_FILE, load_identity, read_identity
 from storybook.tiny_model import build_tokenizer
-from storybook.trainer import train_identity
+from storybook.trainer import make_accelerator, train_identity
 
 pytestmark = pytest.mark.slow
 FAST = {"num_class_images": 4, "class_image_steps": 4, "checkpoint_every": 10}
@@ -81,7 +84,7 @@ def test_interrupted_training_resumes_to_the_same_weights(home, mia):
 
     def ctrl_c_at_step_13(report):
         if report.step == 13:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the loop stops at the end of this step
 
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train_identity(home, "Mia", "lora", overrides=settings, show_progress=False, on_step=ctrl_c_at_step_13)
@@ -130,12 +133,25 @@ def test_class_images_are_cached_and_reused(home, mia, sample_photos):
 def test_expert_flags_train_and_save_a_text_encoder_lora(home, mia):
     flags = {"steps": 4, "train_text_encoder": True, "grad_accum": 2, "snr_gamma": 5.0, "offset_noise": 0.1}
     metadata = train_identity(
-        home, "Mia", "lora", overrides={**FAST, **flags, "cache_latents": False}, show_progress=False
+        home, "Mia", "lora", overrides={**FAST, **flags, "cache_latents": False}, show_progress=False, export_kohya=True
     )
     assert metadata.config.train_text_encoder and len(metadata.loss_history) == 4
     folder = registry.character_dir(home, "Mia") / "identity"
-    assert any(key.startswith("text_encoder.") for key in load_file(folder / LORA_FILE))
-    load_identity(fresh_pipeline(home), folder, adapter_name="mia")
+    assert any(key.startswith("text_encoder.text_model.encoder.layers.") for key in load_file(folder / LORA_FILE))
+    assert any(key.startswith("lora_te_text_model_encoder_layers_") for key in load_file(folder / KOHYA_FILE))
+    pipeline = fresh_pipeline(home)
+    load_identity(pipeline, folder, adapter_name="mia")
+    assert "mia" in pipeline.text_encoder.peft_config  # the text part loaded too
+
+
+def test_a_second_run_in_one_process_may_change_mixed_precision():
+    assert make_accelerator("no", cpu=True).mixed_precision == "no"
+    assert make_accelerator("bf16", cpu=True).mixed_precision == "bf16"  # accelerate alone refuses this
+
+
+def test_a_numbered_gpu_is_refused_with_how_to_choose_it(home, mia):
+    with pytest.raises(TrainingError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
+        train_identity(home, "Mia", "lora", device="cuda:1", show_progress=False)
 
 
 def test_mixed_precision_on_the_cpu_is_refused_before_any_work(home, mia):

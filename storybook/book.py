@@ -1,0 +1,143 @@
+"""The book project: <home>/books/<slug>/book.json, a versioned record of a story, its pages and their pictures.
+
+Every write is atomic (temp file + rename). A damaged book.json, or one written by a newer storybook, is reported and
+left untouched: nothing here writes over a file it could not read.
+"""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from storybook.errors import BookError
+from storybook.storage import atomic_write_text, slugify
+
+BOOK_VERSION = 1
+BOOK_FILE = "book.json"
+MIN_PAGES, MAX_PAGES = 8, 24  # board books run 8-24 pages
+
+Pronouns = Literal["she", "he", "they"]
+
+# name, youngest and oldest age in years, words a page may hold
+AGE_BANDS = [("baby", 0, 1, 15), ("toddler", 2, 3, 20), ("preschool", 4, 6, 40)]
+
+
+def age_band(age: int) -> tuple[str, int]:
+    """The band of a child aged `age` and its default words-per-page limit. Raises BookError outside 0-6."""
+    for name, youngest, oldest, max_words in AGE_BANDS:
+        if youngest <= age <= oldest:
+            return name, max_words
+    raise BookError(f"Age {age} is outside the picture-book range storybook writes for (0 to 6 years).")
+
+
+class BookCharacter(BaseModel):
+    """A registered character as the book draws it: its registry slug plus the words bound to its identity."""
+
+    slug: str  # reference to <home>/characters/<slug>/
+    name: str  # what the story calls it (the child's name for the hero)
+    token: str
+    class_noun: str
+    appearance: str = ""  # the parent's description, repeated unchanged on every page it appears on
+
+    @property
+    def phrase(self) -> str:
+        """The words that call up the trained identity, e.g. 'zorv toddler'."""
+        return f"{self.token} {self.class_noun}"
+
+
+class Page(BaseModel):
+    """One story page: the text printed on it and how its picture is drawn."""
+
+    text: str
+    scene: str  # what the picture shows, as the writer (or the parent) wrote it
+    prompt: str  # the scene prompt: the scene, each present character's phrase and appearance, the book's style
+    negative_prompt: str
+    characters: list[str]  # slugs of the characters drawn on this page
+    seed: int
+    image: str | None = None  # the rendered picture, relative to the book folder
+
+
+class Book(BaseModel):
+    """book.json: everything needed to render and print one book again, exactly."""
+
+    version: int = BOOK_VERSION
+    title: str
+    dedication: str
+    child: str
+    pronouns: Pronouns = "they"
+    theme: str
+    age: int = Field(ge=0, le=6)
+    age_band: str
+    max_words_per_page: int = Field(gt=0)
+    style: str
+    writer: str  # "offline" or "llm:<model>"
+    seed: int
+    characters: list[BookCharacter]
+    pages: list[Page]
+
+    def character(self, slug: str) -> BookCharacter:
+        """The book's character with registry slug `slug`. Raises BookError when the book has none."""
+        for character in self.characters:
+            if character.slug == slug:
+                return character
+        known = ", ".join(c.slug for c in self.characters)
+        raise BookError(f"The book has no character {slug!r} (it has: {known}).")
+
+
+def books_root(home: Path) -> Path:
+    """The folder holding every book of the data root `home`."""
+    return home / "books"
+
+
+def book_dir(home: Path, book: str | Path) -> Path:
+    """The folder of `book`: a book folder or book.json path, else a book name looked up under <home>/books/."""
+    path = Path(book)
+    if path.name == BOOK_FILE and path.is_file():
+        return path.parent
+    if (path / BOOK_FILE).is_file():
+        return path
+    return books_root(home) / slugify(str(book))
+
+
+def load_book(folder: Path) -> Book:
+    """Read <folder>/book.json. Raises BookError when it is missing, damaged or from a newer storybook."""
+    record = folder / BOOK_FILE
+    if not record.is_file():
+        raise BookError(f"No book at {folder} (no {BOOK_FILE}). Write one with `storybook story write`.")
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BookError(
+            f"{record} is damaged ({error}); it was left as it is. Restore it or write the story again."
+        ) from error
+    if not isinstance(data, dict):
+        raise BookError(f"{record} is damaged (not a JSON object); it was left as it is.")
+    if data.get("version", 0) > BOOK_VERSION:
+        raise BookError(f"{record} was written by a newer storybook (version {data['version']}); upgrade storybook.")
+    try:
+        return Book.model_validate(data)
+    except ValidationError as error:
+        raise BookError(
+            f"{record} is damaged ({error.error_count()} bad fields); it was left as it is.\n{error}"
+        ) from error
+
+
+def save_book(folder: Path, book: Book) -> Path:
+    """Write `book` to <folder>/book.json atomically and return that path."""
+    record = folder / BOOK_FILE
+    atomic_write_text(record, book.model_dump_json(indent=2) + "\n")
+    return record
+
+
+def create_book(home: Path, book: Book) -> Path:
+    """Save a new book under <home>/books/, in a folder named after its title (-2, -3... when taken); return it."""
+    base = slugify(book.title)
+    folder = books_root(home) / base
+    number = 2
+    while folder.exists():
+        folder = books_root(home) / f"{base}-{number}"
+        number += 1
+    folder.mkdir(parents=True)
+    save_book(folder, book)
+    return folder

@@ -1,0 +1,95 @@
+"""Editing a book: change a page's text, scene or prompt, add, remove and reorder pages (used by the CLI and the app).
+
+Each edit returns a new Book and leaves the one it was given alone; an edit that would break the story's rules (see
+story_checks) raises BookError listing what is wrong, so a bad edit never reaches book.json. Pages are numbered from 1.
+A page whose picture no longer matches its words (new scene, prompt or seed) loses its image reference.
+"""
+
+from storybook.book import Book, Page
+from storybook.errors import BookError
+from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_page, compose_prompt, mentions
+
+
+def page_index(book: Book, number: int) -> int:
+    """The list index of page `number` (1-based). Raises BookError when the book has no such page."""
+    if not 1 <= number <= len(book.pages):
+        raise BookError(f"There is no page {number}: the book has pages 1 to {len(book.pages)}.")
+    return number - 1
+
+
+def characters_in(book: Book, scene: str) -> list[str]:
+    """The slugs of the book's characters whose phrase `scene` names."""
+    return [c.slug for c in book.characters if mentions(scene, c.phrase)]
+
+
+def checked(book: Book, page: Page, number: int) -> Page:
+    """`page` if it follows the rules of `book`; raises BookError listing its problems otherwise."""
+    if problems := check_page(book, page, f"page {number}"):
+        raise BookError("The edit was not saved:\n  " + "\n  ".join(problems))
+    return page
+
+
+def edit_page(
+    book: Book,
+    number: int,
+    text: str | None = None,
+    scene: str | None = None,
+    characters: list[str] | None = None,
+    prompt: str | None = None,
+) -> Book:
+    """Change page `number`: its text, its scene (and so its prompt; the characters drawn default to those the scene
+    names), the characters drawn, or the whole prompt (for experts; it must still follow the rules).
+    """
+    index = page_index(book, number)
+    page = book.pages[index]
+    changes: dict = {}
+    if text is not None:
+        changes["text"] = text.strip()
+    if scene is not None or characters is not None:
+        new_scene = page.scene if scene is None else scene.strip()
+        slugs = characters if characters is not None else characters_in(book, new_scene)
+        present = [book.character(slug) for slug in slugs]
+        changes |= {"scene": new_scene, "characters": slugs, "prompt": compose_prompt(new_scene, present, book.style)}
+    if prompt is not None:
+        changes["prompt"] = prompt.strip()
+    if changes.keys() & {"scene", "characters", "prompt"}:
+        changes["image"] = None
+    pages = list(book.pages)
+    pages[index] = checked(book, page.model_copy(update=changes), number)
+    return book.model_copy(update={"pages": pages})
+
+
+def add_page(book: Book, at: int, text: str, scene: str, characters: list[str] | None = None) -> Book:
+    """Insert a new page so that it becomes page `at` (len + 1 appends); it gets a seed no other page uses."""
+    if not 1 <= at <= len(book.pages) + 1:
+        raise BookError(f"A new page can go at 1 to {len(book.pages) + 1}, not {at}.")
+    slugs = characters if characters is not None else characters_in(book, scene)
+    present = [book.character(slug) for slug in slugs]
+    page = Page(
+        text=text.strip(),
+        scene=scene.strip(),
+        prompt=compose_prompt(scene, present, book.style),
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+        characters=slugs,
+        seed=max((p.seed for p in book.pages), default=book.seed * 1000) + 1,
+    )
+    pages = list(book.pages)
+    pages.insert(at - 1, checked(book, page, at))
+    return book.model_copy(update={"pages": pages})
+
+
+def remove_page(book: Book, number: int) -> Book:
+    """Remove page `number`. Raises BookError for the last remaining page."""
+    index = page_index(book, number)
+    if len(book.pages) == 1:
+        raise BookError("A book needs at least one page; add another before removing this one.")
+    return book.model_copy(update={"pages": book.pages[:index] + book.pages[index + 1 :]})
+
+
+def move_page(book: Book, number: int, to: int) -> Book:
+    """Move page `number` so that it becomes page `to`; the other pages keep their order."""
+    pages = list(book.pages)
+    page = pages.pop(page_index(book, number))
+    page_index(book, to)
+    pages.insert(to - 1, page)
+    return book.model_copy(update={"pages": pages})
