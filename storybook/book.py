@@ -4,13 +4,15 @@ Every write is atomic (temp file + rename). A damaged book.json, or one written 
 left untouched: nothing here writes over a file it could not read.
 """
 
+import itertools
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from storybook.errors import BookError
+from storybook.errors import BookError, InvalidNameError
 from storybook.storage import atomic_write_text, slugify
 
 BOOK_VERSION = 1
@@ -113,7 +115,9 @@ def load_book(folder: Path) -> Book:
         ) from error
     if not isinstance(data, dict):
         raise BookError(f"{record} is damaged (not a JSON object); it was left as it is.")
-    if data.get("version", 0) > BOOK_VERSION:
+    if not isinstance(data.get("version"), int):
+        raise BookError(f"{record} is damaged (no version number); it was left as it is.")
+    if data["version"] > BOOK_VERSION:
         raise BookError(f"{record} was written by a newer storybook (version {data['version']}); upgrade storybook.")
     try:
         return Book.model_validate(data)
@@ -130,14 +134,30 @@ def save_book(folder: Path, book: Book) -> Path:
     return record
 
 
+def folder_name(book: Book) -> str:
+    """A folder name for `book` from its title ("Day/Night... Mia" -> "day-night-mia"), else from the child's name."""
+    for name in (re.sub(r"[/\\.]+", " ", book.title), book.child):
+        try:
+            return slugify(name)
+        except InvalidNameError:
+            continue
+    return "book"
+
+
 def create_book(home: Path, book: Book) -> Path:
     """Save a new book under <home>/books/, in a folder named after its title (-2, -3... when taken); return it."""
-    base = slugify(book.title)
-    folder = books_root(home) / base
-    number = 2
-    while folder.exists():
-        folder = books_root(home) / f"{base}-{number}"
-        number += 1
-    folder.mkdir(parents=True)
-    save_book(folder, book)
+    base = folder_name(book)
+    books_root(home).mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        folder = books_root(home) / (base if number == 1 else f"{base}-{number}")
+        try:
+            folder.mkdir()  # fails when taken, even by a concurrent writer
+            break
+        except FileExistsError:
+            continue
+    try:
+        save_book(folder, book)
+    except BaseException:
+        folder.rmdir()
+        raise
     return folder

@@ -1,11 +1,12 @@
-"""Editing a book: change a page's text, scene or prompt, add, remove and reorder pages (used by the CLI and the app).
+"""Editing a book: change a page's text, scene or prompt, add, remove and reorder pages (CLI and app).
 
 Each edit returns a new Book and leaves the one it was given alone; an edit that would break the story's rules (see
-story_checks) raises BookError listing what is wrong, so a bad edit never reaches book.json. Pages are numbered from 1.
+story_checks; a book keeps 8 to 24 pages) raises BookError saying what is wrong, so a bad edit never reaches
+book.json. Pages are numbered from 1.
 A page whose picture no longer matches its words (new scene, prompt or seed) loses its image reference.
 """
 
-from storybook.book import Book, Page
+from storybook.book import MAX_PAGES, MIN_PAGES, Book, Page
 from storybook.errors import BookError
 from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_page, compose_prompt, mentions
 
@@ -42,7 +43,7 @@ def edit_page(
     """
     index = page_index(book, number)
     page = book.pages[index]
-    changes: dict = {}
+    changes: dict[str, object] = {}
     if text is not None:
         changes["text"] = text.strip()
     if scene is not None or characters is not None:
@@ -61,6 +62,8 @@ def edit_page(
 
 def add_page(book: Book, at: int, text: str, scene: str, characters: list[str] | None = None) -> Book:
     """Insert a new page so that it becomes page `at` (len + 1 appends); it gets a seed no other page uses."""
+    if len(book.pages) >= MAX_PAGES:
+        raise BookError(f"The book already has {len(book.pages)} pages, the most a board book holds; remove one first.")
     if not 1 <= at <= len(book.pages) + 1:
         raise BookError(f"A new page can go at 1 to {len(book.pages) + 1}, not {at}.")
     slugs = characters if characters is not None else characters_in(book, scene)
@@ -79,10 +82,10 @@ def add_page(book: Book, at: int, text: str, scene: str, characters: list[str] |
 
 
 def remove_page(book: Book, number: int) -> Book:
-    """Remove page `number`. Raises BookError for the last remaining page."""
+    """Remove page `number`. Raises BookError when the book would have fewer than MIN_PAGES pages."""
     index = page_index(book, number)
-    if len(book.pages) == 1:
-        raise BookError("A book needs at least one page; add another before removing this one.")
+    if len(book.pages) <= MIN_PAGES:
+        raise BookError(f"A book needs at least {MIN_PAGES} pages; add another before removing this one.")
     return book.model_copy(update={"pages": book.pages[:index] + book.pages[index + 1 :]})
 
 

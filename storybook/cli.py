@@ -1,5 +1,6 @@
 """The `storybook` command: a thin shell over the package's functions."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -8,11 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from storybook import book_edits, registry
-from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Pronouns, book_dir, books_root, load_book, save_book
-from storybook.errors import StorybookError
+from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Book, Pronouns, book_dir, books_root, load_book, save_book
+from storybook.errors import BookError, StorybookError
 from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
 from storybook.models import DEFAULT_MODEL, load_tokenizer
-from storybook.storage import HOME_ENV, data_home
+from storybook.storage import HOME_ENV, data_home, slugify
 from storybook.story import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
 from storybook.train_config import Method
 
@@ -252,7 +253,11 @@ def story_list() -> None:
     def show_list():
         table = Table("book", "title", "pages", "writer")
         for record in sorted(books_root(state["home"]).glob(f"*/{BOOK_FILE}")):
-            book = load_book(record.parent)
+            try:
+                book = load_book(record.parent)
+            except BookError as error:
+                table.add_row(record.parent.name, f"[red]{error}[/red]", "-", "-")
+                continue
             table.add_row(record.parent.name, book.title, str(len(book.pages)), book.writer)
         console.print(table)
 
@@ -274,7 +279,7 @@ def story_show(book: Annotated[str, typer.Argument(help="A book name under books
     run(show)
 
 
-def edit_book(book: str, edit) -> None:
+def edit_book(book: str, edit: Callable[[Book], Book]) -> None:
     """Load `book`, apply `edit` (Book -> Book), save it and say so; a refused edit leaves book.json as it was."""
 
     def apply():
@@ -294,12 +299,17 @@ def story_edit(
         str | None, typer.Option(help="New scene; name characters by their phrase ('zorv toddler').")
     ] = None,
     character: Annotated[
-        list[str] | None, typer.Option(help="Slug of a character drawn (default: from the scene).")
+        list[str] | None, typer.Option(help="A character drawn (default: those the scene names).")
     ] = None,
     prompt: Annotated[str | None, typer.Option(help="Replace the whole scene prompt (experts).")] = None,
 ) -> None:
     """Change a page's text, scene, characters or prompt."""
-    edit_book(book, lambda story: book_edits.edit_page(story, page, text, scene, character, prompt))
+
+    def edit(story: Book) -> Book:
+        slugs = [slugify(name) for name in character] if character is not None else None
+        return book_edits.edit_page(story, page, text, scene, slugs, prompt)
+
+    edit_book(book, edit)
 
 
 @story_app.command("add-page")

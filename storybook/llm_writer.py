@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jinja2
 import openai
+from openai.types.chat import ParsedChatCompletion
 from pydantic import BaseModel, ValidationError
 
 from storybook.errors import StoryError
@@ -68,7 +69,9 @@ def make_client(settings: LLMSettings) -> openai.OpenAI:
     )
 
 
-def request_story(client: openai.OpenAI, settings: LLMSettings, messages: list[dict[str, str]]):
+def request_story(
+    client: openai.OpenAI, settings: LLMSettings, messages: list[dict[str, str]]
+) -> ParsedChatCompletion[StoryDraft]:
     """One chat completion parsed as a StoryDraft. Raises StoryError for every failure that a retry cannot fix."""
     where = f"{client.base_url} (model {settings.model})"
     try:
@@ -95,6 +98,10 @@ def request_story(client: openai.OpenAI, settings: LLMSettings, messages: list[d
         raise StoryError(
             f"{where} is still rate-limiting after {settings.http_retries} retries; wait a minute and try again."
         ) from error
+    except openai.NotFoundError as error:
+        raise StoryError(
+            f"{where} has no such model or endpoint ({error.message}); name one it serves with --model."
+        ) from error
     except openai.APIStatusError as error:
         raise StoryError(f"{where} answered HTTP {error.status_code}: {error.message}") from error
 
@@ -112,7 +119,8 @@ def write_with_llm(brief: StoryBrief, check: Callable[[StoryDraft], list[str]], 
         try:
             completion = request_story(client, settings, messages)
         except ValidationError as error:  # not JSON, or not the schema
-            problems = [f"Your reply could not be read as the story JSON: {error.errors()[0]['msg']}."]
+            places = [(".".join(map(str, e["loc"])) or "the reply", e["msg"]) for e in error.errors()[:10]]
+            problems = [f"Your reply could not be read as the story JSON: {place}: {msg}." for place, msg in places]
             messages.append({"role": "user", "content": render_prompt("fix", problems=problems)})
             continue
         message = completion.choices[0].message
@@ -125,7 +133,7 @@ def write_with_llm(brief: StoryBrief, check: Callable[[StoryDraft], list[str]], 
         messages.append({"role": "assistant", "content": message.content or ""})
         messages.append({"role": "user", "content": render_prompt("fix", problems=problems)})
     raise StoryError(
-        f"The LLM's story still broke the rules after {settings.attempts} attempts:\n  "
+        f"The LLM's story could still not be used after {settings.attempts} attempts:\n  "
         + "\n  ".join(problems)
         + "\nTry again, use another model (--model), or use --writer offline."
     )

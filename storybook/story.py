@@ -18,7 +18,7 @@ from storybook.llm_writer import LLMSettings, write_with_llm
 from storybook.offline_writer import write_offline
 from storybook.storage import slugify
 from storybook.story_brief import StoryBrief, StoryDraft
-from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_book, compose_prompt
+from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_book, check_own_words, compose_prompt
 
 DEFAULT_STYLE = "soft watercolor picture book illustration"
 Writer = Literal["llm", "offline"]
@@ -28,7 +28,7 @@ class StoryRequest(BaseModel):
     """The story a parent asks for (the CLI's `story write` options; batch spec files hold the same fields)."""
 
     child: str
-    characters: list[str] = []  # registered character names; empty means the child's own character
+    characters: list[str] = Field(default_factory=list)  # registered names; empty: the child's own character
     theme: str
     pages: int = Field(12, ge=MIN_PAGES, le=MAX_PAGES)
     age: int = Field(2, ge=0, le=6)
@@ -80,7 +80,8 @@ def make_book(draft: StoryDraft, brief: StoryBrief, request: StoryRequest, write
     band, _ = age_band(request.age)
     pages = []
     for number, draft_page in enumerate(draft.pages):
-        present = [by_name[name.lower()] for name in draft_page.characters if name.lower() in by_name]
+        named = dict.fromkeys(name.strip().lower() for name in draft_page.characters)  # in order, once each
+        present = [by_name[name] for name in named if name in by_name]
         pages.append(
             Page(
                 text=draft_page.text.strip(),
@@ -111,12 +112,12 @@ def make_book(draft: StoryDraft, brief: StoryBrief, request: StoryRequest, write
 def check_draft(draft: StoryDraft, brief: StoryBrief, request: StoryRequest) -> list[str]:
     """Every rule the draft breaks, as the book it would make (see story_checks), plus unknown characters."""
     known = {c.name.lower() for c in brief.characters}
-    problems = [
+    problems = [  # make_book leaves unknown names out, so name them here
         f"page {number}: {name!r} is not one of the given characters ({', '.join(c.name for c in brief.characters)}); "
         "draw only those."
         for number, page in enumerate(draft.pages, start=1)
         for name in page.characters
-        if name.lower() not in known
+        if name.strip().lower() not in known
     ]
     return problems + check_book(make_book(draft, brief, request, "check", 0), pages=brief.pages)
 
@@ -130,7 +131,17 @@ def write_story(
     CharacterError (an unknown character); nothing is saved then.
     """
     writer = writer or default_writer()
+    if not request.style.strip():
+        raise StoryError(f"The style is empty: describe the art of every page, e.g. '{DEFAULT_STYLE}'.")
     cast = load_cast(home, request)
+    own_words = {
+        "The child's name": request.child,
+        "The style": request.style,
+        "The dedication": request.dedication or "",
+    }
+    own_words |= {f"{c.name}'s description": c.appearance for c in cast}
+    if problems := check_own_words(own_words):
+        raise StoryError("\n".join(problems) + "\nChange these words; they would be on every page.")
     _, band_words = age_band(request.age)
     brief = StoryBrief(
         child=request.child,
@@ -145,9 +156,11 @@ def write_story(
     if writer == "offline":
         draft = write_offline(brief, seed)
         if problems := check_draft(draft, brief, request):
+            too_long = any(" words; " in problem for problem in problems)
             raise StoryError(
-                "The offline story does not fit this book:\n  " + "\n  ".join(problems) + "\n"
-                "Raise --max-words, use shorter names, or choose another page count."
+                "The offline story does not fit this book:\n  "
+                + "\n  ".join(problems)
+                + ("\nRaise --max-words or use shorter names." if too_long else "")
             )
         writer_name = "offline"
     else:

@@ -27,7 +27,7 @@ class DraftPage(BaseModel):
     text: str = Field(description="The words printed on the page: short, simple sentences read aloud to a toddler.")
     scene: str = Field(
         description="What the picture shows, in one short sentence. Name every character drawn by its phrase "
-        "(e.g. 'zorv toddler'), exactly as given."
+        "(e.g. 'wuzz toddler'), exactly as given."
     )
     characters: list[str] = Field(description="The names of the characters drawn in the picture, as given.")
 

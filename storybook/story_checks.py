@@ -32,12 +32,13 @@ def compose_prompt(scene: str, present: list[BookCharacter], style: str) -> str:
 
 def count_words(text: str) -> int:
     """The number of words in `text` ("Mia's" and "splish-splash" count as one)."""
-    return len(re.findall(r"[\w'’-]+", text))
+    return len(re.findall(r"\w[\w'’-]*", text))
 
 
 def mentions(text: str, words: str) -> bool:
-    """Whether `words` occurs in `text` as whole words, ignoring case."""
-    return re.search(rf"(?<!\w){re.escape(words)}(?!\w)", text, re.IGNORECASE) is not None
+    """Whether `words` occurs in `text` as whole words, ignoring case and how much space separates them."""
+    pattern = r"\s+".join(re.escape(word) for word in words.split())
+    return re.search(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def unsafe_words(text: str) -> list[str]:
@@ -56,6 +57,10 @@ def check_page(book: Book, page: Page, label: str) -> list[str]:
             f"{label}: {words} words; a {book.age_band} book keeps to {book.max_words_per_page} words a page. "
             "Use fewer, shorter sentences."
         )
+    if not page.scene.strip():
+        problems.append(f"{label}: the scene is empty; say what the picture shows.")
+    if len(set(page.characters)) != len(page.characters):
+        problems.append(f"{label}: a character is listed twice.")
     known = {c.slug for c in book.characters}
     for slug in page.characters:
         if slug not in known:
@@ -74,13 +79,25 @@ def check_page(book: Book, page: Page, label: str) -> list[str]:
                 "who is not listed on this page."
             )
     if book.style not in page.prompt:
-        problems.append(f"{label}: the scene prompt must end with the book's style '{book.style}'.")
+        problems.append(f"{label}: the scene prompt must include the book's style '{book.style}'.")
     for where, text in (("text", page.text), ("scene prompt", page.prompt)):
         if found := unsafe_words(text):
             problems.append(f"{label}: the {where} uses words not meant for a toddler's book: {', '.join(found)}.")
     if SAFETY_NEGATIVE_PROMPT not in page.negative_prompt:
         problems.append(f"{label}: the negative prompt must keep the safety terms '{SAFETY_NEGATIVE_PROMPT}'.")
     return problems
+
+
+def check_own_words(fields: dict[str, str]) -> list[str]:
+    """The problems of the parent's own words (names, descriptions, style...), keyed by what each field is.
+
+    These go on every page unchanged, so no writer can fix them: they are checked before any story is written.
+    """
+    return [
+        f"{where} uses words not meant for a toddler's book: {', '.join(found)}."
+        for where, text in fields.items()
+        if (found := unsafe_words(text))
+    ]
 
 
 def check_book(book: Book, pages: int | None = None) -> list[str]:
@@ -90,6 +107,8 @@ def check_book(book: Book, pages: int | None = None) -> list[str]:
         problems.append(f"The story has {len(book.pages)} pages; it must have exactly {pages}.")
     if not book.pages:
         problems.append("The story has no pages.")
+    if not book.title.strip():
+        problems.append("The title is empty.")
     for where, text in (("title", book.title), ("dedication", book.dedication)):
         if found := unsafe_words(text):
             problems.append(f"The {where} uses words not meant for a toddler's book: {', '.join(found)}.")

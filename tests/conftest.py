@@ -38,11 +38,12 @@ def sample_photos(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture
 def family_home(tmp_path) -> Path:
-    """A data root with two registered characters, Mia (toddler) and Rex (dog), as records only (no photos on disk)."""
+    """A data root with three registered characters, Mia (toddler), Rex (dog) and Bo (teddy bear), as records only."""
     root = tmp_path / "family"
     for name, class_noun, token, description in [
         ("Mia", "toddler", "zorv", "2-year-old girl, curly red hair, yellow raincoat"),
         ("Rex", "dog", "qwib", "small brown puppy"),
+        ("Bo", "teddy bear", "plim", "patched blue teddy"),
     ]:
         photo = registry.PhotoRecord(
             original_name=f"IMG_{name}.HEIC", stored=f"photos/{name}.png", prepared=f"prepared/{name}.png", sha256="0"

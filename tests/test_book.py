@@ -38,6 +38,10 @@ def test_a_book_from_a_newer_storybook_is_refused(book_folder):
     record.write_text(json.dumps(data))
     with pytest.raises(BookError, match="newer storybook"):
         load_book(book_folder)
+    assert json.loads(record.read_text()) == data
+    record.write_text(json.dumps(data | {"version": None}))
+    with pytest.raises(BookError, match="damaged"):
+        load_book(book_folder)
 
 
 def test_a_crash_mid_write_leaves_the_previous_book_intact(book_folder, monkeypatch):
@@ -59,6 +63,12 @@ def test_books_with_the_same_title_get_their_own_folders(family_home, book_folde
     assert second.name == book_folder.name + "-2"
     assert book_dir(family_home, book_folder.name) == book_folder
     assert book_dir(family_home, str(second / BOOK_FILE)) == second
+
+
+def test_any_title_gets_a_folder(family_home, book_folder):
+    book = load_book(book_folder)
+    assert create_book(family_home, book.model_copy(update={"title": "Day/Night... Mia"})).name == "day-night-mia"
+    assert create_book(family_home, book.model_copy(update={"title": "🌙"})).name == "mia"
 
 
 def test_a_missing_book_says_how_to_write_one(family_home):

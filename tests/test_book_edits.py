@@ -49,4 +49,8 @@ def test_add_remove_and_move_pages(book):
     removed = remove_page(moved, 9)
     assert removed.pages == book.pages
     with pytest.raises(BookError, match="1 to 10"):
-        add_page(book.model_copy(update={"pages": added.pages}), 11, "Hi", "a park")
+        add_page(added, 11, "Hi", "a park")
+    with pytest.raises(BookError, match="at least 8 pages"):
+        remove_page(book, 1)
+    with pytest.raises(BookError, match="already has 24 pages"):
+        add_page(book.model_copy(update={"pages": book.pages * 3}), 1, "Hi", "a park")

@@ -57,8 +57,8 @@ def test_story_write_show_edit_and_a_refused_edit(family_home, monkeypatch):
     refused = invoke(family_home, "story", "edit", folder.name, "2", "--text", "Mia finds a knife.")
     assert refused.exit_code == 1 and "knife" in refused.output
     assert (folder / "book.json").read_text() == before
-    moved = invoke(family_home, "story", "move-page", folder.name, "1", "8")
-    removed = invoke(family_home, "story", "remove-page", folder.name, "8")
     added = invoke(family_home, "story", "add-page", folder.name, "--text", "Bye, sea!", "--scene", "qwib dog at sea")
-    assert moved.exit_code == removed.exit_code == added.exit_code == 0
+    moved = invoke(family_home, "story", "move-page", folder.name, "1", "9")
+    removed = invoke(family_home, "story", "remove-page", folder.name, "9")
+    assert added.exit_code == moved.exit_code == removed.exit_code == 0, removed.output
     assert "Bye, sea!" in invoke(family_home, "story", "show", folder.name).output

@@ -109,11 +109,13 @@ def test_the_request_holds_names_descriptions_and_theme_only(server, family_home
     assert body["model"] == "test-model" and body["stream"] is False
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"]["required"] == ["title", "pages"]
+    assert body["response_format"]["json_schema"]["name"] == "StoryDraft"
     system, user = body["messages"]
     assert system["role"] == "system" and system["content"] == render_prompt("system", brief=draft_brief(family_home))
+    assert "Mia" not in system["content"] and "zorv" not in system["content"]  # the rules hold no family data
     assert user == {
         "role": "user",
-        "content": "Write a 8-page story about Mia (pronouns: they/them), aged 2.\n"
+        "content": "Write a story of 8 pages about Mia (pronouns: they/them), aged 2.\n"
         "Theme: a cozy bedtime\n\n"
         "Characters:\n"
         '- Mia (the child, the hero of the story): a toddler, drawn with the phrase "zorv toddler"; '
@@ -199,3 +201,24 @@ def test_no_key_and_no_server_says_how_to_configure_one(family_home, monkeypatch
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(StoryError, match="OPENAI_API_KEY"):
         write_story(family_home, REQUEST, writer="llm")
+
+
+def test_an_unknown_character_is_sent_back(server, family_home):
+    draft = good_draft(family_home)
+    invented = draft.model_copy(deep=True)
+    invented.pages[1].characters.append("Grandma")
+    server.reply(completion(invented.model_dump_json()))
+    server.reply(completion(draft.model_dump_json()))
+    write_story(family_home, REQUEST, writer="llm", llm=settings(server))
+    assert (
+        "page 2: 'Grandma' is not one of the given characters" in server.requests[1]["body"]["messages"][-1]["content"]
+    )
+
+
+def test_a_server_error_is_retried_and_an_unknown_model_named(server, family_home):
+    server.reply({"error": {"message": "overloaded"}}, status=503, headers={"retry-after-ms": "10"})
+    server.reply(completion(good_draft(family_home).model_dump_json()))
+    write_story(family_home, REQUEST, writer="llm", llm=settings(server))
+    server.reply({"error": {"message": "model 'test-model' not found"}}, status=404)
+    with pytest.raises(StoryError, match="name one it serves with --model"):
+        write_story(family_home, REQUEST, writer="llm", llm=settings(server))

@@ -23,7 +23,7 @@ def brief_for(family_home, theme: str, pages: int, characters: list[str], pronou
 
 @pytest.mark.parametrize("theme", THEMES)
 @pytest.mark.parametrize("pages", [8, 13, 24])
-@pytest.mark.parametrize("characters", [["Mia"], ["Mia", "Rex"]])
+@pytest.mark.parametrize("characters", [["Mia"], ["Mia", "Rex"], ["Mia", "Rex", "Bo"]])
 def test_every_theme_follows_the_rules_at_any_length(family_home, theme, pages, characters):
     brief = brief_for(family_home, theme, pages, characters)
     draft = write_offline(brief, seed=pages)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from storybook import registry
 from storybook.book import load_book
 from storybook.errors import CharacterError, StoryError
 from storybook.story import StoryRequest, default_writer, load_cast, write_story
@@ -42,4 +43,10 @@ def test_bad_requests_fail_before_anything_is_written(family_home):
     with pytest.raises(StoryError, match="Raise --max-words"):
         request = StoryRequest(child="Mia", theme="bath", max_words_per_page=3)
         write_story(family_home, request, "offline")
+    with pytest.raises(StoryError, match="Bo's description uses words not meant for a toddler's book: sword"):
+        registry.save_character(
+            family_home,
+            registry.load_character(family_home, "Bo").model_copy(update={"description": "teddy with a toy sword"}),
+        )
+        write_story(family_home, StoryRequest(child="Mia", characters=["Mia", "Bo"], theme="bath"), "llm")
     assert not (family_home / "books").exists()

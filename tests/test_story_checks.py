@@ -3,7 +3,7 @@
 import pytest
 
 from storybook.story import StoryRequest, write_story
-from storybook.story_checks import check_book, compose_prompt, count_words
+from storybook.story_checks import check_book, compose_prompt, count_words, mentions
 
 
 @pytest.fixture
@@ -57,4 +57,9 @@ def test_each_broken_rule_is_named(book):
 
 
 def test_words_are_counted_as_a_reader_would():
-    assert count_words("Splish-splash! Mia's boat goes... whoosh.") == 5
+    assert count_words("Splish-splash! Mia's boat goes... whoosh - whoosh.") == 6
+
+
+def test_a_phrase_is_found_whatever_the_spacing_but_only_as_whole_words():
+    assert mentions("Zorv  toddler\non a swing", "zorv toddler")
+    assert not mentions("zorvy toddler", "zorv toddler")
