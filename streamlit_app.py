@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from storybook import book_edits, registry
-from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Book, books_root, load_book, save_book
+from storybook.book import MAX_PAGES, MIN_PAGES, Book, list_books, load_book, save_book
 from storybook.errors import PhotoError, StorybookError
 from storybook.models import DEFAULT_MODEL, load_tokenizer
 from storybook.storage import data_home
@@ -132,11 +132,10 @@ def page_editor(folder: Path, book: Book) -> None:
 
 def book_section(home: Path) -> None:
     """Pick a book and edit its pages."""
-    folders = sorted(record.parent.name for record in books_root(home).glob(f"*/{BOOK_FILE}"))
+    folders = {folder.name: folder for folder in list_books(home)}
     if not folders:
         return
-    chosen = st.selectbox("Book", folders, key="book")
-    folder = books_root(home) / chosen
+    folder = folders[st.selectbox("Book", list(folders), key="book")]
     try:
         book = load_book(folder)
     except StorybookError as error:

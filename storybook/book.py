@@ -92,6 +92,11 @@ def books_root(home: Path) -> Path:
     return home / "books"
 
 
+def list_books(home: Path) -> list[Path]:
+    """The folders of every book under <home>/books/, sorted by name (damaged ones too: loading them tells)."""
+    return sorted(record.parent for record in books_root(home).glob(f"*/{BOOK_FILE}"))
+
+
 def book_dir(home: Path, book: str | Path) -> Path:
     """The folder of `book`: a book folder or book.json path, else a book name looked up under <home>/books/."""
     path = Path(book)

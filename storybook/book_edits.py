@@ -23,6 +23,11 @@ def characters_in(book: Book, scene: str) -> list[str]:
     return [c.slug for c in book.characters if mentions(scene, c.phrase)]
 
 
+def scene_prompt(book: Book, scene: str, slugs: list[str]) -> str:
+    """The scene prompt of `scene` drawing the characters `slugs` in `book`'s style."""
+    return compose_prompt(scene, [book.character(slug) for slug in slugs], book.style)
+
+
 def checked(book: Book, page: Page, number: int) -> Page:
     """`page` if it follows the rules of `book`; raises BookError listing its problems otherwise."""
     if problems := check_page(book, page, f"page {number}"):
@@ -49,8 +54,7 @@ def edit_page(
     if scene is not None or characters is not None:
         new_scene = page.scene if scene is None else scene.strip()
         slugs = characters if characters is not None else characters_in(book, new_scene)
-        present = [book.character(slug) for slug in slugs]
-        changes |= {"scene": new_scene, "characters": slugs, "prompt": compose_prompt(new_scene, present, book.style)}
+        changes |= {"scene": new_scene, "characters": slugs, "prompt": scene_prompt(book, new_scene, slugs)}
     if prompt is not None:
         changes["prompt"] = prompt.strip()
     if changes.keys() & {"scene", "characters", "prompt"}:
@@ -67,11 +71,10 @@ def add_page(book: Book, at: int, text: str, scene: str, characters: list[str] |
     if not 1 <= at <= len(book.pages) + 1:
         raise BookError(f"A new page can go at 1 to {len(book.pages) + 1}, not {at}.")
     slugs = characters if characters is not None else characters_in(book, scene)
-    present = [book.character(slug) for slug in slugs]
     page = Page(
         text=text.strip(),
         scene=scene.strip(),
-        prompt=compose_prompt(scene, present, book.style),
+        prompt=scene_prompt(book, scene, slugs),
         negative_prompt=DEFAULT_NEGATIVE_PROMPT,
         characters=slugs,
         seed=max((p.seed for p in book.pages), default=book.seed * 1000) + 1,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from storybook import book_edits, registry
-from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Book, Pronouns, book_dir, books_root, load_book, save_book
+from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Book, Pronouns, book_dir, list_books, load_book, save_book
 from storybook.errors import BookError, StorybookError
 from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
 from storybook.models import DEFAULT_MODEL, load_tokenizer
@@ -252,13 +252,13 @@ def story_list() -> None:
 
     def show_list():
         table = Table("book", "title", "pages", "writer")
-        for record in sorted(books_root(state["home"]).glob(f"*/{BOOK_FILE}")):
+        for folder in list_books(state["home"]):
             try:
-                book = load_book(record.parent)
+                book = load_book(folder)
             except BookError as error:
-                table.add_row(record.parent.name, f"[red]{error}[/red]", "-", "-")
+                table.add_row(folder.name, f"[red]{error}[/red]", "-", "-")
                 continue
-            table.add_row(record.parent.name, book.title, str(len(book.pages)), book.writer)
+            table.add_row(folder.name, book.title, str(len(book.pages)), book.writer)
         console.print(table)
 
     run(show_list)
