@@ -48,6 +48,29 @@ class BookCharacter(BaseModel):
         return f"{self.token} {self.class_noun}"
 
 
+Scheduler = Literal["dpm++", "euler-a", "euler", "ddim", "model"]
+
+
+class RenderSettings(BaseModel):
+    """How the pictures are drawn. Kept in book.json, so rendering again draws only what changed."""
+
+    model: str = "tiny"  # 'tiny', a local diffusers folder or a hub id
+    steps: int = Field(25, ge=1, le=200)
+    preview_steps: int = Field(8, ge=1, le=200)  # `render --preview` drafts
+    guidance: float = Field(7.5, ge=0)
+    width: int | None = Field(None, ge=8)  # pixels; None: the model's native size
+    height: int | None = Field(None, ge=8)
+    scheduler: Scheduler = "dpm++"  # DPM-Solver++ (Karras sigmas); 'model' keeps the model's own
+    weights: dict[str, float] = Field(default_factory=dict)  # character slug -> identity weight (default 1.0)
+
+
+class Candidate(BaseModel):
+    """One of several pictures drawn for a page with other seeds (`render --candidates N`)."""
+
+    seed: int
+    image: str
+
+
 class Page(BaseModel):
     """One story page: the text printed on it and how its picture is drawn."""
 
@@ -58,6 +81,8 @@ class Page(BaseModel):
     characters: list[str]  # slugs of the characters drawn on this page
     seed: int
     image: str | None = None  # the rendered picture, relative to the book folder
+    preview: str | None = None  # a fast low-step draft of it
+    candidates: list[Candidate] = Field(default_factory=list)  # the first one is `seed` itself
 
 
 class Book(BaseModel):
@@ -77,6 +102,8 @@ class Book(BaseModel):
     seed: int
     characters: list[BookCharacter]
     pages: list[Page]
+    cover: Page | None = None  # the cover picture; its text is the title
+    render: RenderSettings = Field(default_factory=RenderSettings)
 
     def character(self, slug: str) -> BookCharacter:
         """The book's character with registry slug `slug`. Raises BookError when the book has none."""

@@ -3,7 +3,7 @@
 Each edit returns a new Book and leaves the one it was given alone; an edit that would break the story's rules (see
 story_checks; a book keeps 8 to 24 pages) raises BookError saying what is wrong, so a bad edit never reaches
 book.json. Pages are numbered from 1.
-A page whose picture no longer matches its words (new scene, prompt or seed) loses its image reference.
+A page whose picture no longer matches its words (new scene, prompt or seed) loses its picture, draft and candidates.
 """
 
 from storybook.book import MAX_PAGES, MIN_PAGES, Book, Page
@@ -58,7 +58,7 @@ def edit_page(
     if prompt is not None:
         changes["prompt"] = prompt.strip()
     if changes.keys() & {"scene", "characters", "prompt"}:
-        changes["image"] = None
+        changes |= {"image": None, "preview": None, "candidates": []}
     pages = list(book.pages)
     pages[index] = checked(book, page.model_copy(update=changes), number)
     return book.model_copy(update={"pages": pages})
@@ -98,4 +98,37 @@ def move_page(book: Book, number: int, to: int) -> Book:
     page = pages.pop(page_index(book, number))
     page_index(book, to)
     pages.insert(to - 1, page)
+    return book.model_copy(update={"pages": pages})
+
+
+def cover_page(book: Book) -> Page:
+    """The cover picture of `book`: every character together, in the book's style; its text is the title."""
+    scene = f"{' and '.join(c.phrase for c in book.characters)} smiling together, book cover"
+    return Page(
+        text=book.title,
+        scene=scene,
+        prompt=scene_prompt(book, scene, [c.slug for c in book.characters]),
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+        characters=[c.slug for c in book.characters],
+        seed=book.seed * 1000 + 999,
+    )
+
+
+def choose_candidate(book: Book, number: int, candidate: int) -> Book:
+    """Make candidate `candidate` (1-based) of page `number` (0: the cover) its picture, and its seed the page's seed.
+
+    Raises BookError when the page has no such candidate (render with --candidates first).
+    """
+    page = book.cover if number == 0 else book.pages[page_index(book, number)]
+    if page is None or not 1 <= candidate <= len(page.candidates):
+        count = len(page.candidates) if page else 0
+        raise BookError(
+            f"Page {number} has {count} candidates, not {candidate}: run `storybook render BOOK --candidates N`."
+        )
+    chosen = page.candidates[candidate - 1]
+    page = page.model_copy(update={"seed": chosen.seed, "image": chosen.image, "preview": None})
+    if number == 0:
+        return book.model_copy(update={"cover": page})
+    pages = list(book.pages)
+    pages[number - 1] = page
     return book.model_copy(update={"pages": pages})

@@ -1,18 +1,33 @@
 """The `storybook` command: a thin shell over the package's functions."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 from storybook import book_edits, registry
-from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Book, Pronouns, book_dir, list_books, load_book, save_book
+from storybook.book import (
+    BOOK_FILE,
+    MAX_PAGES,
+    MIN_PAGES,
+    Book,
+    Pronouns,
+    Scheduler,
+    book_dir,
+    list_books,
+    load_book,
+    save_book,
+)
+from storybook.book_pdf import Layout, Profile, Trim, export_book
 from storybook.errors import BookError, StorybookError
 from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
 from storybook.models import DEFAULT_MODEL, load_tokenizer
+from storybook.print_pictures import X4_UPSCALER, Upscaler
 from storybook.storage import HOME_ENV, data_home, slugify
 from storybook.story import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
 from storybook.train_config import Method
@@ -335,9 +350,137 @@ def story_move_page(book: str, page: int, to: int) -> None:
     edit_book(book, lambda story: book_edits.move_page(story, page, to))
 
 
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar for `description`, given as a `progress(done, total)` callback."""
+    with tqdm(desc=description, unit="page") as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        yield update
+
+
+def render_and_report(folder: Path, **options) -> None:
+    """Render the book in `folder` with a progress bar, then say what was drawn and warn about long prompts."""
+    from storybook.render_book import render_book
+
+    try:
+        with progress_bar("rendering") as progress:
+            report, _ = render_book(state["home"], folder, progress=progress, **options)
+    except KeyboardInterrupt:
+        console.print("Stopped. Every finished picture is saved: render again to go on.")
+        raise typer.Exit(130) from None
+    console.print(f"{report.drawn} pictures drawn, {report.reused} already drawn: {folder / BOOK_FILE}")
+    for warning in report.warnings:
+        console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
+
+
+@app.command()
+def render(
+    book: Annotated[str, typer.Argument(help="A book name under books/, or a book folder.")],
+    model: Annotated[str | None, typer.Option(help="Base model: 'tiny', a local diffusers folder or a hub id.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (0 for SD-Turbo).")] = None,
+    width: Annotated[int | None, typer.Option(help="Picture width in pixels (default: the model's own size).")] = None,
+    height: Annotated[int | None, typer.Option(help="Picture height in pixels.")] = None,
+    scheduler: Annotated[Scheduler | None, typer.Option(help="Sampler (default dpm++: DPM-Solver++ Karras).")] = None,
+    weight: Annotated[
+        list[str] | None, typer.Option(help="A character's identity weight, NAME=0.8 (default 1.0); repeatable.")
+    ] = None,
+    preview: Annotated[bool, typer.Option(help="Fast low-step drafts (their own files; export uses finals).")] = False,
+    candidates: Annotated[int, typer.Option(min=1, max=8, help="Draw N seeds per page to choose from.")] = 1,
+    page: Annotated[list[int] | None, typer.Option(help="Only this page (0: the cover); repeatable.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Pictures per pipeline call.")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (default: fp16 on GPUs).")] = None,
+) -> None:
+    """Draw the book's pictures; drawing again redraws only what changed. Settings given are kept in book.json."""
+
+    def draw():
+        from storybook.render_book import with_settings
+
+        folder = book_dir(state["home"], book)
+        given = {"model": model, "steps": steps, "guidance": guidance, "width": width, "height": height}
+        overrides = {key: value for key, value in given.items() if value is not None}
+        if scheduler:
+            overrides["scheduler"] = scheduler
+        if weight:
+            overrides["weights"] = dict(parse_weight(item) for item in weight)
+        if overrides:
+            save_book(folder, with_settings(load_book(folder), overrides))
+        render_and_report(
+            folder, preview=preview, candidates=candidates, only=page, batch_size=batch_size, device=device, dtype=dtype
+        )
+
+    run(draw)
+
+
+def parse_weight(item: str) -> tuple[str, float]:
+    """'Mia=0.8' -> ('Mia', 0.8). Raises BookError for anything else."""
+    name, _, value = item.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise BookError(f"--weight takes NAME=NUMBER, e.g. Mia=0.8, not {item!r}.") from None
+
+
+@app.command()
+def choose(
+    book: str,
+    page: Annotated[int, typer.Argument(help="The page (0: the cover).")],
+    candidate: Annotated[int, typer.Argument(help="The candidate's number, from 1.")],
+) -> None:
+    """Keep one of the candidates drawn by `render --candidates N` as the page's picture."""
+    edit_book(book, lambda story: book_edits.choose_candidate(story, page, candidate))
+
+
+@app.command()
+def export(
+    book: Annotated[str, typer.Argument(help="A book name under books/, or a book folder.")],
+    out: Annotated[Path, typer.Option(help="The PDF to write.")] = Path("book.pdf"),
+    profile: Annotated[Profile, typer.Option(help="kdp, lulu (bleed for print) or screen (no bleed).")] = "kdp",
+    trim: Annotated[Trim, typer.Option(help="Trim size in inches.")] = "8.5x8.5",
+    layout: Annotated[Layout, typer.Option(help="Text on a soft band over the picture, or below it.")] = "band",
+    upscaler: Annotated[
+        Upscaler, typer.Option(help="auto: the x4 upscaler on a GPU when its weights are here, else lanczos.")
+    ] = "auto",
+    upscaler_model: Annotated[str, typer.Option(help="The x4 upscaler: hub id or local folder.")] = X4_UPSCALER,
+    device: Annotated[str | None, typer.Option(help="Where the x4 upscaler runs.")] = None,
+) -> None:
+    """Write the print-ready PDF: cover, dedication, pages, The End; even page count; fonts embedded; 300 DPI."""
+
+    def write():
+        folder = book_dir(state["home"], book)
+        with progress_bar("exporting") as progress:
+            pages = export_book(folder, out, profile, trim, layout, upscaler, upscaler_model, device, progress)
+        console.print(f"Wrote {out} ({pages} pages, {trim} in, {profile})")
+
+    run(write)
+
+
+@app.command()
+def make(specs: Annotated[list[Path], typer.Argument(help="Spec files (YAML or JSON), one book each.")]) -> None:
+    """Make many books: write, render and export the book of each spec; a failing book does not stop the others."""
+    from storybook.batch import make_books
+
+    made = make_books(state["home"], specs, say=lambda line: console.print(line, highlight=False))
+    table = Table("spec", "result", "pages", "seconds")
+    for result in made:
+        outcome = f"[green]{result.output}[/green]" if result.error is None else f"[red]failed:[/red] {result.error}"
+        table.add_row(result.spec.name, outcome, str(result.pages or "-"), f"{result.seconds:.0f}")
+    console.print(table)
+    failed = sum(result.error is not None for result in made)
+    if failed:
+        console.print(f"[red]{failed} of {len(made)} books failed.[/red]")
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo() -> None:
-    """Offline demo on the CPU: build the tiny model, register a sample toddler, train it briefly, write a story."""
+    """Offline demo on the CPU: build the tiny model, register and train a sample toddler, write, render, export."""
 
     def run_demo():
         from storybook.sample_photos import write_sample_photos
@@ -363,5 +506,10 @@ def demo() -> None:
         request = StoryRequest(child="Mia", theme="a day at the beach", pages=12, pronouns="she", seed=1)
         book_folder, book = write_story(home, request, "offline")
         console.print(f"Wrote '{book.title}' ({len(book.pages)} pages, offline writer): {book_folder / BOOK_FILE}")
+        render_and_report(book_folder)
+        pdf = home / "mia-at-the-beach.pdf"
+        with progress_bar("exporting") as progress:
+            pages = export_book(book_folder, pdf, progress=progress)
+        console.print(f"[bold]Your book:[/bold] {pdf} ({pages} pages, 8.5x8.5 in with KDP bleed)")
 
     run(run_demo)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from storybook import registry
 from storybook.book import MAX_PAGES, MIN_PAGES, Book, BookCharacter, Page, Pronouns, age_band, create_book
+from storybook.book_edits import cover_page
 from storybook.errors import StoryError
 from storybook.llm_writer import LLMSettings, write_with_llm
 from storybook.offline_writer import write_offline
@@ -92,7 +93,7 @@ def make_book(draft: StoryDraft, brief: StoryBrief, request: StoryRequest, write
                 seed=seed * 1000 + number,
             )
         )
-    return Book(
+    book = Book(
         title=draft.title.strip(),
         dedication=request.dedication or f"For {request.child}, with love.",
         child=request.child,
@@ -107,6 +108,7 @@ def make_book(draft: StoryDraft, brief: StoryBrief, request: StoryRequest, write
         characters=brief.characters,
         pages=pages,
     )
+    return book.model_copy(update={"cover": cover_page(book)})
 
 
 def check_draft(draft: StoryDraft, brief: StoryBrief, request: StoryRequest) -> list[str]:
@@ -129,6 +131,17 @@ def write_story(
 
     Returns the book folder and the book. Raises StoryError (the writer failed, or its story broke the rules) and
     CharacterError (an unknown character); nothing is saved then.
+    """
+    book = compose_story(home, request, writer, llm)
+    return create_book(home, book), book
+
+
+def compose_story(
+    home: Path, request: StoryRequest, writer: Writer | None = None, llm: LLMSettings | None = None
+) -> Book:
+    """The book of `request`, written by `writer` (default: `default_writer()`) and checked, not saved yet.
+
+    Raises StoryError and CharacterError as `write_story` does.
     """
     writer = writer or default_writer()
     if not request.style.strip():
@@ -167,5 +180,4 @@ def write_story(
         llm = llm or LLMSettings()
         draft = write_with_llm(brief, lambda d: check_draft(d, brief, request), llm)
         writer_name = f"llm:{llm.model}"
-    book = make_book(draft, brief, request, writer_name, seed)
-    return create_book(home, book), book
+    return make_book(draft, brief, request, writer_name, seed)

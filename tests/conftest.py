@@ -61,3 +61,30 @@ def family_home(tmp_path) -> Path:
             ),
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_characters(tmp_path_factory, tiny_models_dir, sample_photos) -> Path:
+    """A `characters/` folder with two LoRA identities trained on the tiny model: Mia (toddler) and Rex (dog)."""
+    from storybook.tiny_model import build_tokenizer
+    from storybook.trainer import train_identity
+
+    root = tmp_path_factory.mktemp("trained-home")
+    (root / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    quick = {"steps": 20, "num_class_images": 4, "class_image_steps": 4, "checkpoint_every": 50}
+    for name, class_noun, description in [
+        ("Mia", "toddler", "curly red hair, yellow raincoat"),
+        ("Rex", "dog", "small brown puppy"),
+    ]:
+        registry.add_character(
+            root, name, sample_photos, build_tokenizer(), class_noun=class_noun, description=description
+        )
+        train_identity(root, name, "lora", overrides=quick, show_progress=False)
+    return root / "characters"
+
+
+@pytest.fixture
+def studio(home, trained_characters) -> Path:
+    """A data root with the tiny model and the trained Mia and Rex (shared, read-only)."""
+    (home / "characters").symlink_to(trained_characters, target_is_directory=True)
+    return home

@@ -1,3 +1,4 @@
+import pytest
 from typer.testing import CliRunner
 
 from storybook.cli import app
@@ -62,3 +63,46 @@ def test_story_write_show_edit_and_a_refused_edit(family_home, monkeypatch):
     removed = invoke(family_home, "story", "remove-page", folder.name, "9")
     assert added.exit_code == moved.exit_code == removed.exit_code == 0, removed.output
     assert "Bye, sea!" in invoke(family_home, "story", "show", folder.name).output
+
+
+@pytest.mark.slow
+def test_render_choose_and_export_from_the_command_line(studio, tmp_path):
+    from pypdf import PdfReader
+
+    from storybook.book import load_book
+
+    written = invoke(
+        studio, "story", "write", "--child", "Mia", "--character", "Mia", "--theme", "bath", "--pages", "8"
+    )
+    assert written.exit_code == 0, written.output
+    book = next((studio / "books").iterdir()).name
+    rendered = invoke(studio, "render", book, "--steps", "2", "--weight", "Mia=0.8", "--candidates", "2")
+    assert rendered.exit_code == 0, rendered.output
+    assert "18 pictures drawn, 0 already drawn" in rendered.output  # cover and 8 pages, two candidates each
+    folder = studio / "books" / book
+    assert load_book(folder).render.steps == 2 and load_book(folder).render.weights == {"mia": 0.8}
+
+    chosen = invoke(studio, "choose", book, "3", "2")
+    assert chosen.exit_code == 0, chosen.output
+    assert load_book(folder).pages[2].image == load_book(folder).pages[2].candidates[1].image
+    assert "0 pictures drawn, 9 already drawn" in invoke(studio, "render", book).output
+
+    out = tmp_path / "bath.pdf"
+    exported = invoke(studio, "export", book, "--out", str(out), "--profile", "screen", "--trim", "8x10")
+    assert exported.exit_code == 0, exported.output
+    assert len(PdfReader(out).pages) == 12 and float(PdfReader(out).pages[0].mediabox[3]) == 720
+
+    missing = invoke(studio, "export", "no-such-book", "--out", str(tmp_path / "x.pdf"))
+    assert missing.exit_code == 1 and "No book" in missing.output
+
+
+@pytest.mark.slow
+def test_demo_makes_a_book_end_to_end(home):
+    from pypdf import PdfReader
+
+    result = invoke(home, "demo")
+    assert result.exit_code == 0, result.output
+    pdf = home / "mia-at-the-beach.pdf"
+    assert "Your book:" in result.output and pdf.is_file()
+    reader = PdfReader(pdf)
+    assert len(reader.pages) == 16 and "The End" in reader.pages[14].extract_text()

@@ -1,0 +1,114 @@
+"""Batch export: many books from spec files (YAML or JSON), each written, rendered and exported in turn.
+
+A spec holds a story request (child, characters, theme, pages, ...) plus how to print it (profile, trim, layout,
+output) and optional render settings. Its book lives in <home>/books/<spec file name>/ with a copy of the spec's story
+part; making it again reuses that story (and every picture already drawn) unless the story part changed.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError
+
+from storybook.book import BOOK_FILE, books_root, load_book, save_book
+from storybook.book_pdf import Layout, Profile, Trim, export_book
+from storybook.errors import BookError, StorybookError
+from storybook.render_book import render_book, with_settings
+from storybook.renderer import Renderer
+from storybook.storage import atomic_write_text, slugify
+from storybook.story import StoryRequest, Writer, compose_story, default_writer
+
+SPEC_COPY = "spec.json"
+
+
+class BookSpec(StoryRequest):
+    """One book of a batch: the story request, its writer, its render settings and how to print it."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+    writer: Writer | None = None  # default: llm when a key or base URL is set
+    render: dict = Field(default_factory=dict)  # render settings (model, steps, guidance, weights, ...)
+    profile: Profile = "kdp"
+    trim: Trim = "8.5x8.5"
+    layout: Layout = "band"
+    output: Path  # the PDF, relative to the spec file
+
+
+@dataclass
+class MadeBook:
+    """The outcome of one spec: the PDF written, or the error that stopped it."""
+
+    spec: Path
+    output: Path | None = None
+    pages: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def load_spec(path: Path) -> BookSpec:
+    """Read a YAML or JSON spec file. Raises BookError naming the file and each bad field."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise BookError(f"Cannot read the spec {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise BookError(f"The spec {path} is not a mapping of fields (child, characters, theme, output, ...).")
+    try:
+        spec = BookSpec.model_validate(data)
+    except ValidationError as error:
+        problems = "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise BookError(f"The spec {path} has bad fields:\n  {problems}") from error
+    return spec.model_copy(update={"output": (path.parent / spec.output).resolve()})
+
+
+def story_part(spec: BookSpec) -> dict:
+    """The fields of `spec` that decide the story (a change in them writes the story again)."""
+    return json.loads(spec.model_dump_json(include=set(StoryRequest.model_fields) | {"writer"}))
+
+
+def make_one(
+    home: Path, spec_path: Path, renderer: Renderer | None, say: Callable[[str], None]
+) -> tuple[Path, int, Renderer]:
+    """Write (or reuse), render and export the book of one spec; return the PDF, its page count and the renderer."""
+    spec = load_spec(spec_path)
+    folder = books_root(home) / slugify(spec_path.stem)
+    spec_copy = folder / SPEC_COPY
+    if (folder / BOOK_FILE).exists() and not spec_copy.exists():
+        raise BookError(f"{folder} holds a book that was not made from a spec; rename {spec_path.name} to keep both.")
+    if spec_copy.exists() and json.loads(spec_copy.read_text()) == story_part(spec):
+        say(f"{spec_path.name}: reusing the story in {folder}")
+        book = load_book(folder)
+    else:
+        writer = spec.writer or default_writer()
+        say(f"{spec_path.name}: writing the story ({writer} writer)")
+        book = compose_story(home, spec, writer)
+    save_book(folder, with_settings(book, spec.render))
+    atomic_write_text(spec_copy, json.dumps(story_part(spec), indent=2))
+    report, renderer = render_book(home, folder, renderer=renderer)
+    say(f"{spec_path.name}: {report.drawn} pictures drawn, {report.reused} reused")
+    for warning in report.warnings:
+        say(f"{spec_path.name}: warning: {warning}")
+    pages = export_book(folder, spec.output, spec.profile, spec.trim, spec.layout)
+    say(f"{spec_path.name}: {pages} pages written to {spec.output}")
+    return spec.output, pages, renderer
+
+
+def make_books(home: Path, spec_paths: list[Path], say: Callable[[str], None] = print) -> list[MadeBook]:
+    """Make the book of each spec in turn, loading the model once; a failing book is reported, the others go on."""
+    made, renderer = [], None
+    for spec_path in spec_paths:
+        start = time.perf_counter()
+        result = MadeBook(spec=spec_path)
+        try:
+            result.output, result.pages, renderer = make_one(home, spec_path, renderer, say)
+        except StorybookError as error:
+            result.error = str(error)
+        except Exception as error:  # a bug in one book must not cost the others; the message says where
+            result.error = f"{type(error).__name__}: {error}"
+        result.seconds = time.perf_counter() - start
+        made.append(result)
+    return made

@@ -1,0 +1,78 @@
+"""Pictures for print: cropped to the shape they are placed in and enlarged to at least 300 DPI at that size.
+
+Enlarging uses diffusers' x4 upscaler when its weights are on this machine (and, with 'auto', a GPU to run it), and
+high-quality Lanczos resampling otherwise. Results are JPEG files cached under <book>/print/, named after the picture,
+the pixel size and the method, so exporting again (another profile, the same trim) reuses them.
+"""
+
+import io
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import StableDiffusionUpscalePipeline
+from PIL import Image, ImageOps
+
+from storybook.errors import ModelError
+from storybook.models import pick_device, pick_dtype
+from storybook.storage import atomic_write_bytes
+
+PRINT_DPI = 300
+PRINT_DIR = "print"
+X4_UPSCALER = "stabilityai/stable-diffusion-x4-upscaler"
+X4_STEPS = 20
+Upscaler = Literal["auto", "x4", "lanczos"]
+
+
+def load_x4_upscaler(model: str, device: str | None = None) -> StableDiffusionUpscalePipeline | None:
+    """diffusers' x4 upscaler from a local folder or the Hugging Face cache (never downloaded); None when absent."""
+    torch_device = pick_device(device)
+    try:
+        upscaler = StableDiffusionUpscalePipeline.from_pretrained(
+            model, dtype=pick_dtype(torch_device), local_files_only=True
+        )
+    except (OSError, ValueError):
+        return None
+    upscaler.set_progress_bar_config(disable=True)
+    return upscaler.to(torch_device)
+
+
+class PrintPictures:
+    """Makes the print files of a book's pictures, with the upscaler chosen once per export."""
+
+    def __init__(
+        self, folder: Path, upscaler: Upscaler = "auto", upscaler_model: str = X4_UPSCALER, device: str | None = None
+    ):
+        """Choose the method: 'x4' needs the upscaler's weights (ModelError otherwise); 'auto' uses them on a GPU."""
+        self.folder = folder
+        self.x4 = None
+        if upscaler == "x4" or (upscaler == "auto" and pick_device(device).type == "cuda"):
+            self.x4 = load_x4_upscaler(upscaler_model, device)
+            if self.x4 is None and upscaler == "x4":
+                raise ModelError(
+                    f"The x4 upscaler {upscaler_model!r} is not on this machine. Download it where there is network "
+                    f"(`hf download {X4_UPSCALER}`), give its folder with --upscaler-model, or use --upscaler lanczos."
+                )
+        self.method = "x4" if self.x4 else "lanczos"
+
+    def prepare(self, image: str, prompt: str, width_in: float, height_in: float) -> Path:
+        """The print file of `image` (relative to the book) for a `width_in` x `height_in` inch place: cropped to that
+        shape around its centre, at least PRINT_DPI. `prompt` guides the x4 upscaler."""
+        size = (math.ceil(width_in * PRINT_DPI), math.ceil(height_in * PRINT_DPI))
+        target = self.folder / PRINT_DIR / f"{Path(image).stem}-{size[0]}x{size[1]}-{self.method}.jpg"
+        if target.exists():
+            return target
+        picture = Image.open(self.folder / image).convert("RGB")
+        if self.x4 is not None:
+            picture = self.x4(
+                prompt=prompt,
+                image=picture,
+                num_inference_steps=X4_STEPS,
+                generator=torch.Generator("cpu").manual_seed(0),
+            ).images[0]
+        fitted = ImageOps.fit(picture, size, Image.Resampling.LANCZOS)  # crop to the place's shape, then resample
+        data = io.BytesIO()
+        fitted.save(data, format="JPEG", quality=92, subsampling=0, dpi=(PRINT_DPI, PRINT_DPI))
+        atomic_write_bytes(target, data.getvalue())
+        return target

@@ -1,0 +1,198 @@
+"""Rendering a book: the cover's and every page's picture, cached by content, saved as it goes so that runs resume.
+
+Each picture is stored as <book>/images/<key>.png, where the key hashes everything the picture depends on: the base
+model's weights, each identity drawn and its weight, the prompt, negative prompt and seed, and the settings (steps,
+guidance, size, scheduler, dtype). Rendering again draws only pictures whose key has no file yet, so an edited page
+or a changed setting redraws just what it changed, and a run stopped by Ctrl-C or kill -9 resumes with at most the
+batch in flight lost. book.json is saved after every batch.
+"""
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from pydantic import ValidationError
+
+from storybook.book import Book, Candidate, Page, RenderSettings, load_book, save_book
+from storybook.book_edits import cover_page
+from storybook.errors import BookError, ModelError
+from storybook.renderer import ImageJob, Renderer, dreambooth_character, identity_folder, identity_hash
+from storybook.storage import atomic_write_bytes, slugify
+
+IMAGES_DIR = "images"
+KEY_VERSION = 1  # bump when the renderer changes what a key's picture looks like
+CANDIDATE_SEED_STRIDE = 1_000_003  # candidate k of a page draws with seed + k * stride; candidate 0 is the page
+
+
+@dataclass
+class Target:
+    """A picture wanted for `page` (the cover is a page too), where it is stored, and how to draw it."""
+
+    page: Page
+    label: str  # 'cover' or 'page N'
+    job: ImageJob
+    image: str  # relative to the book folder
+
+
+@dataclass
+class RenderReport:
+    """What a render did."""
+
+    drawn: int
+    reused: int
+    warnings: list[str]
+
+
+def with_settings(book: Book, overrides: dict) -> Book:
+    """`book` with its render settings changed by `overrides` (weights by character name are merged in).
+
+    Raises BookError for a bad value or a weight for a character the book does not have.
+    """
+    changes = dict(overrides)
+    if "weights" in changes:
+        weights = dict(book.render.weights)
+        for name, weight in changes["weights"].items():
+            weights[book.character(slugify(name)).slug] = weight
+        changes["weights"] = weights
+    try:
+        settings = RenderSettings.model_validate(book.render.model_dump() | changes)
+    except ValidationError as error:
+        raise BookError(f"Bad render settings: {error}") from error
+    return book.model_copy(update={"render": settings})
+
+
+def candidate_seed(seed: int, candidate: int) -> int:
+    """The seed of a page's candidate number `candidate` (0 is the page's own seed)."""
+    return seed + candidate * CANDIDATE_SEED_STRIDE
+
+
+def picture_key(job: ImageJob, renderer: Renderer, steps: int, identities: dict[str, str], book: Book) -> str:
+    """The content hash naming the picture of `job`: it changes whenever anything the picture depends on changes."""
+    settings = book.render
+    content = {
+        "version": KEY_VERSION,
+        "model": renderer.fingerprint,
+        "dtype": renderer.dtype_name,
+        "identities": {slug: [identities[slug], settings.weights.get(slug, 1.0)] for slug in job.characters},
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "steps": steps,
+        "guidance": settings.guidance,
+        "size": renderer.size(settings),
+        "scheduler": settings.scheduler,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def open_renderer(home: Path, book: Book, renderer: Renderer | None = None, **load_options) -> Renderer:
+    """`renderer` when it can draw `book` (same model, same DreamBooth identity), else a newly loaded one.
+
+    `load_options` (device, dtype) go to Renderer. Raises ModelError for untrained characters.
+    """
+    slugs = [character.slug for character in book.characters]
+    if untrained := [slug for slug in slugs if not (identity_folder(home, slug) / "identity.json").is_file()]:
+        commands = " and ".join(f"`storybook character train {slug}`" for slug in untrained)
+        raise ModelError(f"{', '.join(untrained)}: no trained identity yet. Run {commands} first.")
+    dreambooth = dreambooth_character(home, slugs)
+    if renderer is None or not renderer.fits(book.render.model, dreambooth):
+        renderer = Renderer(home, book.render.model, dreambooth, **load_options)
+    renderer.load_identities(slugs)
+    return renderer
+
+
+def default_batch_size(renderer: Renderer) -> int:
+    """Pictures per pipeline call: 4 on a GPU, where batching fills the device; 1 on the CPU, where it does not pay."""
+    return 4 if renderer.device.type == "cuda" else 1
+
+
+def attach(targets: list[Target], folder: Path, preview: bool, candidates: int) -> None:
+    """Point each page at its pictures that exist on disk: picture (or draft) and, with candidates, the choices."""
+    for page in {id(t.page): t.page for t in targets}.values():
+        drawn = [t for t in targets if t.page is page and (folder / t.image).exists()]
+        for target in drawn:
+            if target.job.seed == page.seed:
+                if preview:
+                    page.preview = target.image
+                else:
+                    page.image = target.image
+        if candidates > 1:
+            page.candidates = [Candidate(seed=t.job.seed, image=t.image) for t in drawn]
+
+
+def render_book(
+    home: Path,
+    folder: Path,
+    *,
+    renderer: Renderer | None = None,
+    preview: bool = False,
+    candidates: int = 1,
+    only: list[int] | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **load_options,
+) -> tuple[RenderReport, Renderer]:
+    """Draw the pictures of the book in `folder` that are not drawn yet, with the settings in its book.json.
+
+    `preview` draws fast low-step drafts (page.preview); `candidates` draws that many seeds per page (page.candidates);
+    `only` limits the run to those page numbers (0 is the cover). `progress(done, total)` is called after each batch.
+    Returns what was done and the renderer, to reuse for the next book. Raises BookError and ModelError.
+    """
+    book = load_book(folder)
+    if book.cover is None:
+        book.cover = cover_page(book)
+    renderer = open_renderer(home, book, renderer, **load_options)
+    identities = {character.slug: identity_hash(home, character.slug) for character in book.characters}
+    steps = book.render.preview_steps if preview else book.render.steps
+    numbered = [(0, book.cover)] + list(enumerate(book.pages, start=1))
+    targets, warnings = [], []
+    for number, page in numbered:
+        if only is not None and number not in only:
+            continue
+        label = f"page {number}" if number else "cover"
+        for what, words in (("prompt", page.prompt), ("negative prompt", page.negative_prompt)):
+            if over := renderer.tokens_over_limit(words):
+                warnings.append(
+                    f"{label}: the {what} is {over} tokens longer than the text encoder reads (77); its end is "
+                    "ignored. Shorten the scene, the characters' descriptions or the style."
+                )
+        for candidate in range(candidates):
+            seed = candidate_seed(page.seed, candidate)
+            job = ImageJob(page.prompt, page.negative_prompt, seed, tuple(page.characters))
+            image = f"{IMAGES_DIR}/{picture_key(job, renderer, steps, identities, book)}.png"
+            targets.append(Target(page, label, job, image))
+    for leftover in (folder / IMAGES_DIR).glob(".*.tmp"):  # a picture being written when a run was killed
+        leftover.unlink(missing_ok=True)
+    missing = [target for target in targets if not (folder / target.image).exists()]
+    attach(targets, folder, preview, candidates)
+    save_book(folder, book)
+    batches = batched(missing, batch_size or default_batch_size(renderer))
+    done = len(targets) - len(missing)
+    for batch in batches:
+        for target, picture in zip(batch, renderer.draw([t.job for t in batch], book.render, steps), strict=True):
+            save_png(folder / target.image, picture)
+        attach(targets, folder, preview, candidates)
+        save_book(folder, book)
+        done += len(batch)
+        if progress:
+            progress(done, len(targets))
+    return RenderReport(drawn=len(missing), reused=len(targets) - len(missing), warnings=warnings), renderer
+
+
+def batched(targets: list[Target], size: int) -> list[list[Target]]:
+    """Split `targets` into batches of up to `size` pictures that share the same characters, in page order."""
+    groups: dict[tuple[str, ...], list[Target]] = {}
+    for target in targets:
+        groups.setdefault(target.job.characters, []).append(target)
+    return [group[start : start + size] for group in groups.values() for start in range(0, len(group), size)]
+
+
+def save_png(path: Path, picture: Image.Image) -> None:
+    """Write `picture` as a PNG at `path`, atomically."""
+    data = io.BytesIO()
+    picture.save(data, format="PNG")
+    atomic_write_bytes(path, data.getvalue())

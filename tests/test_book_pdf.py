@@ -1,0 +1,189 @@
+"""The printable PDF, read back with pypdf: page count, boxes per profile, embedded fonts, picture DPI, text."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from pypdf import PdfReader
+
+from storybook.book import load_book, save_book
+from storybook.book_pdf import BODY_PT, INCH, SAFE_MARGIN, TRIM_SIZES, export_book, fit_text, register_fonts
+from storybook.errors import BookError, ModelError
+from storybook.print_pictures import PrintPictures
+from storybook.render_book import save_png
+from storybook.story import StoryRequest, write_story
+
+
+@pytest.fixture
+def drawn_book(family_home):
+    """An 8-page book about Mia and Rex whose pictures are random 32x32 images (no model needed)."""
+    request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="bedtime", pages=8, pronouns="she", seed=5)
+    folder, book = write_story(family_home, request, "offline")
+    rng = np.random.default_rng(0)
+    for number, page in enumerate([book.cover, *book.pages]):
+        page.image = f"images/picture-{number}.png"
+        save_png(folder / page.image, Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)))
+    save_book(folder, book)
+    return folder
+
+
+def boxes(page) -> tuple[list[float], list[float], list[float]]:
+    return [[round(float(v), 2) for v in box] for box in (page.mediabox, page.trimbox, page.bleedbox)]
+
+
+@pytest.mark.parametrize(
+    "profile, recto, verso",
+    [  # MediaBox and TrimBox in points for 8.5 x 8.5 in: 612 pt trimmed, 9 pt (0.125 in) of bleed
+        ("kdp", ([0, 0, 621, 630], [0, 9, 612, 621]), ([0, 0, 621, 630], [9, 9, 621, 621])),
+        ("lulu", ([0, 0, 630, 630], [9, 9, 621, 621]), ([0, 0, 630, 630], [9, 9, 621, 621])),
+        ("screen", ([0, 0, 612, 612], [0, 0, 612, 612]), ([0, 0, 612, 612], [0, 0, 612, 612])),
+    ],
+)
+def test_boxes_bleed_and_page_count_per_profile(drawn_book, tmp_path, profile, recto, verso):
+    out = tmp_path / f"{profile}.pdf"
+    pages = export_book(drawn_book, out, profile=profile)
+    reader = PdfReader(out)
+    assert pages == len(reader.pages) == 12  # cover, dedication, 8 pages, The End, and a blank page to make it even
+    assert "The End" in reader.pages[10].extract_text() and not reader.pages[11].extract_text().strip()
+    for number, page in enumerate(reader.pages, start=1):
+        media, trim, bleed = boxes(page)
+        assert (media, trim) == (recto if number % 2 else verso)
+        assert bleed == media  # the bleed box is the whole sheet; no crop marks beyond it
+
+
+def test_fonts_are_embedded_pictures_are_300_dpi_and_text_is_readable_inside_the_safe_area(drawn_book, tmp_path):
+    out = tmp_path / "book.pdf"
+    export_book(drawn_book, out, profile="kdp", layout="below")
+    book = load_book(drawn_book)
+    reader = PdfReader(out)
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    for expected in [book.title, "starring Mia", book.dedication, *(p.text for p in book.pages), "The End"]:
+        assert " ".join(expected.split()) in " ".join(text.split())
+
+    for number, page in enumerate(reader.pages, start=1):
+        for font in page["/Resources"].get("/Font", {}).values():
+            font = font.get_object()
+            descriptor = (font["/DescendantFonts"][0].get_object() if "/DescendantFonts" in font else font).get(
+                "/FontDescriptor"
+            )
+            assert descriptor is not None and "/FontFile2" in descriptor.get_object(), f"page {number}: not embedded"
+            assert "Andika" in font["/BaseFont"]
+        for width_pt, height_pt, name in placed_images(page):
+            image = page["/Resources"]["/XObject"][name].get_object()
+            assert image["/Width"] / (width_pt / INCH) >= 300 and image["/Height"] / (height_pt / INCH) >= 300
+
+        _, trim, _ = boxes(page)
+        margin = SAFE_MARGIN * INCH
+
+        def inside_safe_area(text, cm, tm, font_dict, font_size, trim=trim, margin=margin):
+            if text.strip():
+                x, y = tm[4] + cm[4], tm[5] + cm[5]
+                assert trim[0] + margin - 1 <= x <= trim[2] - margin and trim[1] + margin - 1 <= y <= trim[3] - margin
+                assert font_size >= BODY_PT[1]
+
+        page.extract_text(visitor_text=inside_safe_area)
+    assert len(reader.pages) % 2 == 0
+
+
+def placed_images(page) -> list[tuple[float, float, str]]:
+    """(width, height, XObject name) of each picture drawn on `page`, from its `cm ... Do` operators."""
+    content = page.get_contents().get_data().decode("latin-1")
+    return [
+        (float(a), float(d), name)
+        for a, d, name in re.findall(r"([\d.]+) 0 0 ([\d.]+) [-\d.]+ [-\d.]+ cm\s*(/\S+) Do", content)
+    ]
+
+
+@pytest.mark.parametrize("trim", ["8x8", "8x10"])
+def test_trim_sizes(drawn_book, tmp_path, trim):
+    out = tmp_path / "book.pdf"
+    export_book(drawn_book, out, profile="screen", trim=trim, layout="band")
+    width, height = TRIM_SIZES[trim]
+    assert boxes(PdfReader(out).pages[3])[1] == [0, 0, width * INCH, height * INCH]
+
+
+def test_export_refuses_unrendered_pages_and_leaves_no_file(drawn_book, tmp_path):
+    book = load_book(drawn_book)
+    book.pages[4].image = None
+    save_book(drawn_book, book)
+    with pytest.raises(BookError, match="page 5 .*storybook render"):
+        export_book(drawn_book, tmp_path / "book.pdf")
+    assert not (tmp_path / "book.pdf").exists()
+
+
+def test_text_shrinks_to_fit_and_too_much_text_is_an_error():
+    register_fonts()
+    size, lines = fit_text("Mia runs on the warm sand. " * 4, "Andika", 300, 200, BODY_PT)
+    assert BODY_PT[1] <= size < BODY_PT[0] and len(lines) * size * 1.25 <= 200
+    with pytest.raises(BookError, match="shorten it"):
+        fit_text("word " * 400, "Andika", 300, 200, BODY_PT)
+
+
+def test_pictures_are_enlarged_for_print_with_lanczos_or_the_x4_upscaler(drawn_book, tmp_path):
+    book = load_book(drawn_book)
+    lanczos = PrintPictures(drawn_book, "lanczos").prepare(book.pages[0].image, "a beach", 2.0, 1.0)
+    assert Image.open(lanczos).size == (600, 300) and lanczos.name.endswith("-600x300-lanczos.jpg")
+
+    with pytest.raises(ModelError, match="--upscaler lanczos"):
+        PrintPictures(drawn_book, "x4", upscaler_model=str(tmp_path / "missing"))
+    x4_folder = tiny_x4_upscaler(tmp_path / "x4")
+    x4 = PrintPictures(drawn_book, "x4", upscaler_model=str(x4_folder))
+    upscaled = x4.prepare(book.pages[0].image, "a beach", 2.0, 1.0)
+    assert x4.method == "x4" and Image.open(upscaled).size == (600, 300)
+    assert not np.array_equal(np.asarray(Image.open(upscaled)), np.asarray(Image.open(lanczos)))
+
+
+def tiny_x4_upscaler(folder):
+    """A random-weight pipeline shaped like stabilityai/stable-diffusion-x4-upscaler (as in diffusers' tests)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from storybook.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        num_class_embeds=100,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        latent_channels=4,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
+    )
+    StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        max_noise_level=350,
+    ).save_pretrained(folder)
+    return folder

@@ -1,0 +1,195 @@
+"""Rendering books on the tiny model: pages drawn once, cached by content, resumed after kill -9, adapters per page."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from PIL import Image
+
+from storybook import book_edits, registry
+from storybook.book import load_book, save_book
+from storybook.errors import ModelError
+from storybook.render_book import IMAGES_DIR, render_book, with_settings
+from storybook.story import StoryRequest, write_story
+from storybook.tiny_model import build_tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def new_book(home, characters=("Mia", "Rex"), steps=4, **request):
+    """An 8-page offline story about Mia (and Rex), set to render in `steps` steps; returns its folder."""
+    story = StoryRequest(child="Mia", characters=list(characters), theme="a day at the beach", pages=8, seed=3)
+    folder, book = write_story(home, story.model_copy(update=request), "offline")
+    save_book(folder, with_settings(book, {"steps": steps}))
+    return folder
+
+
+def pixels(folder, image) -> np.ndarray:
+    return np.asarray(Image.open(folder / image).convert("RGB"), dtype=np.int16)
+
+
+def image_files(folder) -> dict[str, int]:
+    """Every picture of the book and its modification time."""
+    return {path.name: path.stat().st_mtime_ns for path in (folder / IMAGES_DIR).glob("*.png")}
+
+
+def test_renders_every_page_once_and_again_only_what_changed(studio):
+    folder = new_book(studio)
+    report, renderer = render_book(studio, folder)
+    book = load_book(folder)
+    assert report.drawn == 9 and report.reused == 0  # 8 pages and the cover
+    assert all((folder / page.image).is_file() for page in [book.cover, *book.pages])
+    assert Image.open(folder / book.pages[0].image).size == (32, 32)  # the tiny model's own size
+    drawn = image_files(folder)
+
+    again, _ = render_book(studio, folder, renderer=renderer)
+    assert (again.drawn, again.reused) == (0, 9)
+    assert image_files(folder) == drawn  # nothing was drawn again
+
+    book = book_edits.edit_page(load_book(folder), 2, text="Mia sees a big wave.")  # text only: same picture
+    book = book_edits.edit_page(book, 3, scene=f"{book.character('mia').phrase} building a sandcastle")
+    save_book(folder, book)
+    edited, _ = render_book(studio, folder, renderer=renderer)
+    assert (edited.drawn, edited.reused) == (1, 8)
+
+    save_book(folder, with_settings(load_book(folder), {"steps": 5}))
+    restepped, _ = render_book(studio, folder, renderer=renderer)
+    assert restepped.drawn == 9  # a setting every picture depends on
+
+
+def test_same_seed_same_picture_and_a_new_identity_weight_redraws_its_pages(studio):
+    folder = new_book(studio)
+    render_book(studio, folder)
+    first = {page.image: pixels(folder, page.image) for page in load_book(folder).pages}
+    for path in (folder / IMAGES_DIR).glob("*.png"):
+        path.unlink()
+    render_book(studio, folder)
+    assert all(np.array_equal(pixels(folder, image), before) for image, before in first.items())
+
+    book = load_book(folder)
+    save_book(folder, with_settings(book, {"weights": {"Rex": 0.5}}))
+    report, _ = render_book(studio, folder)
+    with_rex = sum("rex" in page.characters for page in [book.cover, *book.pages])
+    assert 0 < with_rex < 9 and report.drawn == with_rex
+
+
+def bare_pipeline(home, adapters):
+    """The reference: a plain diffusers pipeline with the LoRAs loaded and the renderer's default sampler."""
+    pipeline = StableDiffusionPipeline.from_pretrained(home / "models" / "tiny")
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipeline.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=True
+    )
+    for slug in adapters:
+        pipeline.load_lora_weights(home / "characters" / slug / "identity", adapter_name=slug)
+    return pipeline
+
+
+def bare_render(pipeline, page, active) -> np.ndarray:
+    if active:
+        pipeline.enable_lora()
+        pipeline.set_adapters(active)
+    else:
+        pipeline.disable_lora()
+    image = pipeline(
+        page.prompt,
+        negative_prompt=page.negative_prompt,
+        num_inference_steps=4,
+        generator=torch.Generator("cpu").manual_seed(page.seed),
+    ).images[0]
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_each_page_is_drawn_with_the_identities_of_its_characters(studio):
+    folder = new_book(studio)
+    book = load_book(folder)
+    book = book_edits.edit_page(book, 1, scene="a sunny beach with shells")  # no character
+    mia, rex = book.character("mia").phrase, book.character("rex").phrase
+    book = book_edits.edit_page(book, 2, scene=f"{mia} and {rex} on the sand")  # both
+    book = book_edits.edit_page(book, 3, scene=f"{rex} digging in the sand")  # Rex alone
+    save_book(folder, book)
+    assert [p.characters for p in book.pages[:3]] == [[], ["mia", "rex"], ["rex"]]
+    render_book(studio, folder)
+    book = load_book(folder)
+
+    reference = bare_pipeline(studio, ["mia", "rex"])
+    for page in book.pages[:3]:
+        assert np.array_equal(pixels(folder, page.image), bare_render(reference, page, page.characters))
+    both = book.pages[1]
+    assert not np.array_equal(bare_render(reference, both, ["mia"]), pixels(folder, both.image))  # Rex matters
+    assert not np.array_equal(bare_render(reference, both, []), pixels(folder, both.image))
+
+
+def test_a_render_killed_mid_book_resumes_with_only_the_missing_pictures(studio):
+    folder = new_book(studio, steps=40)
+    command = [Path(sys.executable).parent / "storybook", "--home", str(studio), "render", str(folder)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(image_files(folder) if (folder / IMAGES_DIR).exists() else {}) < 3 and time.time() < deadline:
+        assert process.poll() is None, "the render ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    survived = image_files(folder)
+    assert 3 <= len(survived) < 9
+
+    load_book(folder)  # book.json is whole
+    report, _ = render_book(studio, folder)
+    assert report.drawn == 9 - len(survived) and report.reused == len(survived)
+    assert {name: image_files(folder)[name] for name in survived} == survived  # kept, not redrawn
+    assert not list((folder / IMAGES_DIR).glob(".*.tmp"))
+    book = load_book(folder)
+    assert all(page.image for page in [book.cover, *book.pages])
+
+
+def test_batched_pictures_match_single_ones(studio):
+    folder = new_book(studio)
+    render_book(studio, folder, batch_size=1)
+    single = {page.image: pixels(folder, page.image) for page in load_book(folder).pages}
+    for path in (folder / IMAGES_DIR).glob("*.png"):
+        path.unlink()
+    render_book(studio, folder, batch_size=4)
+    for image, before in single.items():
+        assert np.abs(pixels(folder, image) - before).max() <= 2  # the same picture, up to float rounding
+
+
+def test_candidates_to_choose_from_and_previews(studio):
+    folder = new_book(studio)
+    report, renderer = render_book(studio, folder, candidates=3, only=[1])
+    page = load_book(folder).pages[0]
+    assert report.drawn == 3 and len(page.candidates) == 3
+    assert page.candidates[0].seed == page.seed and page.image == page.candidates[0].image
+    assert len({c.image for c in page.candidates}) == 3
+    assert not np.array_equal(pixels(folder, page.candidates[0].image), pixels(folder, page.candidates[1].image))
+
+    chosen = book_edits.choose_candidate(load_book(folder), 1, 2)
+    save_book(folder, chosen)
+    assert chosen.pages[0].image == page.candidates[1].image and chosen.pages[0].seed == page.candidates[1].seed
+    again, _ = render_book(studio, folder, renderer=renderer, only=[1])
+    assert again.drawn == 0  # the chosen picture is the page's picture now
+
+    drafts, _ = render_book(studio, folder, renderer=renderer, preview=True)
+    book = load_book(folder)
+    assert drafts.drawn == 9 and all(p.preview and p.preview != p.image for p in book.pages[:1])
+    assert not book.pages[1].image  # drafts are not final pictures
+
+
+def test_untrained_characters_and_long_prompts_are_reported(home, trained_characters, sample_photos):
+    shutil.copytree(trained_characters, home / "characters")
+    folder = new_book(home, characters=("Mia",), style="soft watercolor " * 20)
+    report, _ = render_book(home, folder, only=[1])
+    assert report.warnings and "77" in report.warnings[0]
+
+    registry.add_character(home, "Bo", sample_photos, build_tokenizer(), class_noun="teddy bear")
+    untrained = new_book(home, characters=("Mia", "Bo"))
+    with pytest.raises(ModelError, match="character train bo"):
+        render_book(home, untrained)
+    assert not (untrained / IMAGES_DIR).exists()
