@@ -175,11 +175,12 @@ def machine_description(load: tuple[float, float, float]) -> str:
 
 
 def write_section(section: str, path: Path = RESULTS) -> None:
-    """Put `section` into `path`, replacing only the old `## Training` section (up to the next `## ` heading)."""
+    """Put `section` into `path`, replacing only the old section of the same heading (up to the next `## `)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
+    heading = section.splitlines()[0]
+    if heading in lines:
+        start = lines.index(heading)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines[start:end] = section.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
     else:

@@ -82,7 +82,7 @@ class Page(BaseModel):
     seed: int
     image: str | None = None  # the rendered picture, relative to the book folder
     preview: str | None = None  # a fast low-step draft of it
-    candidates: list[Candidate] = Field(default_factory=list)  # the first one is `seed` itself
+    candidates: list[Candidate] = Field(default_factory=list)  # drawn with several seeds, to choose from
 
 
 class Book(BaseModel):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from diffusers.utils import logging as diffusers_logging
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
@@ -55,6 +56,8 @@ def main(
     """Global options."""
     state["home"] = data_home(home)
     state["debug"] = debug
+    if not debug:
+        diffusers_logging.set_verbosity_error()  # library notes such as "no LoRA keys for the text encoder"
 
 
 def run(action):

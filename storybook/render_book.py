@@ -149,17 +149,14 @@ def render_book(
     identities = {character.slug: identity_hash(home, character.slug) for character in book.characters}
     steps = book.render.preview_steps if preview else book.render.steps
     numbered = [(0, book.cover)] + list(enumerate(book.pages, start=1))
-    targets, warnings = [], []
+    targets, too_long = [], {}
     for number, page in numbered:
         if only is not None and number not in only:
             continue
         label = f"page {number}" if number else "cover"
         for what, words in (("prompt", page.prompt), ("negative prompt", page.negative_prompt)):
             if over := renderer.tokens_over_limit(words):
-                warnings.append(
-                    f"{label}: the {what} is {over} tokens longer than the text encoder reads (77); its end is "
-                    "ignored. Shorten the scene, the characters' descriptions or the style."
-                )
+                too_long.setdefault((what, over), []).append(label)
         for candidate in range(candidates):
             seed = candidate_seed(page.seed, candidate)
             job = ImageJob(page.prompt, page.negative_prompt, seed, tuple(page.characters))
@@ -180,6 +177,11 @@ def render_book(
         done += len(batch)
         if progress:
             progress(done, len(targets))
+    warnings = [
+        f"{', '.join(labels)}: the {what} is {over} tokens longer than the text encoder reads (77), so its end is "
+        "ignored" + (": shorten the scene, the characters' descriptions or the style." if what == "prompt" else ".")
+        for (what, over), labels in too_long.items()
+    ]
     return RenderReport(drawn=len(missing), reused=len(targets) - len(missing), warnings=warnings), renderer
 
 

@@ -1,0 +1,208 @@
+"""Rendering benchmark: seconds per page and peak memory of `render_book`, against a bare loop of pipeline calls.
+
+The workload is one book (12 pages and a cover) about two LoRA characters, Mia and Rex, trained briefly on the
+benchmarked model. Each configuration runs in its own subprocess on a fresh copy of the book (nothing cached):
+storybook's renderer at batch sizes 1 and 4, and the bare loop, which loads the same pipeline and LoRAs, switches
+adapters per page and calls the pipeline once per page with the same prompts, seeds, steps, guidance and sampler,
+saving each picture as a PNG. Pipeline loading is outside the timings of both. The tiny model always runs; an
+SD-1.5-shaped model with random weights runs too when CUDA is available. Writes the `## Rendering` section of
+bench/RESULTS.md.
+
+Usage: python bench/render.py [--steps 20]
+"""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from train import build_sd15_shaped, machine_description, peak_rss_bytes, write_section
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark never reaches a model hub
+
+MARKER = "BENCH_RESULT "
+SECTION = "## Rendering"
+
+
+def bare_loop(home: Path, folder: Path) -> float:
+    """Render the book's pictures with plain diffusers calls; return the seconds the loop took."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from storybook.book import load_book
+    from storybook.models import pick_device, pick_dtype, resolve_model
+
+    book = load_book(folder)
+    device = pick_device()
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        resolve_model(book.render.model, home), dtype=pick_dtype(device), safety_checker=None
+    ).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipeline.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=True
+    )
+    for character in book.characters:
+        identity = home / "characters" / character.slug / "identity"
+        pipeline.load_lora_weights(identity, adapter_name=character.slug)
+    synchronize()
+    started = time.perf_counter()
+    for number, page in enumerate([book.cover, *book.pages]):
+        if page.characters:
+            pipeline.enable_lora()
+            pipeline.set_adapters(page.characters)
+        else:
+            pipeline.disable_lora()
+        image = pipeline(
+            page.prompt,
+            negative_prompt=page.negative_prompt,
+            num_inference_steps=book.render.steps,
+            guidance_scale=book.render.guidance,
+            generator=torch.Generator("cpu").manual_seed(page.seed),
+        ).images[0]
+        image.save(folder / f"bare-{number}.png")
+    synchronize()
+    return time.perf_counter() - started
+
+
+def synchronize() -> None:
+    """Wait for the GPU, so that timings include its work."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_one(spec: dict) -> dict:
+    """Render the book of `spec` one way in this process; return seconds per page and peak memory."""
+    import torch
+
+    from storybook.book import load_book
+    from storybook.render_book import open_renderer, render_book
+
+    home, folder = Path(spec["home"]), Path(spec["book"])
+    pages = len(load_book(folder).pages) + 1
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    if spec["mode"] == "bare":
+        seconds = bare_loop(home, folder)
+    else:
+        renderer = open_renderer(home, load_book(folder))
+        synchronize()
+        started = time.perf_counter()
+        report, _ = render_book(home, folder, renderer=renderer, batch_size=spec["batch_size"])
+        synchronize()
+        seconds = time.perf_counter() - started
+        assert report.drawn == pages
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak_rss_bytes()
+    return {"s_per_page": seconds / pages, "peak_bytes": peak}
+
+
+def run_in_subprocess(spec: dict) -> dict:
+    """Run `spec` via `--one` in a child process; return its result, or {"error": ...}."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    lines = [line for line in child.stdout.splitlines() if line.startswith(MARKER)]
+    if child.returncode != 0 or not lines:
+        sys.stderr.write(child.stderr[-4000:])
+        return {"error": (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]}
+    return json.loads(lines[-1][len(MARKER) :])
+
+
+def prepare_book(root: Path, model: str, steps: int, train_steps: int) -> Path:
+    """A data root with Mia and Rex trained on `model` and a 12-page book about both, set to render in `steps`."""
+    from storybook.book import save_book
+    from storybook.registry import add_character
+    from storybook.render_book import with_settings
+    from storybook.sample_photos import write_sample_photos
+    from storybook.story import StoryRequest, write_story
+    from storybook.tiny_model import build_tokenizer
+    from storybook.trainer import train_identity
+
+    photos = write_sample_photos(root / "photos")
+    quick = {"steps": train_steps, "num_class_images": 4, "class_image_steps": 4, "checkpoint_every": train_steps + 1}
+    for name, class_noun in (("Mia", "toddler"), ("Rex", "dog")):
+        add_character(root, name, photos, build_tokenizer(), class_noun=class_noun)
+        train_identity(root, name, "lora", model, quick, show_progress=False)
+    request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="a day at the beach", pages=12, seed=1)
+    folder, book = write_story(root, request, "offline")
+    save_book(folder, with_settings(book, {"model": model, "steps": steps}))
+    return folder
+
+
+def main() -> None:
+    """Prepare each model's book, render it every way in subprocesses, print the table, write bench/RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per picture")
+    parser.add_argument("--one", metavar="SPEC_JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(MARKER + json.dumps(run_one(json.loads(args.one))), flush=True)
+        return
+
+    load_before = os.getloadavg()
+    import torch
+
+    from storybook.models import tiny_model_path
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="storybook-bench-") as temp:
+        root = Path(temp)
+        print("building the tiny model ...", file=sys.stderr)
+        tiny_model_path(root / "tiny-home")
+        models = [("tiny", "tiny", root / "tiny-home")]
+        if torch.cuda.is_available():
+            print("building the SD-1.5-shaped model ...", file=sys.stderr)
+            models.append(("sd15-shaped (random)", str(build_sd15_shaped(root / "sd15")), root / "sd15-home"))
+        for label, model, home in models:
+            print(f"training Mia and Rex on {label} ...", file=sys.stderr)
+            home.mkdir(exist_ok=True)
+            book = prepare_book(home, model, args.steps, train_steps=10)
+            results = {}
+            for mode, batch_size in (("bare", 1), ("storybook", 1), ("storybook", 4)):
+                copy = book.with_name(f"{book.name}-{mode}-{batch_size}")
+                shutil.copytree(book, copy)
+                print(f"rendering {label} / {mode} / batch {batch_size} ...", file=sys.stderr)
+                spec = {"home": str(home), "book": str(copy), "mode": mode, "batch_size": batch_size}
+                results[(mode, batch_size)] = run_in_subprocess(spec)
+            bare = results[("bare", 1)]
+            for (mode, batch_size), result in results.items():
+                cells = [label, "bare diffusers loop" if mode == "bare" else "storybook render_book", str(batch_size)]
+                if "error" in result or "error" in bare:
+                    rows.append("| " + " | ".join(cells + [f"failed: {result.get('error', bare.get('error'))}"]) + " |")
+                    continue
+                ratio = result["s_per_page"] / bare["s_per_page"]
+                cells += [f"{result['s_per_page']:.3f}", f"{result['peak_bytes'] / 2**20:.0f}", f"{ratio:.2f}x"]
+                rows.append("| " + " | ".join(cells) + " |")
+
+    memory = "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "peak RSS (VmHWM) of the subprocess"
+    section = "\n".join(
+        [
+            SECTION,
+            "",
+            f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- Machine: {machine_description(load_before)}",
+            f"- Command: `{shlex.join(['python', *sys.argv])}`",
+            f"- Workload: a 12-page book and its cover (13 pictures) with two LoRA characters, {args.steps} steps, "
+            "DPM-Solver++ (Karras), guidance 7.5, the model's own size; nothing cached",
+            f"- s/page: rendering time over pictures, pipeline loading excluded; peak memory: {memory}; "
+            "overhead: s/page against the bare loop",
+            "",
+            "| model | renderer | batch | s/page | peak memory MiB | overhead |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+            *rows,
+        ]
+    )
+    print(section)
+    write_section(section)
+
+
+if __name__ == "__main__":
+    main()
