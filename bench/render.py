@@ -8,7 +8,7 @@ saving each picture as a PNG. Pipeline loading is outside the timings of both. T
 SD-1.5-shaped model with random weights runs too when CUDA is available. Writes the `## Rendering` section of
 bench/RESULTS.md.
 
-Usage: python bench/render.py [--steps 20]
+Usage: python bench/render.py [--steps 20] [--sd15-cpu]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from train import build_sd15_shaped, machine_description, peak_rss_bytes, write_section
+from train import build_sd15_shaped, machine_description, peak_rss_bytes, sd15_unet, write_section
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark never reaches a model hub
 
@@ -137,10 +137,29 @@ def prepare_book(root: Path, model: str, steps: int, train_steps: int) -> Path:
     return folder
 
 
+def sd15_unet_batch_check() -> list[str]:
+    """Seconds per picture-step of an SD-1.5-shaped UNet (random weights) at 512 px, batch 1 and 4 pictures (with
+    classifier-free guidance, 2 and 8 latents): does batching pay for a full-size model on this machine?"""
+    import torch
+
+    unet = sd15_unet().eval()
+    rows = []
+    for pictures in (1, 4):
+        latents, words = torch.randn(2 * pictures, 4, 64, 64), torch.randn(2 * pictures, 77, 768)
+        with torch.no_grad():
+            unet(latents, 10, words)  # warm-up
+            started = time.perf_counter()
+            unet(latents, 10, words)
+        seconds = (time.perf_counter() - started) / pictures
+        rows.append(f"| sd15-shaped UNet, one step at 512 px | CPU forward | {pictures} | {seconds:.2f} s/step | | |")
+    return rows
+
+
 def main() -> None:
     """Prepare each model's book, render it every way in subprocesses, print the table, write bench/RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per picture")
+    parser.add_argument("--sd15-cpu", action="store_true", help="also time an SD-1.5-shaped UNet step on the CPU")
     parser.add_argument("--one", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -181,6 +200,10 @@ def main() -> None:
                 ratio = result["s_per_page"] / bare["s_per_page"]
                 cells += [f"{result['s_per_page']:.3f}", f"{result['peak_bytes'] / 2**20:.0f}", f"{ratio:.2f}x"]
                 rows.append("| " + " | ".join(cells) + " |")
+
+    if args.sd15_cpu and not torch.cuda.is_available():
+        print("timing an SD-1.5-shaped UNet on the CPU ...", file=sys.stderr)
+        rows += sd15_unet_batch_check()
 
     memory = "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "peak RSS (VmHWM) of the subprocess"
     section = "\n".join(

@@ -33,17 +33,11 @@ SECTION = "## Training"
 COLUMNS = "model|method|latent cache|s/step|peak memory MiB|artifact MiB|wall s|photo loss before → after".split("|")
 
 
-def build_sd15_shaped(folder: Path) -> Path:
-    """Save a pipeline with SD 1.5's architecture and random weights to `folder`; return the folder."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def sd15_unet():
+    """A UNet with SD 1.5's architecture (860 M parameters) and random weights."""
+    from diffusers import UNet2DConditionModel
 
-    from storybook.tiny_model import assemble_pipeline, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=64,
         layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
@@ -52,6 +46,19 @@ def build_sd15_shaped(folder: Path) -> Path:
         cross_attention_dim=768,
         attention_head_dim=8,
     )
+
+
+def build_sd15_shaped(folder: Path) -> Path:
+    """Save a pipeline with SD 1.5's architecture and random weights to `folder`; return the folder."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from storybook.tiny_model import assemble_pipeline, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    unet = sd15_unet()
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,

@@ -22,6 +22,7 @@ from storybook.book_edits import cover_page
 from storybook.errors import BookError, ModelError
 from storybook.renderer import ImageJob, Renderer, dreambooth_character, identity_folder, identity_hash
 from storybook.storage import atomic_write_bytes, slugify
+from storybook.train_config import SMALL_MODEL_PARAMETERS
 
 IMAGES_DIR = "images"
 KEY_VERSION = 1  # bump when the renderer changes what a key's picture looks like
@@ -106,8 +107,14 @@ def open_renderer(home: Path, book: Book, renderer: Renderer | None = None, **lo
 
 
 def default_batch_size(renderer: Renderer) -> int:
-    """Pictures per pipeline call: 4 on a GPU, where batching fills the device; 1 on the CPU, where it does not pay."""
-    return 4 if renderer.device.type == "cuda" else 1
+    """Pictures per pipeline call: 4 where batching pays, 1 where it does not (measured, see bench/RESULTS.md).
+
+    It pays on a GPU, and on the CPU for small UNets, whose calls are dominated by overhead (the tiny model: 0.31
+    against 0.56 s a page). A full-size UNet on the CPU is compute-bound: a batch of 4 at 512 px was 15% slower per
+    picture, and would lose more work when a run is killed.
+    """
+    small = sum(p.numel() for p in renderer.pipeline.unet.parameters()) < SMALL_MODEL_PARAMETERS
+    return 4 if renderer.device.type == "cuda" or small else 1
 
 
 def attach(targets: list[Target], folder: Path, preview: bool, candidates: int) -> None:
