@@ -1,12 +1,12 @@
 """Rendering benchmark: seconds per page and peak memory of `render_book`, against a bare loop of pipeline calls.
 
 The workload is one book (12 pages and a cover) about two LoRA characters, Mia and Rex, trained briefly on the
-benchmarked model. Each configuration runs in its own subprocess on a fresh copy of the book (nothing cached):
-storybook's renderer at batch sizes 1 and 4, and the bare loop, which loads the same pipeline and LoRAs, switches
-adapters per page and calls the pipeline once per page with the same prompts, seeds, steps, guidance and sampler,
-saving each picture as a PNG. Pipeline loading is outside the timings of both. The tiny model always runs; an
-SD-1.5-shaped model with random weights runs too when CUDA is available. Writes the `## Rendering` section of
-bench/RESULTS.md.
+benchmarked model. Each model runs in its own subprocess, which loads the pipeline and both LoRAs once and then
+renders the book REPEATS times each way, in turn, on fresh copies (nothing cached): the bare loop (plain pipeline
+calls on that pipeline, adapters switched per page, the same prompts, seeds, steps, guidance and sampler, each
+picture saved as a PNG) and storybook's `render_book` at batch sizes 1 and 4. Loading is outside the timings; peak
+memory is the model process's. The tiny model always runs; an SD-1.5-shaped model with random weights runs too
+when CUDA is available. Writes the `## Rendering` section of bench/RESULTS.md.
 
 Usage: python bench/render.py [--steps 20] [--sd15-cpu]
 """
@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,29 +29,22 @@ from train import build_sd15_shaped, machine_description, peak_rss_bytes, sd15_u
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark never reaches a model hub
 
 MARKER = "BENCH_RESULT "
+REPEATS = 3  # renders of the book each way; the median counts
+WAYS = {"bare": 1, "storybook batch 1": 1, "storybook batch 4": 4}  # way -> pictures per pipeline call
 SECTION = "## Rendering"
 
 
-def bare_loop(home: Path, folder: Path) -> float:
-    """Render the book's pictures with plain diffusers calls; return the seconds the loop took."""
+def bare_loop(pipeline, folder: Path) -> float:
+    """Render the book's pictures with plain diffusers calls on `pipeline` (its LoRAs loaded); return the seconds."""
     import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler
 
     from storybook.book import load_book
-    from storybook.models import pick_device, pick_dtype, resolve_model
 
     book = load_book(folder)
-    device = pick_device()
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        resolve_model(book.render.model, home), dtype=pick_dtype(device), safety_checker=None
-    ).to(device)
-    pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
         pipeline.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=True
     )
-    for character in book.characters:
-        identity = home / "characters" / character.slug / "identity"
-        pipeline.load_lora_weights(identity, adapter_name=character.slug)
     synchronize()
     started = time.perf_counter()
     for number, page in enumerate([book.cover, *book.pages]):
@@ -80,28 +74,32 @@ def synchronize() -> None:
 
 
 def run_one(spec: dict) -> dict:
-    """Render the book of `spec` one way in this process; return seconds per page and peak memory."""
+    """Load the model of `spec` once, then render its book REPEATS times each way (the bare loop, storybook at batch
+    1 and 4), in turn, on fresh copies; return each way's median seconds per page and the process's peak memory."""
     import torch
 
     from storybook.book import load_book
     from storybook.render_book import open_renderer, render_book
 
-    home, folder = Path(spec["home"]), Path(spec["book"])
-    pages = len(load_book(folder).pages) + 1
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    if spec["mode"] == "bare":
-        seconds = bare_loop(home, folder)
-    else:
-        renderer = open_renderer(home, load_book(folder))
-        synchronize()
-        started = time.perf_counter()
-        report, _ = render_book(home, folder, renderer=renderer, batch_size=spec["batch_size"])
-        synchronize()
-        seconds = time.perf_counter() - started
-        assert report.drawn == pages
+    home, book = Path(spec["home"]), Path(spec["book"])
+    pages = len(load_book(book).pages) + 1
+    renderer = open_renderer(home, load_book(book))  # the pipeline and both LoRAs, loaded once for every way
+    timings: dict[str, list[float]] = {way: [] for way in WAYS}
+    for repeat in range(REPEATS):
+        for way in WAYS:
+            folder = book.with_name(f"{book.name}-{way}-{repeat}")
+            shutil.copytree(book, folder)
+            if way == "bare":
+                timings[way].append(bare_loop(renderer.pipeline, folder))
+                continue
+            synchronize()
+            started = time.perf_counter()
+            report, _ = render_book(home, folder, renderer=renderer, batch_size=WAYS[way])
+            synchronize()
+            timings[way].append(time.perf_counter() - started)
+            assert report.drawn == pages
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak_rss_bytes()
-    return {"s_per_page": seconds / pages, "peak_bytes": peak}
+    return {"s_per_page": {way: statistics.median(t) / pages for way, t in timings.items()}, "peak_bytes": peak}
 
 
 def run_in_subprocess(spec: dict) -> dict:
@@ -184,21 +182,16 @@ def main() -> None:
             print(f"training Mia and Rex on {label} ...", file=sys.stderr)
             home.mkdir(exist_ok=True)
             book = prepare_book(home, model, args.steps, train_steps=10)
-            results = {}
-            for mode, batch_size in (("bare", 1), ("storybook", 1), ("storybook", 4)):
-                copy = book.with_name(f"{book.name}-{mode}-{batch_size}")
-                shutil.copytree(book, copy)
-                print(f"rendering {label} / {mode} / batch {batch_size} ...", file=sys.stderr)
-                spec = {"home": str(home), "book": str(copy), "mode": mode, "batch_size": batch_size}
-                results[(mode, batch_size)] = run_in_subprocess(spec)
-            bare = results[("bare", 1)]
-            for (mode, batch_size), result in results.items():
-                cells = [label, "bare diffusers loop" if mode == "bare" else "storybook render_book", str(batch_size)]
-                if "error" in result or "error" in bare:
-                    rows.append("| " + " | ".join(cells + [f"failed: {result.get('error', bare.get('error'))}"]) + " |")
+            print(f"rendering {label} every way ...", file=sys.stderr)
+            result = run_in_subprocess({"home": str(home), "book": str(book)})
+            for way, batch_size in WAYS.items():
+                renderer = "bare diffusers loop" if way == "bare" else "storybook render_book"
+                cells = [label, renderer, str(batch_size)]
+                if "error" in result:
+                    rows.append("| " + " | ".join(cells + [f"failed: {result['error']}", "", ""]) + " |")
                     continue
-                ratio = result["s_per_page"] / bare["s_per_page"]
-                cells += [f"{result['s_per_page']:.3f}", f"{result['peak_bytes'] / 2**20:.0f}", f"{ratio:.2f}x"]
+                seconds, bare = result["s_per_page"][way], result["s_per_page"]["bare"]
+                cells += [f"{seconds:.3f}", f"{result['peak_bytes'] / 2**20:.0f}", f"{seconds / bare:.2f}x"]
                 rows.append("| " + " | ".join(cells) + " |")
 
     if args.sd15_cpu and not torch.cuda.is_available():
@@ -215,7 +208,8 @@ def main() -> None:
             f"- Command: `{shlex.join(['python', *sys.argv])}`",
             f"- Workload: a 12-page book and its cover (13 pictures) with two LoRA characters, {args.steps} steps, "
             "DPM-Solver++ (Karras), guidance 7.5, the model's own size; nothing cached",
-            f"- s/page: rendering time over pictures, pipeline loading excluded; peak memory: {memory}; "
+            f"- s/page: rendering time over pictures (median of {REPEATS} renders, the ways taking turns), loading "
+            f"excluded; peak memory: {memory}, for the model's process; "
             "overhead: s/page against the bare loop",
             "",
             "| model | renderer | batch | s/page | peak memory MiB | overhead |",
