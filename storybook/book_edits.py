@@ -114,21 +114,45 @@ def cover_page(book: Book) -> Page:
     )
 
 
+def page_at(book: Book, number: int) -> Page:
+    """Page `number` of `book`, where 0 is the cover. Raises BookError when there is no such page."""
+    if number == 0:
+        if book.cover is None:
+            raise BookError("The book has no cover yet: render it first.")
+        return book.cover
+    return book.pages[page_index(book, number)]
+
+
+def with_page(book: Book, number: int, page: Page) -> Book:
+    """`book` with page `number` (0: the cover) replaced by `page`."""
+    if number == 0:
+        return book.model_copy(update={"cover": page})
+    pages = list(book.pages)
+    pages[page_index(book, number)] = page
+    return book.model_copy(update={"pages": pages})
+
+
 def choose_candidate(book: Book, number: int, candidate: int) -> Book:
     """Make candidate `candidate` (1-based) of page `number` (0: the cover) its picture, and its seed the page's seed.
 
     Raises BookError when the page has no such candidate (render with --candidates first).
     """
-    page = book.cover if number == 0 else book.pages[page_index(book, number)]
-    if page is None or not 1 <= candidate <= len(page.candidates):
-        count = len(page.candidates) if page else 0
+    page = page_at(book, number)
+    if not 1 <= candidate <= len(page.candidates):
         raise BookError(
-            f"Page {number} has {count} candidates, not {candidate}: run `storybook render BOOK --candidates N`."
+            f"Page {number} has {len(page.candidates)} candidates, not {candidate}: "
+            "run `storybook render BOOK --candidates N`."
         )
     chosen = page.candidates[candidate - 1]
-    page = page.model_copy(update={"seed": chosen.seed, "image": chosen.image, "preview": None})
-    if number == 0:
-        return book.model_copy(update={"cover": page})
-    pages = list(book.pages)
-    pages[number - 1] = page
-    return book.model_copy(update={"pages": pages})
+    return with_page(
+        book, number, page.model_copy(update={"seed": chosen.seed, "image": chosen.image, "preview": None})
+    )
+
+
+def reseed_page(book: Book, number: int) -> Book:
+    """Give page `number` (0: the cover) a seed no other page uses, so that its picture is drawn anew."""
+    page = page_at(book, number)
+    seed = max(p.seed for p in [*book.pages, *([book.cover] if book.cover else [])]) + 1
+    return with_page(
+        book, number, page.model_copy(update={"seed": seed, "image": None, "preview": None, "candidates": []})
+    )

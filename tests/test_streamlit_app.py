@@ -1,9 +1,17 @@
+"""The app's main flows with Streamlit's AppTest on the tiny model, each page in turn, asserting on files and state."""
+
+import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from storybook import registry
-from storybook.book import load_book
+from storybook.book import load_book, save_book
+from storybook.jobs import read_job
+from storybook.render_book import with_settings
+from storybook.story import StoryRequest, write_story
+from storybook.tiny_model import build_tokenizer
 
 APP = str(Path(__file__).parents[1] / "streamlit_app.py")
 
@@ -38,7 +46,7 @@ def test_add_character_reports_a_bad_photo_then_registers_and_removes(home, samp
 def test_write_a_story_then_edit_move_and_refuse_a_bad_edit(family_home, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    at = app(family_home, monkeypatch)
+    at = app(family_home, monkeypatch).switch_page("app_pages/story.py").run()
     at.text_input(key="story-child").input("Mia")
     at.multiselect(key="story-characters").set_value(["Mia", "Rex"])
     at.text_input(key="story-theme").input("bath time")
@@ -62,3 +70,73 @@ def test_write_a_story_then_edit_move_and_refuse_a_bad_edit(family_home, monkeyp
     at.button(key=f"save-{folder.name}-{second.seed}").click().run()
     assert any("knife" in error.value for error in at.error)
     assert (folder / "book.json").read_text() == before
+
+
+def wait_for_job(home, kind, target, timeout=180):
+    """The state of the job once it is no longer running."""
+    deadline = time.time() + timeout
+    while (state := read_job(home, kind, target)).status == "running":
+        assert time.time() < deadline, f"{kind} {target} still running: {state}"
+        time.sleep(0.2)
+    return state
+
+
+@pytest.mark.slow
+def test_train_in_the_background_with_progress_cancel_and_resume(home, sample_photos, monkeypatch):
+    registry.add_character(home, "Mia", sample_photos, build_tokenizer())
+    at = app(home, monkeypatch)
+    at.number_input(key="steps-mia").set_value(150)
+    at.button(key="train-mia").click().run()
+    while (state := read_job(home, "train", "mia")).done < 2:  # class images first, then steps
+        time.sleep(0.2)
+    at.run()
+    assert any("loss" in bar.proto.text for bar in at.get("progress"))  # live step, loss and time left
+    at.button(key="cancel-train-mia").click().run()
+    state = wait_for_job(home, "train", "mia")
+    assert state.status == "cancelled" and "checkpoint" in state.message
+    folder = registry.character_dir(home, "mia")
+    assert (folder / "checkpoints").is_dir() and not (folder / "identity").exists()
+
+    at.run()
+    assert at.button(key="train-mia").label == "Resume training"
+    at.number_input(key="steps-mia").set_value(150)
+    at.button(key="train-mia").click().run()
+    state = wait_for_job(home, "train", "mia")
+    assert state.status == "done" and "Trained" in state.message
+    at.run()
+    assert any("Trained" in message.value for message in at.success)
+    assert (folder / "identity" / "identity.json").is_file() and (folder / "samples" / "final.png").is_file()
+
+
+@pytest.mark.slow
+def test_preview_render_redraw_a_page_choose_a_candidate_and_export(studio, monkeypatch):
+    request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="bath time", pages=8, seed=2)
+    folder, book = write_story(studio, request, "offline")
+    save_book(folder, with_settings(book, {"steps": 2}))
+
+    at = app(studio, monkeypatch).switch_page("app_pages/preview.py").run()
+    at.button(key="render-all").click().run()
+    assert wait_for_job(studio, "render", folder.name).status == "done"
+    at.run()
+    assert not at.exception
+    book = load_book(folder)
+    assert all((folder / page.image).is_file() for page in [book.cover, *book.pages])
+
+    at.button(key=f"reseed-{folder.name}-2").click().run()
+    redrawn = load_book(folder).pages[1]
+    assert redrawn.seed != book.pages[1].seed and (folder / redrawn.image).is_file()
+    assert redrawn.image != book.pages[1].image
+
+    at.button(key=f"candidates-{folder.name}-3").click().run()
+    candidates = load_book(folder).pages[2].candidates
+    assert len(candidates) == 3
+    at.button(key=f"use-{folder.name}-3-2").click().run()
+    assert load_book(folder).pages[2].image == candidates[1].image
+
+    at.switch_page("app_pages/export.py").run()
+    at.selectbox(key="export-profile").set_value("screen")
+    at.button(key="export-build").click().run()
+    assert not at.error, [error.value for error in at.error]
+    pdf = folder / "exports" / f"{folder.name}-8.5x8.5-screen.pdf"
+    assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF")
+    assert at.get("download_button")

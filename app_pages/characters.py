@@ -1,0 +1,118 @@
+"""Characters: add one from uploaded photos, see its crops, train its identity with live progress, remove it."""
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages.common import cached_tokenizer, home, show_job
+from storybook import registry
+from storybook.errors import PhotoError, StorybookError
+from storybook.jobs import Progress, read_job, start_job
+from storybook.models import DEFAULT_MODEL
+
+
+def add_character_form(root: Path) -> None:
+    """Name, photos and description in; a registered character, or a friendly message per bad photo, out."""
+    with st.form("add", clear_on_submit=False):
+        name = st.text_input("Name", key="name")
+        class_noun = st.text_input("What is it?", value="toddler", key="class_noun")
+        description = st.text_input("Appearance in words", placeholder="curly red hair, yellow raincoat")
+        uploads = st.file_uploader("3-30 photos", accept_multiple_files=True, key="photos")
+        submitted = st.form_submit_button("Add character")
+    if not submitted:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {}
+        for index, upload in enumerate(uploads or []):
+            path = Path(folder) / f"{index:02d}" / Path(upload.name).name  # phones name every upload image.jpg
+            path.parent.mkdir()
+            path.write_bytes(upload.getvalue())
+            paths[str(path)] = upload.name
+        try:
+            with st.spinner("Checking and cropping the photos..."):
+                character = registry.add_character(
+                    root, name, list(map(Path, paths)), cached_tokenizer(str(root)), class_noun, description
+                )
+        except PhotoError as error:
+            for path, problem in error.problems.items():
+                st.error(f"{paths.get(path, path)}: {problem}")
+            return
+        except StorybookError as error:
+            st.error(str(error))
+            return
+    st.success(f"Added {character.name} (token '{character.token}'). Train it below.")
+
+
+def train(root: Path, slug: str, steps: int | None) -> None:
+    """Start training `slug`'s LoRA identity as a background job (resuming a run that was stopped)."""
+    from storybook.trainer import StepReport, train_identity
+
+    resume = (registry.character_dir(root, slug) / "checkpoints").is_dir()
+
+    def work(progress: Progress) -> str:
+        def on_step(report: StepReport) -> None:
+            eta = report.elapsed_s / report.step * (report.total - report.step)
+            progress(report.step, report.total, f"loss {report.loss:.4f}, about {eta:.0f} s left")
+
+        overrides = {"steps": steps} if steps else {}
+        metadata = train_identity(
+            root, slug, "lora", DEFAULT_MODEL, overrides, resume=resume, show_progress=False, on_step=on_step
+        )
+        return (
+            f"Trained in {metadata.wall_time_s:.0f} s: the photos' loss fell from {metadata.photo_loss_before:.3f} "
+            f"to {metadata.photo_loss_after:.3f}."
+        )
+
+    start_job(root, "train", slug, work)
+
+
+def training_panel(root: Path, slug: str, folder: Path) -> None:
+    """The train button (with an expert steps field), the live job, and the newest sample grid."""
+    state = read_job(root, "train", slug)
+    running = state is not None and state.status == "running"
+    trained = (folder / "identity" / "identity.json").is_file()
+    stopped = (folder / "checkpoints").is_dir()
+    with st.popover("Expert settings"):
+        steps = st.number_input("Steps (0: the default)", 0, 5000, 0, key=f"steps-{slug}")
+    label = "Resume training" if stopped else ("Train again" if trained else "Train")
+    if st.button(label, key=f"train-{slug}", disabled=running):
+        try:
+            train(root, slug, int(steps) or None)
+        except StorybookError as error:
+            st.error(str(error))
+    show_job(root, "train", slug)
+    samples = sorted((folder / "samples").glob("*.png"), key=lambda path: path.stat().st_mtime)
+    if samples:
+        st.image(str(samples[-1]), caption=f"Samples: {samples[-1].stem}", width=288)
+
+
+def character_list(root: Path) -> None:
+    """The registered characters: crops, training and a confirmed remove."""
+    characters = registry.list_characters(root)
+    if not characters:
+        st.info("No characters yet: add one above.")
+        return
+    for character in characters:
+        folder = registry.character_dir(root, character.slug)
+        trained = (folder / "identity" / "identity.json").is_file()
+        title = f"{character.name} — {character.class_noun}, token '{character.token}'"
+        with st.expander(title + (" · trained" if trained else " · not trained yet"), expanded=not trained):
+            st.write(character.description or "(no description)")
+            crops = [folder / record.prepared for record in character.photos]
+            if missing := [crop.name for crop in crops if not crop.is_file()]:
+                st.warning(f"Missing crops: {', '.join(missing)}; remove and add {character.name} again to redo them.")
+            st.image([str(crop) for crop in crops if crop.is_file()], width=96)
+            training_panel(root, character.slug, folder)
+            confirm = st.checkbox(f"Yes, delete {character.name} and all photos", key=f"confirm-{character.slug}")
+            job = read_job(root, "train", character.slug)
+            training = job is not None and job.status == "running"
+            if st.button("Remove", key=f"remove-{character.slug}", disabled=not confirm or training):
+                registry.remove_character(root, character.slug)
+                st.rerun()
+
+
+root = home()
+st.header("Characters")
+add_character_form(root)
+character_list(root)

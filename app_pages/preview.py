@@ -1,0 +1,113 @@
+"""Preview: the book's pages in a grid; fast drafts or full renders in the background; one page redrawn with a new
+seed; candidates to choose from."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages.common import choose_book, home, renderers, show_job
+from storybook import book_edits
+from storybook.book import Book, Page, load_book, save_book
+from storybook.errors import StorybookError
+from storybook.jobs import Progress, read_job, start_job
+from storybook.render_book import render_book
+
+COLUMNS = 3
+
+
+def render_in_background(root: Path, folder: Path, preview: bool) -> None:
+    """Start rendering the whole book (drafts or finals) as a background job on the server's shared renderer."""
+    shared = renderers()
+
+    def work(progress: Progress) -> str:
+        with shared["lock"]:
+            report, shared["renderer"] = render_book(
+                root,
+                folder,
+                renderer=shared["renderer"],
+                preview=preview,
+                progress=lambda done, total: progress(done, total, "pictures"),
+            )
+        return " ".join([f"{report.drawn} pictures drawn, {report.reused} already drawn.", *report.warnings])
+
+    start_job(root, "render", folder.name, work)
+
+
+def render_now(root: Path, folder: Path, number: int, candidates: int = 1) -> None:
+    """Draw page `number` (0: the cover) right away, with `candidates` seeds, unless a book render holds the model."""
+    shared = renderers()
+    if not shared["lock"].acquire(blocking=False):
+        st.warning("A render is running; try again when it has finished.")
+        return
+    try:
+        with st.spinner("Drawing..."):
+            _, shared["renderer"] = render_book(
+                root, folder, renderer=shared["renderer"], only=[number], candidates=candidates
+            )
+    finally:
+        shared["lock"].release()
+
+
+def edit_and_redraw(root: Path, folder: Path, number: int, candidates: int) -> None:
+    """Give the page a new seed (for a single redraw) or keep it (for candidates), then draw it."""
+    try:
+        if candidates == 1:
+            save_book(folder, book_edits.reseed_page(load_book(folder), number))
+        render_now(root, folder, number, candidates)
+    except StorybookError as error:
+        st.session_state["preview-error"] = str(error)
+    st.rerun()
+
+
+def page_tile(root: Path, folder: Path, number: int, page: Page, busy: bool) -> None:
+    """One page: its picture (or draft), its text, and buttons to redraw it or choose among candidates."""
+    picture = page.image or page.preview
+    if picture and (folder / picture).is_file():
+        st.image(str(folder / picture), width="stretch")
+    else:
+        st.caption("(not drawn yet)")
+    st.markdown(f"**{'Cover' if number == 0 else f'Page {number}'}** · {page.text}")
+    key = f"{folder.name}-{number}"
+    new_seed, choices = st.columns(2)
+    if new_seed.button("New seed", key=f"reseed-{key}", disabled=busy):
+        edit_and_redraw(root, folder, number, candidates=1)
+    if choices.button("3 candidates", key=f"candidates-{key}", disabled=busy):
+        edit_and_redraw(root, folder, number, candidates=3)
+    if len(page.candidates) > 1:
+        columns = st.columns(len(page.candidates))
+        for index, (column, candidate) in enumerate(zip(columns, page.candidates, strict=True), start=1):
+            column.image(str(folder / candidate.image), width="stretch")
+            chosen = candidate.image == page.image
+            if column.button("Chosen" if chosen else "Use", key=f"use-{key}-{index}", disabled=chosen):
+                save_book(folder, book_edits.choose_candidate(load_book(folder), number, index))
+                st.rerun()
+
+
+def page_grid(root: Path, folder: Path, book: Book, busy: bool) -> None:
+    """The cover and every page, COLUMNS to a row."""
+    tiles = [book.cover, *book.pages] if book.cover else book.pages
+    first = 0 if book.cover else 1
+    for row in range(0, len(tiles), COLUMNS):
+        row_tiles = enumerate(tiles[row : row + COLUMNS])
+        for column, (offset, page) in zip(st.columns(COLUMNS), row_tiles, strict=False):  # the last row may be short
+            with column:
+                page_tile(root, folder, first + row + offset, page, busy)
+
+
+root = home()
+st.header("Preview")
+if chosen := choose_book(root):
+    folder, book = chosen
+    job = read_job(root, "render", folder.name)
+    busy = job is not None and job.status == "running"
+    drafts, finals = st.columns(2)
+    if drafts.button("Fast drafts of every page", key="render-drafts", disabled=busy):
+        render_in_background(root, folder, preview=True)
+        st.rerun()
+    if finals.button("Render every page", key="render-all", disabled=busy, type="primary"):
+        render_in_background(root, folder, preview=False)
+        st.rerun()
+    show_job(root, "render", folder.name)
+    if message := st.session_state.pop("preview-error", None):
+        st.error(message)
+    page_grid(root, folder, load_book(folder), busy)
