@@ -15,8 +15,11 @@ from storybook.render_book import render_book
 COLUMNS = 3
 
 
-def render_in_background(root: Path, folder: Path, preview: bool) -> None:
-    """Start rendering the whole book (drafts or finals) as a background job on the server's shared renderer."""
+def render_in_background(
+    root: Path, folder: Path, preview: bool = False, only: list[int] | None = None, candidates: int = 1
+) -> None:
+    """Start rendering the book (drafts or finals; `only` some pages, with `candidates` seeds each) as a background
+    job on the server's shared renderer."""
     shared = renderers()
 
     def work(progress: Progress) -> str:
@@ -26,6 +29,8 @@ def render_in_background(root: Path, folder: Path, preview: bool) -> None:
                 folder,
                 renderer=shared["renderer"],
                 preview=preview,
+                candidates=candidates,
+                only=only,
                 progress=lambda done, total: progress(done, total, "pictures"),
             )
         return " ".join([f"{report.drawn} pictures drawn, {report.reused} already drawn.", *report.warnings])
@@ -33,27 +38,12 @@ def render_in_background(root: Path, folder: Path, preview: bool) -> None:
     start_job(root, "render", folder.name, work)
 
 
-def render_now(root: Path, folder: Path, number: int, candidates: int = 1) -> None:
-    """Draw page `number` (0: the cover) right away, with `candidates` seeds, unless a book render holds the model."""
-    shared = renderers()
-    if not shared["lock"].acquire(blocking=False):
-        st.warning("A render is running; try again when it has finished.")
-        return
-    try:
-        with st.spinner("Drawing..."):
-            _, shared["renderer"] = render_book(
-                root, folder, renderer=shared["renderer"], only=[number], candidates=candidates
-            )
-    finally:
-        shared["lock"].release()
-
-
-def edit_and_redraw(root: Path, folder: Path, number: int, candidates: int) -> None:
-    """Give the page a new seed (for a single redraw) or keep it (for candidates), then draw it."""
+def redraw(root: Path, folder: Path, number: int, candidates: int) -> None:
+    """Draw page `number` (0: the cover) again in the background: with a new seed, or with `candidates` seeds."""
     try:
         if candidates == 1:
             save_book(folder, book_edits.reseed_page(load_book(folder), number))
-        render_now(root, folder, number, candidates)
+        render_in_background(root, folder, only=[number], candidates=candidates)
     except StorybookError as error:
         st.session_state["preview-error"] = str(error)
     st.rerun()
@@ -70,9 +60,9 @@ def page_tile(root: Path, folder: Path, number: int, page: Page, busy: bool) -> 
     key = f"{folder.name}-{number}"
     new_seed, choices = st.columns(2)
     if new_seed.button("New seed", key=f"reseed-{key}", disabled=busy):
-        edit_and_redraw(root, folder, number, candidates=1)
+        redraw(root, folder, number, candidates=1)
     if choices.button("3 candidates", key=f"candidates-{key}", disabled=busy):
-        edit_and_redraw(root, folder, number, candidates=3)
+        redraw(root, folder, number, candidates=3)
     if len(page.candidates) > 1:
         columns = st.columns(len(page.candidates))
         for index, (column, candidate) in enumerate(zip(columns, page.candidates, strict=True), start=1):
@@ -105,7 +95,7 @@ if chosen := choose_book(root):
         render_in_background(root, folder, preview=True)
         st.rerun()
     if finals.button("Render every page", key="render-all", disabled=busy, type="primary"):
-        render_in_background(root, folder, preview=False)
+        render_in_background(root, folder)
         st.rerun()
     show_job(root, "render", folder.name)
     if message := st.session_state.pop("preview-error", None):

@@ -17,18 +17,24 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from train import build_sd15_shaped, machine_description, peak_rss_bytes, sd15_unet, write_section
+from train import (
+    MARKER,
+    build_sd15_shaped,
+    machine_description,
+    peak_rss_bytes,
+    run_in_subprocess,
+    sd15_unet,
+    write_section,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark never reaches a model hub
 
-MARKER = "BENCH_RESULT "
 REPEATS = 3  # renders of the book each way; the median counts
 WAYS = {"bare": 1, "storybook batch 1": 1, "storybook batch 4": 4}  # way -> pictures per pipeline call
 SECTION = "## Rendering"
@@ -102,18 +108,6 @@ def run_one(spec: dict) -> dict:
     return {"s_per_page": {way: statistics.median(t) / pages for way, t in timings.items()}, "peak_bytes": peak}
 
 
-def run_in_subprocess(spec: dict) -> dict:
-    """Run `spec` via `--one` in a child process; return its result, or {"error": ...}."""
-    child = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    lines = [line for line in child.stdout.splitlines() if line.startswith(MARKER)]
-    if child.returncode != 0 or not lines:
-        sys.stderr.write(child.stderr[-4000:])
-        return {"error": (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]}
-    return json.loads(lines[-1][len(MARKER) :])
-
-
 def prepare_book(root: Path, model: str, steps: int, train_steps: int) -> Path:
     """A data root with Mia and Rex trained on `model` and a 12-page book about both, set to render in `steps`."""
     from storybook.book import save_book
@@ -183,7 +177,7 @@ def main() -> None:
             home.mkdir(exist_ok=True)
             book = prepare_book(home, model, args.steps, train_steps=10)
             print(f"rendering {label} every way ...", file=sys.stderr)
-            result = run_in_subprocess({"home": str(home), "book": str(book)})
+            result = run_in_subprocess({"home": str(home), "book": str(book)}, script=__file__)
             for way, batch_size in WAYS.items():
                 renderer = "bare diffusers loop" if way == "bare" else "storybook render_book"
                 cells = [label, renderer, str(batch_size)]

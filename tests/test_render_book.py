@@ -117,7 +117,7 @@ def test_each_page_is_drawn_with_the_identities_of_its_characters(studio):
     book = book_edits.edit_page(book, 3, scene=f"{rex} digging in the sand")  # Rex alone
     save_book(folder, book)
     assert [p.characters for p in book.pages[:3]] == [[], ["mia", "rex"], ["rex"]]
-    render_book(studio, folder)
+    render_book(studio, folder, batch_size=1)  # one picture per call, as in the reference
     book = load_book(folder)
 
     reference = bare_pipeline(studio, ["mia", "rex"])

@@ -123,11 +123,15 @@ def test_preview_render_redraw_a_page_choose_a_candidate_and_export(studio, monk
     assert all((folder / page.image).is_file() for page in [book.cover, *book.pages])
 
     at.button(key=f"reseed-{folder.name}-2").click().run()
+    assert wait_for_job(studio, "render", folder.name).status == "done"
     redrawn = load_book(folder).pages[1]
     assert redrawn.seed != book.pages[1].seed and (folder / redrawn.image).is_file()
     assert redrawn.image != book.pages[1].image
 
+    at.run()
     at.button(key=f"candidates-{folder.name}-3").click().run()
+    assert wait_for_job(studio, "render", folder.name).status == "done"
+    at.run()
     candidates = load_book(folder).pages[2].candidates
     assert len(candidates) == 3
     at.button(key=f"use-{folder.name}-3-2").click().run()
