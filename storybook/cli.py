@@ -10,6 +10,7 @@ from diffusers.utils import logging as diffusers_logging
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
+from transformers.utils import logging as transformers_logging
 
 from storybook import book_edits, registry
 from storybook.book import (
@@ -58,6 +59,7 @@ def main(
     state["debug"] = debug
     if not debug:
         diffusers_logging.set_verbosity_error()  # library notes such as "no LoRA keys for the text encoder"
+        transformers_logging.set_verbosity_error()  # long prompts: `render` reports them in its own words
 
 
 def run(action):

@@ -34,7 +34,6 @@ class Target:
     """A picture wanted for `page` (the cover is a page too), where it is stored, and how to draw it."""
 
     page: Page
-    label: str  # 'cover' or 'page N'
     job: ImageJob
     image: str  # relative to the book folder
 
@@ -110,7 +109,7 @@ def default_batch_size(renderer: Renderer) -> int:
     """Pictures per pipeline call: 4 where batching pays, 1 where it does not (measured, see bench/RESULTS.md).
 
     It pays on a GPU, and on the CPU for small UNets, whose calls are dominated by overhead (the tiny model: 0.31
-    against 0.56 s a page). A full-size UNet on the CPU is compute-bound: a batch of 4 at 512 px was 15% slower per
+    against 0.60 s a page). A full-size UNet on the CPU is compute-bound: a batch of 4 at 512 px was 15% slower per
     picture, and would lose more work when a run is killed.
     """
     small = sum(p.numel() for p in renderer.pipeline.unet.parameters()) < SMALL_MODEL_PARAMETERS
@@ -168,7 +167,7 @@ def render_book(
             seed = candidate_seed(page.seed, candidate)
             job = ImageJob(page.prompt, page.negative_prompt, seed, tuple(page.characters))
             image = f"{IMAGES_DIR}/{picture_key(job, renderer, steps, identities, book)}.png"
-            targets.append(Target(page, label, job, image))
+            targets.append(Target(page, job, image))
     for leftover in (folder / IMAGES_DIR).glob(".*.tmp"):  # a picture being written when a run was killed
         leftover.unlink(missing_ok=True)
     missing = [target for target in targets if not (folder / target.image).exists()]
