@@ -14,22 +14,20 @@ Usage: python bench/render.py [--steps 20] [--sd15-cpu]
 import argparse
 import json
 import os
-import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from train import (
     MARKER,
     build_sd15_shaped,
-    machine_description,
     peak_rss_bytes,
     run_in_subprocess,
     sd15_unet,
+    section_header,
     write_section,
 )
 
@@ -195,11 +193,7 @@ def main() -> None:
     memory = "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "peak RSS (VmHWM) of the subprocess"
     section = "\n".join(
         [
-            SECTION,
-            "",
-            f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-            f"- Machine: {machine_description(load_before)}",
-            f"- Command: `{shlex.join(['python', *sys.argv])}`",
+            *section_header(SECTION, load_before),
             f"- Workload: a 12-page book and its cover (13 pictures) with two LoRA characters, {args.steps} steps, "
             "DPM-Solver++ (Karras), guidance 7.5, the model's own size; nothing cached",
             f"- s/page: rendering time over pictures (median of {REPEATS} renders, the ways taking turns), loading "

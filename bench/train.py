@@ -181,6 +181,17 @@ def machine_description(load: tuple[float, float, float]) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, GPU: {gpu}; load average before: {loads}"
 
 
+def section_header(heading: str, load: tuple[float, float, float]) -> list[str]:
+    """The first lines of a RESULTS.md section: its heading, then when, where (`load`: load average before) and how."""
+    return [
+        heading,
+        "",
+        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {machine_description(load)}",
+        f"- Command: `{shlex.join(['python', *sys.argv])}`",
+    ]
+
+
 def write_section(section: str, path: Path = RESULTS) -> None:
     """Put `section` into `path`, replacing only the old section of the same heading (up to the next `## `)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -237,11 +248,7 @@ def main() -> None:
     memory = "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM) of the training subprocess"
     section = "\n".join(
         [
-            SECTION,
-            "",
-            f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-            f"- Machine: {machine_description(load_before)}",
-            f"- Command: `{shlex.join(['python', *sys.argv])}`",
+            *section_header(SECTION, load_before),
             f"- Settings: {json.dumps(base)}; GPU only: {json.dumps(gpu_settings) if cuda else 'n/a (CPU run)'}",
             f"- s/step: median of step intervals after {WARMUP_STEPS} warm-up steps; peak memory: {memory}; "
             "wall s: the whole `train_identity` call (class images, samples and saving included)",
