@@ -108,7 +108,11 @@ def character_list(root: Path) -> None:
             job = read_job(root, "train", character.slug)
             training = job is not None and job.status == "running"
             if st.button("Remove", key=f"remove-{character.slug}", disabled=not confirm or training):
-                registry.remove_character(root, character.slug)
+                try:
+                    registry.remove_character(root, character.slug)
+                except StorybookError as error:
+                    st.error(str(error))
+                    return
                 st.rerun()
 
 

@@ -66,7 +66,8 @@ def page_tile(root: Path, folder: Path, number: int, page: Page, busy: bool) -> 
     if len(page.candidates) > 1:
         columns = st.columns(len(page.candidates))
         for index, (column, candidate) in enumerate(zip(columns, page.candidates, strict=True), start=1):
-            column.image(str(folder / candidate.image), width="stretch")
+            if (folder / candidate.image).is_file():
+                column.image(str(folder / candidate.image), width="stretch")
             chosen = candidate.image == page.image
             if column.button("Chosen" if chosen else "Use", key=f"use-{key}-{index}", disabled=chosen):
                 save_book(folder, book_edits.choose_candidate(load_book(folder), number, index))
@@ -100,4 +101,4 @@ if chosen := choose_book(root):
     show_job(root, "render", folder.name)
     if message := st.session_state.pop("preview-error", None):
         st.error(message)
-    page_grid(root, folder, load_book(folder), busy)
+    page_grid(root, folder, book, busy)

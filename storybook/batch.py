@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ConfigDict, Field, ValidationError
 
-from storybook.book import BOOK_FILE, books_root, load_book, save_book
+from storybook.book import BOOK_FILE, RenderSettings, books_root, load_book, save_book
 from storybook.book_pdf import Layout, Profile, Trim, export_book
 from storybook.errors import BookError, StorybookError
 from storybook.render_book import render_book, with_settings
@@ -79,15 +79,17 @@ def make_one(
     spec_copy = folder / SPEC_COPY
     if (folder / BOOK_FILE).exists() and not spec_copy.exists():
         raise BookError(f"{folder} holds a book that was not made from a spec; rename {spec_path.name} to keep both.")
-    if spec_copy.exists() and json.loads(spec_copy.read_text()) == story_part(spec):
+    made_before = (folder / BOOK_FILE).exists() and spec_copy.exists()
+    if made_before and json.loads(spec_copy.read_text()) == story_part(spec):
         say(f"{spec_path.name}: reusing the story in {folder}")
         book = load_book(folder)
     else:
         writer = spec.writer or default_writer()
         say(f"{spec_path.name}: writing the story ({writer} writer)")
         book = compose_story(home, spec, writer)
-    save_book(folder, with_settings(book, spec.render))
-    atomic_write_text(spec_copy, json.dumps(story_part(spec), indent=2))
+        atomic_write_text(spec_copy, json.dumps(story_part(spec), indent=2))  # first: book.json alone means "not ours"
+    fresh_settings = book.model_copy(update={"render": RenderSettings()})  # the spec's settings alone, none left over
+    save_book(folder, with_settings(fresh_settings, spec.render))
     report, renderer = render_book(home, folder, renderer=renderer)
     say(f"{spec_path.name}: {report.drawn} pictures drawn, {report.reused} reused")
     for warning in report.warnings:

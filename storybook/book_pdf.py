@@ -86,25 +86,32 @@ def register_fonts() -> None:
             pdfmetrics.registerFont(TTFont(name, FONT_DIR / file))
 
 
+def block_height(font: str, size: int, lines: int) -> float:
+    """The height of `lines` lines of `font` at `size`: from the first line's ascent to the last line's descent."""
+    ascent, descent = pdfmetrics.getAscentDescent(font, size)
+    return (lines - 1) * size * LEADING + ascent - descent
+
+
 def fit_text(text: str, font: str, width: float, height: float, sizes: tuple[int, int]) -> tuple[int, list[str]]:
     """The largest size in `sizes` (largest, smallest) at which `text` wraps into `width` x `height` points, and its
-    lines. Raises BookError when it does not fit even at the smallest size."""
+    lines. Raises BookError when it does not fit even at the smallest size (too long, or a word too wide)."""
     largest, smallest = sizes
     for size in range(largest, smallest - 1, -1):
         lines = [line for paragraph in text.splitlines() for line in simpleSplit(paragraph, font, size, width)]
-        if len(lines) * size * LEADING <= height:
+        widest = max((pdfmetrics.stringWidth(line, font, size) for line in lines), default=0)
+        if widest <= width and block_height(font, size, len(lines)) <= height:
             return size, lines
     raise BookError(f"This text does not fit on its page even at {smallest} pt; shorten it: {text!r}")
 
 
 def draw_text(canvas: Canvas, text: str, font: str, box: Rect, sizes: tuple[int, int] = BODY_PT) -> None:
-    """Draw `text` centred in `box`, as large as fits (see `fit_text`)."""
+    """Draw `text` centred in `box`, as large as fits (see `fit_text`); no glyph leaves the box."""
     x0, y0, x1, y1 = box
     size, lines = fit_text(text, font, x1 - x0, y1 - y0, sizes)
     canvas.setFont(font, size)
     canvas.setFillColor(Color(0.13, 0.13, 0.18))
-    block = len(lines) * size * LEADING
-    baseline = (y0 + y1) / 2 + block / 2 - size  # first line's baseline, the block centred vertically
+    ascent, _ = pdfmetrics.getAscentDescent(font, size)
+    baseline = (y0 + y1) / 2 + block_height(font, size, len(lines)) / 2 - ascent  # the block centred vertically
     for line in lines:
         canvas.drawCentredString((x0 + x1) / 2, baseline, line)
         baseline -= size * LEADING
@@ -113,7 +120,7 @@ def draw_text(canvas: Canvas, text: str, font: str, box: Rect, sizes: tuple[int,
 def text_height(text: str, font: str, width: float, sizes: tuple[int, int] = BODY_PT) -> float:
     """The height `text` takes at the largest size in `sizes` that fits in a third of a page."""
     size, lines = fit_text(text, font, width, 3 * INCH, sizes)
-    return len(lines) * size * LEADING
+    return block_height(font, size, len(lines))
 
 
 def draw_picture(canvas: Canvas, pictures: PrintPictures, page: Page, box: Rect) -> None:
@@ -157,10 +164,10 @@ def draw_story_page(canvas: Canvas, frame: Frame, page: Page, layout: Layout, pi
     draw_text(canvas, page.text, FONT, (sx0, sy0, sx1, sy0 + height))
 
 
-def unrendered(book: Book) -> list[str]:
-    """The pages (and cover) that have no picture yet."""
-    missing = [] if book.cover and book.cover.image else ["cover"]
-    return missing + [f"page {number}" for number, page in enumerate(book.pages, start=1) if not page.image]
+def unrendered(folder: Path, book: Book) -> list[str]:
+    """The pages (and cover) of the book in `folder` whose picture is not drawn yet (or its file is gone)."""
+    numbered = [("cover", book.cover)] + [(f"page {n}", page) for n, page in enumerate(book.pages, start=1)]
+    return [label for label, page in numbered if not (page and page.image and (folder / page.image).is_file())]
 
 
 def export_book(
@@ -173,13 +180,15 @@ def export_book(
     upscaler_model: str = X4_UPSCALER,
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cover: bool = True,
 ) -> int:
-    """Write the book in `folder` as a PDF at `out` (atomically); return its page count.
+    """Write the book in `folder` as a PDF at `out` (atomically); return its page count. `cover=False` leaves the
+    cover page out, for print services that take the cover as a file of its own (KDP, Lulu).
 
     Raises BookError when pages have no picture yet (run `storybook render` first) or a text does not fit.
     """
     book = load_book(folder)
-    if missing := unrendered(book):
+    if missing := unrendered(folder, book):
         raise BookError(
             f"{', '.join(missing)} of {folder.name} have no picture yet: run `storybook render {folder}` first."
         )
@@ -188,7 +197,7 @@ def export_book(
     draws: list[Callable[[Canvas, Frame], None]] = [
         lambda canvas, frame: draw_cover(canvas, frame, book, pictures),
         lambda canvas, frame: draw_text(canvas, book.dedication, FONT, frame.safe, (26, 18)),
-    ]
+    ][0 if cover else 1 :]
     for page in book.pages:
         draws.append(lambda canvas, frame, page=page: draw_story_page(canvas, frame, page, layout, pictures))
     draws.append(lambda canvas, frame: draw_text(canvas, "The End", BOLD_FONT, frame.safe, (54, 36)))

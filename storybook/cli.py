@@ -454,13 +454,17 @@ def export(
     ] = "auto",
     upscaler_model: Annotated[str, typer.Option(help="The x4 upscaler: hub id or local folder.")] = X4_UPSCALER,
     device: Annotated[str | None, typer.Option(help="Where the x4 upscaler runs.")] = None,
+    cover: Annotated[
+        bool,
+        typer.Option("--cover/--no-cover", help="--no-cover: the interior only (KDP and Lulu take the cover apart)."),
+    ] = True,
 ) -> None:
     """Write the print-ready PDF: cover, dedication, pages, The End; even page count; fonts embedded; 300 DPI."""
 
     def write():
         folder = book_dir(state["home"], book)
         with progress_bar("exporting") as progress:
-            pages = export_book(folder, out, profile, trim, layout, upscaler, upscaler_model, device, progress)
+            pages = export_book(folder, out, profile, trim, layout, upscaler, upscaler_model, device, progress, cover)
         console.print(f"Wrote {out} ({pages} pages, {trim} in, {profile})")
 
     run(write)

@@ -10,17 +10,19 @@ next step and stops the way Ctrl-C does (training checkpoints, rendering keeps e
 import os
 import threading
 import traceback
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from storybook.errors import StorybookError
 from storybook.storage import atomic_write_text, slugify
 
 STARTING = threading.Lock()
+PROCESS = uuid.uuid4().hex  # this server process, as job files name it
 Status = Literal["running", "done", "failed", "cancelled", "interrupted"]
 
 
@@ -38,6 +40,7 @@ class JobState(BaseModel):
     total: int = 0
     message: str = ""
     pid: int  # the server process running it
+    process: str = ""  # that process's PROCESS token: a restarted server may get the same pid
     started_at: datetime
     finished_at: datetime | None = None
 
@@ -55,8 +58,12 @@ def read_job(home: Path, kind: str, target: str) -> JobState | None:
     path = job_file(home, kind, target)
     if not path.is_file():
         return None
-    state = JobState.model_validate_json(path.read_text(encoding="utf-8"))
-    if state.status == "running" and state.pid != os.getpid() and not process_alive(state.pid):
+    try:
+        state = JobState.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, UnicodeDecodeError):
+        return None  # a damaged job file: as if there were none (the next job writes a new one)
+    alive = state.process == PROCESS if state.pid == os.getpid() else process_alive(state.pid)
+    if state.status == "running" and not alive:
         state.status, state.message = "interrupted", "The app stopped during this job; start it again to go on."
     return state
 
@@ -67,8 +74,8 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, under another user
+        pass
     return True
 
 
@@ -90,7 +97,7 @@ def start_job(home: Path, kind: str, target: str, work: Callable[[Progress], str
             raise StorybookError(f"{target} is already being worked on ({kind}, {state.done}/{state.total}).")
         cancel_flag.unlink(missing_ok=True)
         now = datetime.now(timezone.utc)
-        state = JobState(kind=kind, target=target, status="running", pid=os.getpid(), started_at=now)
+        state = JobState(kind=kind, target=target, status="running", pid=os.getpid(), process=PROCESS, started_at=now)
         save_state(path, state)
 
     def progress(done: int, total: int, message: str) -> None:

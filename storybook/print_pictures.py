@@ -2,9 +2,10 @@
 
 Enlarging uses diffusers' x4 upscaler when its weights are on this machine (and, with 'auto', a GPU to run it), and
 high-quality Lanczos resampling otherwise. Results are JPEG files cached under <book>/print/, named after the picture,
-the pixel size and the method, so exporting again (another profile, the same trim) reuses them.
+the pixel size and the method, so exporting again with the same geometry (another layout's pages aside) reuses them.
 """
 
+import hashlib
 import io
 import math
 from pathlib import Path
@@ -54,7 +55,8 @@ class PrintPictures:
                     f"The x4 upscaler {upscaler_model!r} is not on this machine. Download it where there is network "
                     f"(`hf download {X4_UPSCALER}`), give its folder with --upscaler-model, or use --upscaler lanczos."
                 )
-        self.method = "x4" if self.x4 else "lanczos"
+        model_tag = hashlib.sha256(upscaler_model.encode()).hexdigest()[:8]
+        self.method = f"x4-{model_tag}" if self.x4 else "lanczos"  # names the print files: another model, other files
 
     def prepare(self, image: str, prompt: str, width_in: float, height_in: float) -> Path:
         """The print file of `image` (relative to the book) for a `width_in` x `height_in` inch place: cropped to that

@@ -4,7 +4,7 @@ Each picture is stored as <book>/images/<key>.png, where the key hashes everythi
 model's weights, each identity drawn and its weight, the prompt, negative prompt and seed, and the settings (steps,
 guidance, size, scheduler, dtype). Rendering again draws only pictures whose key has no file yet, so an edited page
 or a changed setting redraws just what it changed, and a run stopped by Ctrl-C or kill -9 resumes with at most the
-batch in flight lost. book.json is saved after every batch.
+batch in flight lost. book.json is updated after every batch, keeping edits made meanwhile.
 """
 
 import hashlib
@@ -31,11 +31,16 @@ CANDIDATE_SEED_STRIDE = 1_000_003  # candidate k of a page draws with seed + k *
 
 @dataclass
 class Target:
-    """A picture wanted for `page` (the cover is a page too), where it is stored, and how to draw it."""
+    """A picture wanted for a page (the cover is a page too), where it is stored, and how to draw it."""
 
-    page: Page
+    page: tuple  # the page's `drawing` when the run started: which page of book.json the picture belongs to
     job: ImageJob
     image: str  # relative to the book folder
+
+
+def drawing(page: Page) -> tuple:
+    """What a page's pictures depend on within a book: its prompt, negative prompt, characters and seed."""
+    return (page.prompt, page.negative_prompt, tuple(page.characters), page.seed)
 
 
 @dataclass
@@ -116,18 +121,29 @@ def default_batch_size(renderer: Renderer) -> int:
     return 4 if renderer.device.type == "cuda" or small else 1
 
 
-def attach(targets: list[Target], folder: Path, preview: bool, candidates: int) -> None:
-    """Point each page at its pictures that exist on disk: picture (or draft) and, with candidates, the choices."""
-    for page in {id(t.page): t.page for t in targets}.values():
-        drawn = [t for t in targets if t.page is page and (folder / t.image).exists()]
-        for target in drawn:
-            if target.job.seed == page.seed:
-                if preview:
-                    page.preview = target.image
-                else:
-                    page.image = target.image
+def attach(targets: list[Target], folder: Path, cover: Page, preview: bool, candidates: int) -> None:
+    """Point the pages of book.json at the pictures of `targets` that exist on disk, and save it.
+
+    book.json is read again first, so edits made while the render runs are kept; a page edited since the run began
+    no longer matches its targets and is left alone. A page whose picture (or draft) is not drawn yet under the
+    current settings loses its old one, so that an interrupted re-render never prints a mix of old and new pictures.
+    """
+    book = load_book(folder)
+    if book.cover is None:
+        book.cover = cover
+    for page in [book.cover, *book.pages]:
+        wanted = [t for t in targets if t.page == drawing(page)]
+        if not wanted:
+            continue
+        drawn = [t for t in wanted if (folder / t.image).exists()]
+        own = next((t.image for t in drawn if t.job.seed == page.seed), None)
+        if preview:
+            page.preview = own
+        else:
+            page.image = own
         if candidates > 1:
             page.candidates = [Candidate(seed=t.job.seed, image=t.image) for t in drawn]
+    save_book(folder, book)
 
 
 def render_book(
@@ -148,6 +164,8 @@ def render_book(
     `only` limits the run to those page numbers (0 is the cover). `progress(done, total)` is called after each batch.
     Returns what was done and the renderer, to reuse for the next book. Raises BookError and ModelError.
     """
+    if preview and candidates > 1:
+        raise BookError("Candidates are for choosing a final picture: render them without --preview.")
     book = load_book(folder)
     if book.cover is None:
         book.cover = cover_page(book)
@@ -167,19 +185,15 @@ def render_book(
             seed = candidate_seed(page.seed, candidate)
             job = ImageJob(page.prompt, page.negative_prompt, seed, tuple(page.characters))
             image = f"{IMAGES_DIR}/{picture_key(job, renderer, steps, identities, book)}.png"
-            targets.append(Target(page, job, image))
-    for leftover in (folder / IMAGES_DIR).glob(".*.tmp"):  # a picture being written when a run was killed
-        leftover.unlink(missing_ok=True)
+            targets.append(Target(drawing(page), job, image))
     missing = [target for target in targets if not (folder / target.image).exists()]
-    attach(targets, folder, preview, candidates)
-    save_book(folder, book)
+    attach(targets, folder, book.cover, preview, candidates)
     batches = batched(missing, batch_size or default_batch_size(renderer))
     done = len(targets) - len(missing)
     for batch in batches:
         for target, picture in zip(batch, renderer.draw([t.job for t in batch], book.render, steps), strict=True):
             save_png(folder / target.image, picture)
-        attach(targets, folder, preview, candidates)
-        save_book(folder, book)
+        attach(targets, folder, book.cover, preview, candidates)
         done += len(batch)
         if progress:
             progress(done, len(targets))
@@ -192,7 +206,8 @@ def render_book(
 
 
 def batched(targets: list[Target], size: int) -> list[list[Target]]:
-    """Split `targets` into batches of up to `size` pictures that share the same characters, in page order."""
+    """Split `targets` into batches of up to `size` pictures that share the same characters (pages in order within
+    each group of characters)."""
     groups: dict[tuple[str, ...], list[Target]] = {}
     for target in targets:
         groups.setdefault(target.job.characters, []).append(target)

@@ -88,10 +88,11 @@ class Renderer:
         self.scheduler_name: Scheduler = "model"
         self.base_fingerprint = model_fingerprint(self.model_path, home)
         self.fingerprint = self.base_fingerprint  # what every picture depends on: the base and its DreamBooth UNet
-        self.adapters: list[str] = []  # LoRA identities loaded, by slug
+        self.adapters: dict[str, str] = {}  # LoRA identities loaded: slug -> identity hash
+        self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
         if dreambooth:
             load_identity(self.pipeline, identity_folder(home, dreambooth), dreambooth, self.base_fingerprint)
-            self.fingerprint += "+" + identity_hash(home, dreambooth)
+            self.fingerprint += "+" + self.dreambooth_hash
 
     @property
     def device(self) -> torch.device:
@@ -109,19 +110,27 @@ class Renderer:
         return self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
 
     def fits(self, model: str, dreambooth: str | None) -> bool:
-        """Whether this renderer can draw a book on `model` with DreamBooth identity `dreambooth` without reloading."""
-        return (self.model, self.dreambooth) == (model, dreambooth)
+        """Whether this renderer can draw a book on `model` with DreamBooth identity `dreambooth` (as trained now)
+        without reloading."""
+        current = identity_hash(self.home, dreambooth) if dreambooth else None
+        return (self.model, self.dreambooth, self.dreambooth_hash) == (model, dreambooth, current)
 
     def load_identities(self, slugs: list[str]) -> None:
-        """Load the LoRA identity of each character in `slugs` not loaded yet, as an adapter named by its slug."""
+        """Load the LoRA identity of each character in `slugs` as an adapter named by its slug, unless that very
+        identity is loaded already (a character trained again since is loaded again)."""
         for slug in slugs:
-            if slug in self.adapters or slug == self.dreambooth:
+            if slug == self.dreambooth:
+                continue
+            trained = identity_hash(self.home, slug)
+            if self.adapters.get(slug) == trained:
                 continue
             metadata = read_identity(identity_folder(self.home, slug))
             if metadata.method == "dreambooth":
                 raise ModelError(f"{slug} is a DreamBooth identity; create the renderer with dreambooth={slug!r}.")
+            if slug in self.adapters:
+                self.pipeline.delete_adapters(slug)
             load_identity(self.pipeline, identity_folder(self.home, slug), slug, self.base_fingerprint)
-            self.adapters.append(slug)
+            self.adapters[slug] = trained
 
     def use_scheduler(self, name: Scheduler) -> None:
         """Switch the sampler ('model' restores the model's own scheduler)."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pypdf import PdfReader
+from reportlab.pdfbase import pdfmetrics
 
 from storybook.book import load_book, save_book
 from storybook.book_pdf import BODY_PT, INCH, SAFE_MARGIN, TRIM_SIZES, export_book, fit_text, register_fonts
@@ -52,9 +53,13 @@ def test_boxes_bleed_and_page_count_per_profile(drawn_book, tmp_path, profile, r
         assert bleed == media  # the bleed box is the whole sheet; no crop marks beyond it
 
 
-def test_fonts_are_embedded_pictures_are_300_dpi_and_text_is_readable_inside_the_safe_area(drawn_book, tmp_path):
+@pytest.mark.parametrize("layout", ["band", "below"])
+def test_fonts_are_embedded_pictures_are_300_dpi_and_text_is_readable_inside_the_safe_area(
+    drawn_book, tmp_path, layout
+):
     out = tmp_path / "book.pdf"
-    export_book(drawn_book, out, profile="kdp", layout="below")
+    export_book(drawn_book, out, profile="kdp", layout=layout)
+    register_fonts()
     book = load_book(drawn_book)
     reader = PdfReader(out)
     text = "\n".join(page.extract_text() for page in reader.pages)
@@ -69,7 +74,9 @@ def test_fonts_are_embedded_pictures_are_300_dpi_and_text_is_readable_inside_the
             )
             assert descriptor is not None and "/FontFile2" in descriptor.get_object(), f"page {number}: not embedded"
             assert "Andika" in font["/BaseFont"]
-        for width_pt, height_pt, name in placed_images(page):
+        pictures = placed_images(page)
+        assert len(pictures) == (1 if number in (1, *range(3, 11)) else 0)  # the cover and the 8 story pages
+        for width_pt, height_pt, name in pictures:
             image = page["/Resources"]["/XObject"][name].get_object()
             assert image["/Width"] / (width_pt / INCH) >= 300 and image["/Height"] / (height_pt / INCH) >= 300
 
@@ -79,7 +86,11 @@ def test_fonts_are_embedded_pictures_are_300_dpi_and_text_is_readable_inside_the
         def inside_safe_area(text, cm, tm, font_dict, font_size, trim=trim, margin=margin):
             if text.strip():
                 x, y = tm[4] + cm[4], tm[5] + cm[5]
-                assert trim[0] + margin - 1 <= x <= trim[2] - margin and trim[1] + margin - 1 <= y <= trim[3] - margin
+                font = "Andika-Bold" if "Bold" in font_dict["/BaseFont"] else "Andika"
+                right = x + pdfmetrics.stringWidth(text.strip("\n"), font, font_size)
+                ascent, descent = pdfmetrics.getAscentDescent(font, font_size)
+                assert trim[0] + margin - 0.5 <= x and right <= trim[2] - margin + 0.5, text
+                assert trim[1] + margin - 0.5 <= y + descent and y + ascent <= trim[3] - margin + 0.5, text
                 assert font_size >= BODY_PT[1]
 
         page.extract_text(visitor_text=inside_safe_area)
@@ -93,6 +104,13 @@ def placed_images(page) -> list[tuple[float, float, str]]:
         (float(a), float(d), name)
         for a, d, name in re.findall(r"([\d.]+) 0 0 ([\d.]+) [-\d.]+ [-\d.]+ cm\s*(/\S+) Do", content)
     ]
+
+
+def test_interior_without_the_cover_for_print_services(drawn_book, tmp_path):
+    out = tmp_path / "interior.pdf"
+    assert export_book(drawn_book, out, profile="lulu", cover=False) == 10  # dedication, 8 pages, The End
+    first_page = " ".join(PdfReader(out).pages[0].extract_text().split())
+    assert "starring" not in first_page and load_book(drawn_book).dedication in first_page
 
 
 @pytest.mark.parametrize("trim", ["8x8", "8x10"])
@@ -130,7 +148,7 @@ def test_pictures_are_enlarged_for_print_with_lanczos_or_the_x4_upscaler(drawn_b
     x4_folder = tiny_x4_upscaler(tmp_path / "x4")
     x4 = PrintPictures(drawn_book, "x4", upscaler_model=str(x4_folder))
     upscaled = x4.prepare(book.pages[0].image, "a beach", 2.0, 1.0)
-    assert x4.method == "x4" and Image.open(upscaled).size == (600, 300)
+    assert x4.method.startswith("x4-") and Image.open(upscaled).size == (600, 300)
     assert not np.array_equal(np.asarray(Image.open(upscaled)), np.asarray(Image.open(lanczos)))
 
 

@@ -1,5 +1,6 @@
 """Background jobs: state on disk while running and after, cancellation between steps, stale jobs, no double start."""
 
+import os
 import threading
 
 import pytest
@@ -63,3 +64,9 @@ def test_a_job_left_running_by_a_stopped_server_reads_as_interrupted(tmp_path):
     assert state.status == "interrupted" and "start it again" in state.message
     start_job(tmp_path, "render", "book", lambda progress: "drawn").join(10)  # may start again
     assert read_job(tmp_path, "render", "book").status == "done"
+
+    restarted = stale.model_copy(update={"pid": os.getpid(), "process": "a server before a restart"})
+    job_file(tmp_path, "render", "book").write_text(restarted.model_dump_json())  # same pid, another process
+    assert read_job(tmp_path, "render", "book").status == "interrupted"
+    job_file(tmp_path, "render", "book").write_text("{damaged")
+    assert read_job(tmp_path, "render", "book") is None

@@ -145,7 +145,6 @@ def test_a_render_killed_mid_book_resumes_with_only_the_missing_pictures(studio)
     report, _ = render_book(studio, folder)
     assert report.drawn == 9 - len(survived) and report.reused == len(survived)
     assert {name: image_files(folder)[name] for name in survived} == survived  # kept, not redrawn
-    assert not list((folder / IMAGES_DIR).glob(".*.tmp"))
     book = load_book(folder)
     assert all(page.image for page in [book.cover, *book.pages])
 
@@ -193,3 +192,60 @@ def test_untrained_characters_and_long_prompts_are_reported(home, trained_charac
     with pytest.raises(ModelError, match="character train bo"):
         render_book(home, untrained)
     assert not (untrained / IMAGES_DIR).exists()
+
+
+def test_edits_made_during_a_render_are_kept_and_an_interrupted_rerender_never_mixes_settings(studio, tmp_path):
+    from storybook.book_pdf import export_book
+    from storybook.errors import BookError
+
+    folder = new_book(studio)
+    mia = load_book(folder).character("mia").phrase
+
+    def edit_midway(done, total):
+        if done == 1:  # another tab edits the book while it renders
+            book = book_edits.edit_page(load_book(folder), 5, text="Mia waves at a boat.")
+            save_book(folder, book_edits.edit_page(book, 6, scene=f"{mia} holding a red ball"))
+
+    render_book(studio, folder, batch_size=1, progress=edit_midway)
+    book = load_book(folder)
+    assert book.pages[4].text == "Mia waves at a boat." and book.pages[4].image  # kept, and still drawn
+    assert book.pages[5].scene.endswith("holding a red ball") and book.pages[5].image is None  # drawn next time
+    assert render_book(studio, folder)[0].drawn == 1
+
+    save_book(folder, with_settings(load_book(folder), {"steps": 3}))
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        render_book(studio, folder, batch_size=1, progress=stop_after_two)
+    assert sum(page.image is not None for page in [load_book(folder).cover, *load_book(folder).pages]) == 2
+    with pytest.raises(BookError, match="no picture yet"):
+        export_book(folder, tmp_path / "mixed.pdf")  # never old pictures beside new ones
+
+
+def test_a_character_trained_again_is_drawn_with_its_new_identity(home, trained_characters):
+    from storybook.trainer import train_identity
+
+    shutil.copytree(trained_characters, home / "characters")
+    folder = new_book(home)
+    _, renderer = render_book(home, folder)
+    book = load_book(folder)
+    with_rex = [page for page in [book.cover, *book.pages] if "rex" in page.characters]
+    quick = {"steps": 6, "num_class_images": 4, "class_image_steps": 4, "checkpoint_every": 50, "seed": 9}
+    train_identity(home, "Rex", "lora", overrides=quick, show_progress=False)
+
+    report, _ = render_book(home, folder, renderer=renderer)  # the same loaded renderer
+    assert report.drawn == len(with_rex)
+    again = load_book(folder)
+    fresh = folder.with_name("fresh")
+    shutil.copytree(folder, fresh)
+    shutil.rmtree(fresh / IMAGES_DIR)
+    render_book(home, fresh)  # a newly loaded renderer
+    references = load_book(fresh)
+    for old, new, reference in zip(
+        [book.cover, *book.pages], [again.cover, *again.pages], [references.cover, *references.pages], strict=True
+    ):
+        assert np.array_equal(pixels(folder, new.image), pixels(fresh, reference.image))
+        assert (old.image == new.image) == ("rex" not in new.characters)

@@ -87,7 +87,9 @@ def test_train_in_the_background_with_progress_cancel_and_resume(home, sample_ph
     at = app(home, monkeypatch)
     at.number_input(key="steps-mia").set_value(150)
     at.button(key="train-mia").click().run()
+    deadline = time.time() + 120
     while (state := read_job(home, "train", "mia")).done < 2:  # class images first, then steps
+        assert state.status == "running" and time.time() < deadline, state
         time.sleep(0.2)
     at.run()
     assert any("loss" in bar.proto.text for bar in at.get("progress"))  # live step, loss and time left
