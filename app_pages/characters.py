@@ -8,7 +8,7 @@ import streamlit as st
 from app_pages.common import cached_tokenizer, home, show_job
 from storybook import registry
 from storybook.errors import PhotoError, StorybookError
-from storybook.jobs import Progress, read_job, start_job
+from storybook.jobs import Progress, is_running, start_job
 from storybook.models import DEFAULT_MODEL
 
 
@@ -69,9 +69,8 @@ def train(root: Path, slug: str, steps: int | None) -> None:
 
 def training_panel(root: Path, slug: str, folder: Path) -> None:
     """The train button (with an expert steps field), the live job, and the newest sample grid."""
-    state = read_job(root, "train", slug)
-    running = state is not None and state.status == "running"
-    trained = (folder / "identity" / "identity.json").is_file()
+    running = is_running(root, "train", slug)
+    trained = registry.is_trained(root, slug)
     stopped = (folder / "checkpoints").is_dir()
     with st.popover("Expert settings"):
         steps = st.number_input("Steps (0: the default)", 0, 5000, 0, key=f"steps-{slug}")
@@ -95,7 +94,7 @@ def character_list(root: Path) -> None:
         return
     for character in characters:
         folder = registry.character_dir(root, character.slug)
-        trained = (folder / "identity" / "identity.json").is_file()
+        trained = registry.is_trained(root, character.slug)
         title = f"{character.name} — {character.class_noun}, token '{character.token}'"
         with st.expander(title + (" · trained" if trained else " · not trained yet"), expanded=not trained):
             st.write(character.description or "(no description)")
@@ -105,8 +104,7 @@ def character_list(root: Path) -> None:
             st.image([str(crop) for crop in crops if crop.is_file()], width=96)
             training_panel(root, character.slug, folder)
             confirm = st.checkbox(f"Yes, delete {character.name} and all photos", key=f"confirm-{character.slug}")
-            job = read_job(root, "train", character.slug)
-            training = job is not None and job.status == "running"
+            training = is_running(root, "train", character.slug)
             if st.button("Remove", key=f"remove-{character.slug}", disabled=not confirm or training):
                 try:
                     registry.remove_character(root, character.slug)

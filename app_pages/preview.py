@@ -9,7 +9,7 @@ from app_pages.common import choose_book, home, renderers, show_job
 from storybook import book_edits
 from storybook.book import Book, Page, load_book, save_book
 from storybook.errors import StorybookError
-from storybook.jobs import Progress, read_job, start_job
+from storybook.jobs import Progress, is_running, start_job
 from storybook.render_book import render_book
 
 COLUMNS = 3
@@ -23,7 +23,9 @@ def render_in_background(
     shared = renderers()
 
     def work(progress: Progress) -> str:
-        with shared["lock"]:
+        while not shared["lock"].acquire(timeout=1.0):  # another book is rendering; Cancel still works meanwhile
+            progress(0, 0, "waiting for another render to finish")
+        try:
             report, shared["renderer"] = render_book(
                 root,
                 folder,
@@ -33,6 +35,8 @@ def render_in_background(
                 only=only,
                 progress=lambda done, total: progress(done, total, "pictures"),
             )
+        finally:
+            shared["lock"].release()
         return " ".join([f"{report.drawn} pictures drawn, {report.reused} already drawn.", *report.warnings])
 
     start_job(root, "render", folder.name, work)
@@ -89,8 +93,7 @@ root = home()
 st.header("Preview")
 if chosen := choose_book(root):
     folder, book = chosen
-    job = read_job(root, "render", folder.name)
-    busy = job is not None and job.status == "running"
+    busy = is_running(root, "render", folder.name)
     drafts, finals = st.columns(2)
     if drafts.button("Fast drafts of every page", key="render-drafts", disabled=busy):
         render_in_background(root, folder, preview=True)

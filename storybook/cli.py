@@ -114,14 +114,13 @@ def character_list() -> None:
     def show_list():
         table = Table("name", "slug", "token", "class", "photos", "identity")
         for character in registry.list_characters(state["home"]):
-            identity = registry.character_dir(state["home"], character.slug) / "identity" / "identity.json"
             table.add_row(
                 character.name,
                 character.slug,
                 character.token,
                 character.class_noun,
                 str(len(character.photos)),
-                "trained" if identity.exists() else "-",
+                "trained" if registry.is_trained(state["home"], character.slug) else "-",
             )
         console.print(table)
 

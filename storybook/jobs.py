@@ -68,6 +68,12 @@ def read_job(home: Path, kind: str, target: str) -> JobState | None:
     return state
 
 
+def is_running(home: Path, kind: str, target: str) -> bool:
+    """Whether job `kind` on `target` is running now."""
+    state = read_job(home, kind, target)
+    return state is not None and state.status == "running"
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process with `pid` exists."""
     try:
@@ -92,9 +98,8 @@ def start_job(home: Path, kind: str, target: str, work: Callable[[Progress], str
     path = job_file(home, kind, target)
     cancel_flag = path.with_suffix(".cancel")
     with STARTING:  # two tabs clicking at once start one job
-        state = read_job(home, kind, target)
-        if state and state.status == "running":
-            raise StorybookError(f"{target} is already being worked on ({kind}, {state.done}/{state.total}).")
+        if is_running(home, kind, target):
+            raise StorybookError(f"{target} is already being worked on ({kind}): wait for it, or cancel it.")
         cancel_flag.unlink(missing_ok=True)
         now = datetime.now(timezone.utc)
         state = JobState(kind=kind, target=target, status="running", pid=os.getpid(), process=PROCESS, started_at=now)

@@ -63,6 +63,11 @@ def character_dir(home: Path, name: str) -> Path:
     return characters_root(home) / slugify(name)
 
 
+def is_trained(home: Path, name: str) -> bool:
+    """Whether character `name` has a trained identity (identity/identity.json, written last when training ends)."""
+    return (character_dir(home, name) / "identity" / "identity.json").is_file()
+
+
 def load_character(home: Path, name: str) -> Character:
     """Read character.json of `name`. Raises CharacterError when it is missing, damaged or from a newer version."""
     folder = character_dir(home, name)

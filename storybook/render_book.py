@@ -17,10 +17,11 @@ from pathlib import Path
 from PIL import Image
 from pydantic import ValidationError
 
+from storybook import registry
 from storybook.book import Book, Candidate, Page, RenderSettings, load_book, save_book
 from storybook.book_edits import cover_page
 from storybook.errors import BookError, ModelError
-from storybook.renderer import ImageJob, Renderer, dreambooth_character, identity_folder, identity_hash
+from storybook.renderer import ImageJob, Renderer, dreambooth_character, identity_hash
 from storybook.storage import atomic_write_bytes, slugify
 from storybook.train_config import SMALL_MODEL_PARAMETERS
 
@@ -100,7 +101,7 @@ def open_renderer(home: Path, book: Book, renderer: Renderer | None = None, **lo
     `load_options` (device, dtype) go to Renderer. Raises ModelError for untrained characters.
     """
     slugs = [character.slug for character in book.characters]
-    if untrained := [slug for slug in slugs if not (identity_folder(home, slug) / "identity.json").is_file()]:
+    if untrained := [slug for slug in slugs if not registry.is_trained(home, slug)]:
         commands = " and ".join(f"`storybook character train {slug}`" for slug in untrained)
         raise ModelError(f"{', '.join(untrained)}: no trained identity yet. Run {commands} first.")
     dreambooth = dreambooth_character(home, slugs)
