@@ -136,9 +136,9 @@ def character_show(name: str) -> None:
 
         character = registry.load_character(state["home"], name)
         console.print_json(character.model_dump_json())
-        identity_folder = registry.character_dir(state["home"], character.slug) / "identity"
-        if (identity_folder / "identity.json").exists():
-            console.print_json(read_identity(identity_folder).model_dump_json(exclude={"loss_history"}))
+        if registry.is_trained(state["home"], character.slug):
+            identity = read_identity(registry.identity_folder(state["home"], character.slug))
+            console.print_json(identity.model_dump_json(exclude={"loss_history"}))
 
     run(show)
 

@@ -63,9 +63,14 @@ def character_dir(home: Path, name: str) -> Path:
     return characters_root(home) / slugify(name)
 
 
+def identity_folder(home: Path, name: str) -> Path:
+    """The folder of character `name`'s trained identity (see storybook.identity)."""
+    return character_dir(home, name) / "identity"
+
+
 def is_trained(home: Path, name: str) -> bool:
-    """Whether character `name` has a trained identity (identity/identity.json, written last when training ends)."""
-    return (character_dir(home, name) / "identity" / "identity.json").is_file()
+    """Whether character `name` has a trained identity (identity.json, written last when training ends)."""
+    return (identity_folder(home, name) / "identity.json").is_file()
 
 
 def load_character(home: Path, name: str) -> Character:

@@ -18,11 +18,11 @@ from diffusers import (
 )
 from PIL import Image
 
-from storybook import registry
 from storybook.book import RenderSettings, Scheduler
 from storybook.errors import ModelError
 from storybook.identity import load_identity, read_identity
 from storybook.models import load_pipeline, model_fingerprint
+from storybook.registry import identity_folder
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -40,11 +40,6 @@ class ImageJob:
     negative_prompt: str
     seed: int
     characters: tuple[str, ...]  # registry slugs
-
-
-def identity_folder(home: Path, slug: str) -> Path:
-    """The trained identity of character `slug`."""
-    return registry.character_dir(home, slug) / "identity"
 
 
 def identity_hash(home: Path, slug: str) -> str:
