@@ -41,6 +41,10 @@ story_app = typer.Typer(help="Write stories and edit their pages.", no_args_is_h
 app.add_typer(character_app, name="character")
 app.add_typer(story_app, name="story")
 app.add_typer(models_app, name="models")
+lab_app = typer.Typer(
+    help="The consistency lab: storybook-mini, the evaluator and the benchmark.", no_args_is_help=True
+)
+app.add_typer(lab_app, name="lab")
 console = Console()
 state = {"home": None, "debug": False}
 
@@ -488,31 +492,33 @@ def make(specs: Annotated[list[Path], typer.Argument(help="Spec files (YAML or J
 
 @app.command()
 def demo() -> None:
-    """Offline demo on the CPU: build the tiny model, register and train a sample toddler, write, render, export."""
+    """Offline demo on the CPU: register and train a toddler of the lab's world on storybook-mini, write, render,
+    export."""
 
     def run_demo():
-        from storybook.sample_photos import write_sample_photos
+        from storybook.lab.world import DEMO_TODDLER, write_photos
+        from storybook.models import MINI_MODEL
+        from storybook.render_book import with_settings
         from storybook.trainer import train_identity
 
         home = state["home"]
         console.print(f"Data root: {home}")
-        tokenizer = load_tokenizer(DEFAULT_MODEL, home)
+        tokenizer = load_tokenizer(MINI_MODEL, home)
         if (registry.character_dir(home, "Mia") / "character.json").exists():
             registry.remove_character(home, "Mia")
-        photos = write_sample_photos(home / "demo-photos")
-        character = registry.add_character(
-            home, "Mia", photos, tokenizer, description="2-year-old girl, curly red hair, yellow raincoat"
-        )
+        photos = write_photos(home / "demo-photos", DEMO_TODDLER)
+        character = registry.add_character(home, "Mia", photos, tokenizer, description=DEMO_TODDLER.description)
         console.print(f"Registered Mia (token '{character.token}') from {len(photos)} sample photos")
-        metadata = train_identity(home, "Mia", "lora", DEFAULT_MODEL)
+        metadata = train_identity(home, "Mia", "lora", MINI_MODEL)
         folder = registry.character_dir(home, "Mia")
         console.print(
-            f"Trained Mia's LoRA: photo loss {metadata.photo_loss_before:.3f} -> {metadata.photo_loss_after:.3f} "
-            f"in {metadata.wall_time_s:.0f} s\n  identity: {folder / 'identity'}\n"
+            f"Trained Mia's LoRA on {MINI_MODEL}: photo loss {metadata.photo_loss_before:.3f} -> "
+            f"{metadata.photo_loss_after:.3f} in {metadata.wall_time_s:.0f} s\n  identity: {folder / 'identity'}\n"
             f"  samples:  {folder / 'samples' / 'final.png'}"
         )
         request = StoryRequest(child="Mia", theme="a day at the beach", pages=12, pronouns="she", seed=1)
         book_folder, book = write_story(home, request, "offline")
+        save_book(book_folder, with_settings(book, {"model": MINI_MODEL}))
         console.print(f"Wrote '{book.title}' ({len(book.pages)} pages, offline writer): {book_folder / BOOK_FILE}")
         render_and_report(book_folder)
         pdf = home / "mia-at-the-beach.pdf"
@@ -521,3 +527,67 @@ def demo() -> None:
         console.print(f"[bold]Your book:[/bold] {pdf} ({pages} pages, 8.5x8.5 in with KDP bleed)")
 
     run(run_demo)
+
+
+@lab_app.command("run")
+def lab_run(
+    work: Annotated[Path, typer.Option(help="Folder for the benchmark's characters, identities and results.")] = Path(
+        "lab-run"
+    ),
+    model: Annotated[str, typer.Option(help="Base model (default: storybook-mini).")] = "storybook-mini",
+    characters: Annotated[int, typer.Option(min=1, help="Held-out characters.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per page prompt.")] = 2,
+    method: Annotated[list[str] | None, typer.Option(help="A method to measure (repeatable; default: all).")] = None,
+    train_steps: Annotated[int | None, typer.Option(help="Training steps for every method.")] = None,
+    train_lr: Annotated[float | None, typer.Option(help="Learning rate for every method.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per picture.")] = 25,
+) -> None:
+    """Benchmark identity consistency: held-out characters x methods x 12 story pages, read by the evaluator."""
+
+    def run_lab():
+        import json
+
+        from storybook.lab.benchmark import results_json, results_table, run_benchmark
+
+        results = run_benchmark(
+            work,
+            model,
+            characters,
+            seeds,
+            method,
+            {"steps": train_steps, "learning_rate": train_lr},
+            steps,
+            progress=lambda message: console.print(message, highlight=False),
+        )
+        table = results_table(results)
+        (work / "results.md").write_text(table + "\n")
+        (work / "results.json").write_text(json.dumps(results_json(results), indent=1))
+        console.print(table, highlight=False)
+        console.print(f"Written to {work / 'results.md'} and results.json")
+
+    run(run_lab)
+
+
+@lab_app.command("train-mini")
+def lab_train_mini(
+    out: Annotated[Path, typer.Option(help="Where to save the pipeline.")] = Path("storybook/weights/storybook-mini"),
+    work: Annotated[Path, typer.Option(help="Checkpoints; run again to resume.")] = Path(".cache/storybook-mini"),
+    unet_steps: Annotated[int, typer.Option(min=1)] = 3500,
+    seed: int = 0,
+) -> None:
+    """Train storybook-mini from scratch on the lab's world (about 1 h on 2 CPU cores; resumable)."""
+    from storybook.lab.mini_model import train_mini
+
+    run(lambda: train_mini(out, work, unet_steps=unet_steps, seed=seed, progress=console.print))
+
+
+@lab_app.command("train-evaluator")
+def lab_train_evaluator(
+    out: Annotated[Path, typer.Option(help="Where to save the evaluator.")] = Path("storybook/weights/evaluator"),
+    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    seed: int = 0,
+) -> None:
+    """Train the lab's evaluator (about 15 min on 2 CPU cores) and print its accuracy on fresh renders."""
+    from storybook.lab.evaluator import train_evaluator
+
+    run(lambda: console.print(train_evaluator(out, steps, seed=seed, progress=console.print)))

@@ -40,3 +40,7 @@ class BookError(StorybookError):
 
 class StoryError(StorybookError):
     """A story could not be written: the writer failed, or its story broke the rules after every retry."""
+
+
+class LabError(StorybookError):
+    """A consistency-lab run that cannot start: an unknown method, or a work folder already used."""

@@ -16,6 +16,8 @@ from storybook.storage import atomic_write_text
 from storybook.tiny_model import make_tiny
 
 TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, built under <home>/models/tiny on first use
+MINI_MODEL = "storybook-mini"  # alias of the committed model trained on the lab's world (storybook/lab/mini_model.py)
+MINI_MODEL_FOLDER = Path(__file__).resolve().parent / "weights" / MINI_MODEL
 DEFAULT_MODEL = TINY_MODEL
 SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
 SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"} | SDXL_PIPELINES
@@ -40,6 +42,8 @@ def resolve_model(model: str, home: Path) -> str:
     """
     if model == TINY_MODEL:
         return str(tiny_model_path(home))
+    if model == MINI_MODEL:
+        return str(MINI_MODEL_FOLDER)
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
         if not (path / "model_index.json").is_file():

@@ -32,12 +32,16 @@ black white gray curly straight short long hair shirt raincoat dress hat jacket 
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """Build a CLIP BPE tokenizer in memory: all 256 byte symbols plus whole-word merges for `PROMPT_WORDS`."""
+def build_tokenizer(words: list[str] = PROMPT_WORDS, whole_words: bool = False) -> CLIPTokenizer:
+    """Build a CLIP BPE tokenizer in memory: all 256 byte symbols plus whole-word merges for `words`.
+
+    The tiny model's merges are one chain per word, so a few words that share a pair with another word still split
+    in two; `whole_words=True` adds merges, lowest priority last, until every word is a single token.
+    """
     symbols = list(bytes_to_unicode().values())
     vocab_list = symbols + [symbol + "</w>" for symbol in symbols]
     merges: list[tuple[str, str]] = []
-    for word in sorted(PROMPT_WORDS, key=len, reverse=True):  # long first: short words' merges can't split them
+    for word in sorted(words, key=len, reverse=True):  # long first: short words' merges can't split them
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         merged = pieces[0]
         for piece in pieces[1:]:
@@ -46,18 +50,28 @@ def build_tokenizer() -> CLIPTokenizer:
             if merge not in merges:
                 merges.append(merge)
                 vocab_list.append(merged)
-    vocab_list += SPECIAL_TOKENS
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
+    tokenizer = tokenizer_from(vocab_list, merges)
+    for word in words if whole_words else []:
+        while len(pieces := tokenizer.tokenize(word)) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab_list.append(pieces[0] + pieces[1])
+            tokenizer = tokenizer_from(vocab_list, merges)
+    return tokenizer
+
+
+def tokenizer_from(vocab_list: list[str], merges: list[tuple[str, str]]) -> CLIPTokenizer:
+    """A CLIP tokenizer with `vocab_list` (then the special tokens) as its vocabulary and these BPE merges."""
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list + SPECIAL_TOKENS))}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    """A 5-layer, 32-wide CLIP text encoder matching `tokenizer`."""
+def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 32, layers: int = 5) -> CLIPTextModel:
+    """A CLIP text encoder matching `tokenizer`: 5 layers, 32 wide unless told otherwise."""
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=5,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=77,
         bos_token_id=tokenizer.bos_token_id,

@@ -104,5 +104,6 @@ def test_demo_makes_a_book_end_to_end(home):
     assert result.exit_code == 0, result.output
     pdf = home / "mia-at-the-beach.pdf"
     assert "Your book:" in result.output and pdf.is_file()
+    assert "Trained Mia's LoRA on storybook-mini" in result.output
     reader = PdfReader(pdf)
     assert len(reader.pages) == 16 and "The End" in reader.pages[14].extract_text()

@@ -1,0 +1,53 @@
+"""Consistency benchmark: held-out characters x methods x 12 story pages on storybook-mini, read by the evaluator.
+
+Methods: the base model with only the text description; DreamBooth-LoRA and full DreamBooth, each with and without
+prior preservation. Columns: identity consistency, pairwise agreement, prompt fidelity, class drift, training time
+and artifact size (means over the characters). The same run as `storybook lab run`; this script also writes the
+`## Consistency` section of bench/RESULTS.md.
+
+Usage: python bench/consistency.py [--characters 3] [--seeds 2] [--train-steps N] [--train-lr LR] [--work DIR]
+"""
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from train import section_header, write_section
+
+from storybook.lab.benchmark import results_table, run_benchmark
+
+SECTION = "## Consistency"
+TARGETS = "Targets (DreamBooth-LoRA + prior on storybook-mini): identity >= 90%, prompt fidelity >= 85%, drift <= 10%."
+
+
+def main() -> None:
+    """Run the benchmark, print its table and write it to bench/RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--characters", type=int, default=3, help="held-out characters")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per page prompt")
+    parser.add_argument("--train-steps", type=int, help="training steps for every method (default: the trainer's)")
+    parser.add_argument("--train-lr", type=float, help="learning rate for every method (default: the trainer's)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps per picture")
+    parser.add_argument("--work", type=Path, help="keep characters, identities and class images here")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="storybook-lab-") as temp:
+        work = args.work or Path(temp)
+        training = {"steps": args.train_steps, "learning_rate": args.train_lr}
+        results = run_benchmark(work, characters=args.characters, seeds=args.seeds, training=training, steps=args.steps)
+    table = results_table(results)
+    print(table)
+    pictures = args.characters * 12 * args.seeds
+    lines = section_header(SECTION, load_before) + [
+        f"- Setup: {args.characters} held-out characters x 12 page prompts x {args.seeds} seeds = {pictures} pages "
+        f"per method, and as many class-noun-only pictures for drift; {args.steps} denoising steps.",
+        f"- {TARGETS}",
+        "",
+        table,
+    ]
+    write_section("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The consistency benchmark: held-out characters x personalization methods x story pages, read by the evaluator.
+
+Each character is registered from rendered "photos" and trained through the product's own registry and trainer;
+its pages are drawn by the product's renderer. Nothing here is a shortcut the app does not take.
+"""
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from storybook.book import RenderSettings
+from storybook.class_images import class_image_dir, ensure_class_images
+from storybook.errors import LabError
+from storybook.lab import world
+from storybook.lab.evaluator import Evaluator, load_evaluator
+from storybook.lab.metrics import (
+    class_drift,
+    identity_consistency,
+    pairwise_agreement,
+    part_match,
+    prompt_fidelity,
+)
+from storybook.models import MINI_MODEL, load_pipeline, load_tokenizer, model_fingerprint
+from storybook.registry import add_character, identity_folder
+from storybook.renderer import ImageJob, Renderer
+from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT
+from storybook.train_config import Method, resolve_config
+from storybook.trainer import train_identity
+
+# Name -> (training method, prior preservation); None: no training, the base model with the text description only.
+METHODS: dict[str, tuple[Method, bool] | None] = {
+    "description only": None,
+    "LoRA + prior": ("lora", True),
+    "LoRA, no prior": ("lora", False),
+    "DreamBooth + prior": ("dreambooth", True),
+    "DreamBooth, no prior": ("dreambooth", False),
+}
+PHOTOS_PER_CHARACTER = 5
+
+
+@dataclass
+class MethodResult:
+    """One method's scores, averaged over the benchmark's characters."""
+
+    method: str
+    identity: float  # share of pages showing the registered character (attributes AND signature)
+    attributes: float  # share of pages with the character's four attributes right
+    signature: float  # share of pages with the character's whole signature right
+    agreement: float  # share of page pairs showing the same character
+    fidelity: float  # share of pages in the setting their prompt asked for
+    drift: float  # share of class-noun-only pictures wearing the subject's signature
+    train_s: float
+    artifact_mb: float
+
+
+def benchmark_toddlers(count: int, seed: int = 0) -> list[world.Toddler]:
+    """`count` different held-out toddlers (signatures the base model never saw), the same for the same seed."""
+    rng, toddlers = random.Random(f"benchmark-{seed}"), []
+    while len(toddlers) < count:
+        toddler = world.random_toddler(rng, held_out=True)
+        if toddler.signature not in {t.signature for t in toddlers}:
+            toddlers.append(toddler)
+    return toddlers
+
+
+def register(home: Path, name: str, toddler: world.Toddler, model: str) -> str:
+    """Render the toddler's registration photos and register it as `name`; return its identifier token."""
+    paths = world.write_photos(home / "photos" / name, toddler, PHOTOS_PER_CHARACTER)
+    character = add_character(home, name, paths, load_tokenizer(model, home), "toddler", toddler.description)
+    return character.token
+
+
+def prepare_class_images(home: Path, model: str, training: dict) -> None:
+    """Generate the prior-preservation class images once, so that training times compare the training itself."""
+    pipeline, model_path = load_pipeline(model, home, dtype="fp32")
+    config = resolve_config("lora", sum(p.numel() for p in pipeline.unet.parameters()), training)
+    folder = class_image_dir(home, model_fingerprint(model_path, home), "toddler")
+    ensure_class_images(pipeline, folder, "toddler", config.num_class_images, config.class_image_steps, False)
+
+
+def draw_all(renderer: Renderer, prompts: list[str], seeds: int, slug: str | None, settings: RenderSettings) -> list:
+    """Every prompt drawn with seeds 0..seeds-1 (prompt-major order), with character `slug`'s identity active."""
+    jobs = [
+        ImageJob(p, DEFAULT_NEGATIVE_PROMPT, seed, (slug,) if slug else ()) for p in prompts for seed in range(seeds)
+    ]
+    pictures = []
+    for start in range(0, len(jobs), 16):
+        pictures += renderer.draw(jobs[start : start + 16], settings, settings.steps)
+    return pictures
+
+
+def run_benchmark(
+    work: Path,
+    model: str = MINI_MODEL,
+    characters: int = 3,
+    seeds: int = 2,
+    methods: list[str] | None = None,
+    training: dict | None = None,
+    steps: int = 25,
+    evaluator: Evaluator | None = None,
+    progress: Callable[[str], None] = print,
+) -> list[MethodResult]:
+    """Measure each method on `characters` held-out toddlers x 12 page prompts x `seeds` seeds, in `work`.
+
+    `training` overrides the trainer's defaults for every method (e.g. {"steps": 200}; None values are ignored).
+    Returns one averaged result per method, in `methods` order.
+    """
+    methods = methods or list(METHODS)
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown:
+        raise LabError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")
+    home = work / "home"
+    if any(home.glob("characters/*")):
+        raise LabError(f"{work} already holds a benchmark run's characters; give another --work folder.")
+    training = {key: value for key, value in (training or {}).items() if value is not None}
+    evaluator = evaluator or load_evaluator()
+    settings = RenderSettings(model=model, steps=steps)
+    if any(METHODS[name] and METHODS[name][1] for name in methods):
+        prepare_class_images(home, model, training or {})
+    base = Renderer(home, model)
+    scores: dict[str, list[tuple[float, ...]]] = {name: [] for name in methods}
+    for number, toddler in enumerate(benchmark_toddlers(characters)):
+        for name in methods:
+            progress(f"character {number + 1}/{characters}: {name}")
+            method = METHODS[name]
+            slug, renderer, train_s, artifact_mb = None, base, 0.0, 0.0
+            if method is None:
+                subject = f"a toddler with {toddler.description}"
+            else:
+                slug = f"kid{number}-{name.lower().replace(' ', '').replace(',', '').replace('+', '-')}"
+                subject = f"{register(home, slug, toddler, model)} toddler"
+                started = time.perf_counter()
+                overrides = (training or {}) | {"prior_preservation": method[1]}
+                train_identity(home, slug, method[0], model, overrides=overrides, show_progress=False)
+                train_s = time.perf_counter() - started
+                artifact_mb = (
+                    sum(f.stat().st_size for f in identity_folder(home, slug).rglob("*") if f.is_file()) / 2**20
+                )
+                if method[0] == "dreambooth":
+                    renderer = Renderer(home, model, dreambooth=slug)
+                else:
+                    base.load_identities([slug])
+            pictures = draw_all(renderer, world.page_prompts(subject), seeds, slug, settings)
+            sheet = work / "sheets" / f"character-{number}-{slug.split('-', 1)[1] if slug else 'description'}.png"
+            save_sheet(sheet, pictures[::seeds])
+            pages = evaluator.read(pictures)
+            class_pages = evaluator.read(draw_all(renderer, world.page_prompts("a toddler"), seeds, slug, settings))
+            page_settings = [s for s in world.page_settings() for _ in range(seeds)]
+            scores[name].append(
+                (
+                    identity_consistency(pages, toddler),
+                    part_match(pages, toddler, world.ATTRIBUTES),
+                    part_match(pages, toddler, world.SIGNATURE),
+                    pairwise_agreement(pages),
+                    prompt_fidelity(pages, page_settings),
+                    class_drift(class_pages, toddler),
+                    train_s,
+                    artifact_mb,
+                )
+            )
+    return [
+        MethodResult(name, *(sum(column) / len(column) for column in zip(*scores[name], strict=True)))
+        for name in methods
+    ]
+
+
+def save_sheet(path: Path, pictures: list[Image.Image]) -> None:
+    """Save `pictures` side by side in one row (a contact sheet to look at what was measured)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = pictures[0].size
+    sheet = Image.new("RGB", (width * len(pictures), height))
+    for index, picture in enumerate(pictures):
+        sheet.paste(picture, (index * width, 0))
+    sheet.save(path)
+
+
+def results_table(results: list[MethodResult]) -> str:
+    """The results as a markdown table."""
+    lines = [
+        "| method | identity consistency | attributes right | signature right | pairwise agreement | prompt fidelity "
+        "| class drift | train s | artifact MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.method} | {r.identity:.0%} | {r.attributes:.0%} | {r.signature:.0%} | {r.agreement:.0%} "
+            f"| {r.fidelity:.0%} | {r.drift:.0%} | {r.train_s:.0f} | {r.artifact_mb:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def results_json(results: list[MethodResult]) -> list[dict]:
+    """The results as plain dicts (for JSON)."""
+    return [asdict(result) for result in results]

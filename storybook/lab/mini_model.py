@@ -1,0 +1,262 @@
+"""storybook-mini: a small text-to-image model trained from scratch on the lab's world, saved in diffusers' layout.
+
+Training has two phases, each resumable: the VAE learns to autoencode world pictures (64 px <-> 16x16x4 latents),
+then the UNet and the CLIP text encoder learn together to denoise those latents from the captions, with an EMA copy
+kept for the saved weights. `train_mini` writes a pipeline that `DiffusionPipeline.from_pretrained` loads like any
+Stable Diffusion model; the committed one lives in storybook/weights/storybook-mini (see README, "storybook-mini").
+"""
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from storybook.lab import world
+from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT
+from storybook.tiny_model import PROMPT_WORDS, assemble_pipeline, build_text_encoder, build_tokenizer
+
+RESOLUTION = 64  # pixels; the VAE divides by 4, so the UNet works on 16x16 latents
+PHOTO_SHARE = 0.15  # of training pictures that are plain-backdrop "photos", as parents upload
+UNDESCRIBED_SHARE = 0.25  # captions that say only "a toddler": the class prior that DreamBooth preserves
+UNCONDITIONAL_SHARE = 0.1  # captions dropped (to "" or the negative prompt) for classifier-free guidance
+SCHEDULE = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+}
+
+
+def mini_words() -> list[str]:
+    """Every word of the world's captions, the tiny model's prompt words and the default negative prompt."""
+    phrases = [
+        *world.SETTING_PHRASES.values(),
+        *world.OBJECTS.values(),
+        *world.POSES,
+        *world.FRIENDS,
+        world.STYLE,
+        *world.HAIR_COLOURS,
+        *world.HAIR_STYLES,
+        *world.SKIN_TONES,
+        *world.OUTFIT_COLOURS,
+        "a photo of toddler with hair and skin in shirt pigtails",
+        DEFAULT_NEGATIVE_PROMPT.replace(",", " "),
+    ]
+    return sorted(set(PROMPT_WORDS) | {word for phrase in phrases for word in phrase.split()})
+
+
+def build_vae() -> AutoencoderKL:
+    """A three-level VAE (32, 64, 128 channels, one ResNet per level): 64 px pictures to 4x16x16 latents."""
+    return AutoencoderKL(
+        sample_size=RESOLUTION,
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+    )
+
+
+def build_unet() -> UNet2DConditionModel:
+    """A 5.8 M-parameter UNet (64, 128, 128 channels) with cross-attention to the 64-wide text encoder."""
+    return UNet2DConditionModel(
+        sample_size=RESOLUTION // 4,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def training_scene(rng: random.Random) -> world.Scene:
+    """A scene of a training-family toddler: a story scene, or now and then a plain registration-style photo."""
+    toddler = world.random_toddler(rng, held_out=False)
+    if rng.random() < PHOTO_SHARE:
+        return world.photo_scene(toddler, rng.randrange(100))
+    return world.random_scene(rng, toddler)
+
+
+def training_caption(scene: world.Scene, rng: random.Random) -> str:
+    """The caption to train `scene` with: described, class-only ('a toddler ...'), or dropped for guidance."""
+    if rng.random() < UNCONDITIONAL_SHARE:
+        return rng.choice(["", DEFAULT_NEGATIVE_PROMPT])
+    return world.caption(scene, describe=rng.random() >= UNDESCRIBED_SHARE)
+
+
+def to_tensor(images: list) -> torch.Tensor:
+    """PIL pictures as a (N, 3, H, W) tensor in [-1, 1]."""
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Callable[[str], None]) -> None:
+    """Fit the VAE as an autoencoder (L1 on the posterior mean) on random 32 px crops of fresh world pictures.
+
+    The VAE is convolutional, so crops teach it the full-size pictures at a quarter of the cost. Afterwards the
+    encoder is made deterministic (as real SD VAEs nearly are) and `scaling_factor` set so latents have unit variance.
+    """
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    vae.train()
+    for step in range(steps):
+        pictures = to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(32)])
+        x, y = rng.randrange(0, 33, 4), rng.randrange(0, 33, 4)
+        crops = pictures[:, :, y : y + 32, x : x + 32]
+        loss = F.l1_loss(vae.decode(vae.encode(crops).latent_dist.mean).sample, crops)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == steps - 1:
+            progress(f"vae step {step + 1}/{steps} l1 {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        vae.quant_conv.weight[vae.config.latent_channels :] = 0
+        vae.quant_conv.bias[vae.config.latent_channels :] = -30
+        sample = to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(64)])
+        latents = vae.encode(sample).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+
+
+def encode_dataset(vae: AutoencoderKL, count: int, rng: random.Random) -> tuple[torch.Tensor, list[world.Scene]]:
+    """`count` training scenes and their scaled VAE latents (count, 4, 16, 16), encoded once."""
+    scenes = [training_scene(rng) for _ in range(count)]
+    latents = []
+    with torch.no_grad():
+        for start in range(0, count, 256):
+            pictures = to_tensor([world.draw_scene(scene, RESOLUTION) for scene in scenes[start : start + 256]])
+            latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(latents), scenes
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
+    """Move the EMA weights toward the model's; the decay ramps up over the first steps (as in diffusers' EMAModel)."""
+    rate = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema_parameter, parameter in zip(ema.parameters(), model.parameters(), strict=True):
+            ema_parameter.lerp_(parameter, 1 - rate)
+
+
+def train_mini(
+    out: Path,
+    work: Path,
+    vae_steps: int = 1800,
+    unet_steps: int = 3500,
+    dataset_size: int = 20000,
+    batch_size: int = 32,
+    seed: int = 0,
+    checkpoint_every: int = 250,
+    progress: Callable[[str], None] = print,
+) -> Path:
+    """Train storybook-mini from scratch and save it to `out` (fp16 safetensors, diffusers layout); return `out`.
+
+    `work` keeps the finished VAE, the encoded dataset and UNet checkpoints: run again after an interruption and it
+    resumes where it stopped. The same arguments give the same weights on the same machine.
+    """
+    torch.manual_seed(seed)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(mini_words(), whole_words=True)
+    text_encoder = build_text_encoder(tokenizer, width=64, layers=3)
+    unet, vae = build_unet(), build_vae()
+
+    vae_file = work / "vae.safetensors"
+    if vae_file.exists():
+        vae.load_state_dict(load_file(vae_file))
+        vae.register_to_config(scaling_factor=float(vae_file.with_suffix(".scaling.txt").read_text()))
+    else:
+        started = time.perf_counter()
+        train_vae(vae, vae_steps, random.Random(f"vae-{seed}"), progress)
+        save_file(vae.state_dict(), vae_file)
+        vae_file.with_suffix(".scaling.txt").write_text(str(vae.config.scaling_factor))
+        progress(f"vae trained in {time.perf_counter() - started:.0f} s")
+    vae.eval().requires_grad_(False)
+
+    dataset_file = work / "dataset.pt"
+    if dataset_file.exists():
+        latents, scenes = torch.load(dataset_file, weights_only=False)
+    else:
+        latents, scenes = encode_dataset(vae, dataset_size, random.Random(f"data-{seed}"))
+        torch.save((latents, scenes), dataset_file)
+        progress(f"encoded {len(scenes)} training pictures")
+
+    scheduler = DDPMScheduler(**SCHEDULE)
+    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=1e-2)
+    warmup = 200
+
+    def learning_rate(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, unet_steps - warmup)))
+
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    rng, generator, step = random.Random(f"unet-{seed}"), torch.Generator().manual_seed(seed), 0
+    checkpoint_file = work / "unet-checkpoint.pt"
+    if checkpoint_file.exists():
+        state = torch.load(checkpoint_file, weights_only=False)
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        generator.set_state(state["generator"])
+        step = state["step"]
+        progress(f"resumed at step {step}")
+    started = time.perf_counter()
+    unet.train()
+    text_encoder.train()
+    while step < unet_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = 5e-4 * learning_rate(step)
+        indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
+        captions = [training_caption(scenes[i], rng) for i in indices]
+        token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        batch = latents[indices]
+        noise = torch.randn(batch.shape, generator=generator)
+        timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator)
+        embeddings = text_encoder(token_ids.input_ids)[0]
+        prediction = unet(scheduler.add_noise(batch, noise, timesteps), timesteps, embeddings).sample
+        loss = F.mse_loss(prediction, scheduler.get_velocity(batch, noise, timesteps))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        update_ema(ema_unet, unet, step)
+        update_ema(ema_text, text_encoder, step)
+        step += 1
+        if step % 50 == 0:
+            rate = (time.perf_counter() - started) / 50
+            started = time.perf_counter()
+            progress(f"unet step {step}/{unet_steps} loss {loss.item():.4f} ({rate:.2f} s/step)")
+        if step % checkpoint_every == 0 or step == unet_steps:
+            state = {
+                "unet": unet.state_dict(),
+                "text": text_encoder.state_dict(),
+                "ema_unet": ema_unet.state_dict(),
+                "ema_text": ema_text.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng.getstate(),
+                "generator": generator.get_state(),
+                "step": step,
+            }
+            torch.save(state, checkpoint_file.with_suffix(".tmp"))
+            checkpoint_file.with_suffix(".tmp").replace(checkpoint_file)
+
+    scheduler = DPMSolverMultistepScheduler(**SCHEDULE, steps_offset=1)
+    pipeline = assemble_pipeline(vae, ema_text, tokenizer, ema_unet, scheduler)
+    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from storybook.cli import app
+from storybook.errors import LabError
+from storybook.lab import world
+from storybook.lab.benchmark import METHODS, benchmark_toddlers, run_benchmark
+
+runner = CliRunner()
+
+
+def test_benchmark_characters_are_distinct_held_out_toddlers():
+    toddlers = benchmark_toddlers(5)
+    assert toddlers == benchmark_toddlers(5)
+    assert all(world.is_held_out(toddler) for toddler in toddlers)
+    assert len({toddler.signature for toddler in toddlers}) == 5
+
+
+def test_a_reduced_benchmark_run_writes_the_table(tmp_path):
+    work = tmp_path / "lab"
+    args = ["--home", str(tmp_path), "lab", "run", "--work", str(work), "--characters", "1", "--seeds", "1"]
+    args += ["--method", "description only", "--method", "LoRA + prior", "--train-steps", "30", "--steps", "12"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((work / "results.json").read_text())
+    assert [row["method"] for row in rows] == ["description only", "LoRA + prior"]
+    for row in rows:
+        assert all(
+            0.0 <= row[name] <= 1.0
+            for name in ("identity", "attributes", "signature", "agreement", "fidelity", "drift")
+        )
+    assert rows[0]["train_s"] == 0 and rows[1]["train_s"] > 0 and 0 < rows[1]["artifact_mb"] < 1
+    table = (work / "results.md").read_text()
+    assert "| LoRA + prior |" in table and "identity consistency" in table
+    assert (work / "home" / "characters" / "kid0-lora-prior" / "identity" / "identity.json").is_file()
+    sheets = sorted(path.name for path in (work / "sheets").iterdir())
+    assert sheets == ["character-0-description.png", "character-0-lora-prior.png"]
+
+
+def test_an_unknown_method_or_a_used_work_folder_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(LabError, match="LoRA \\+ prior"):
+        run_benchmark(tmp_path, methods=["magic"])
+    assert set(METHODS) >= {"description only", "DreamBooth, no prior"}
+    (tmp_path / "home" / "characters" / "kid0-lora-prior").mkdir(parents=True)
+    result = runner.invoke(app, ["--home", str(tmp_path), "lab", "run", "--work", str(tmp_path)])
+    assert result.exit_code == 1 and "give another --work folder" in result.output

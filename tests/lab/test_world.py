@@ -1,0 +1,69 @@
+import random
+from dataclasses import replace
+
+import pytest
+
+from storybook.lab import world
+from storybook.photos import MIN_SIDE, load_photos
+
+SIGNATURE_WORDS = {*world.HAT_SHAPES, *world.HAT_COLOURS, "stripes", "dots", "star", "hat", "pattern"}
+
+
+def test_the_same_scene_always_draws_the_same_pixels_and_another_seed_draws_others():
+    rng = random.Random(3)
+    scene = world.random_scene(rng, world.random_toddler(rng, held_out=False), "beach")
+    assert world.draw_scene(scene).tobytes() == world.draw_scene(scene).tobytes()
+    assert world.draw_scene(scene).size == (64, 64)
+    assert world.draw_scene(scene, 256).size == (256, 256)
+    moved = world.random_scene(random.Random(4), scene.toddler, "beach")
+    assert world.draw_scene(moved).tobytes() != world.draw_scene(scene).tobytes()
+
+
+def test_every_setting_draws_a_different_background():
+    scene = world.random_scene(random.Random(0), world.random_toddler(random.Random(0), held_out=False))
+    corners = {world.draw_scene(replace(scene, setting=s)).getpixel((1, 1)) for s in [*world.SETTINGS, world.PLAIN]}
+    assert len(corners) == len(world.SETTINGS) + 1
+    with pytest.raises(ValueError, match="Unknown setting"):
+        world.draw_scene(replace(scene, setting="moon base"))
+
+
+def test_held_out_signatures_are_a_sixth_of_the_family_and_never_sampled_for_training():
+    signatures = [
+        world.Toddler("red", "curly", "light", "yellow", hat, colour, pattern)
+        for hat in world.HAT_SHAPES
+        for colour in world.HAT_COLOURS
+        for pattern in world.PATTERNS
+    ]
+    assert len(signatures) == 144
+    assert sum(world.is_held_out(toddler) for toddler in signatures) == 24
+    rng = random.Random(0)
+    assert not any(world.is_held_out(world.random_toddler(rng, held_out=False)) for _ in range(500))
+    assert all(world.is_held_out(world.random_toddler(rng, held_out=True)) for _ in range(100))
+    assert world.is_held_out(world.DEMO_TODDLER)
+
+
+def test_captions_say_the_attributes_and_setting_but_never_the_signature():
+    rng = random.Random(1)
+    for _ in range(300):
+        scene = world.random_scene(rng, world.random_toddler(rng, held_out=False))
+        text = world.caption(scene)
+        assert scene.toddler.description in text
+        assert world.SETTING_PHRASES[scene.setting] in text
+        assert text.endswith(world.STYLE)
+        assert not SIGNATURE_WORDS & set(text.replace(",", " ").split()) - set(scene.toddler.attributes)
+        assert scene.toddler.description not in world.caption(scene, describe=False)
+    photo = world.caption(world.photo_scene(world.DEMO_TODDLER, 0))
+    assert photo == "a photo of a toddler with curly red hair and light skin in a yellow shirt on a plain background"
+
+
+def test_page_prompts_ask_for_twelve_pages_in_known_settings():
+    prompts = world.page_prompts("zorv toddler")
+    assert len(prompts) == len(world.page_settings()) == 12
+    for prompt, setting in zip(prompts, world.page_settings(), strict=True):
+        assert prompt.startswith("zorv toddler, ") and world.SETTING_PHRASES[setting] in prompt
+
+
+def test_registration_photos_pass_the_registry_checks(tmp_path):
+    paths = world.write_photos(tmp_path, world.DEMO_TODDLER, count=5)
+    images = load_photos(paths)
+    assert len(images) == 5 and all(min(image.size) >= MIN_SIDE for image in images)
