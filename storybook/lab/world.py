@@ -9,6 +9,7 @@ Everything is drawn with PIL from a `Scene` at any size, so the same scene is a 
 registration "photo", and the evaluator knows the true answer for every picture.
 """
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,8 +217,9 @@ def caption(scene: Scene, describe: bool = True) -> str:
 def page_prompts(subject: str) -> list[str]:
     """The benchmark's 12 story-page prompts about `subject` (e.g. 'zorv toddler'), with the setting each asks for."""
     actions = ["playing with a ball", "waving", "hugging a teddy", "jumping", "holding a balloon", "sitting"]
-    settings = [*SETTINGS, "beach", "park", "snow", "bedroom"]
-    return [f"{subject}, {actions[i % len(actions)]} {SETTING_PHRASES[s]}, {STYLE}" for i, s in enumerate(settings)]
+    return [
+        f"{subject}, {actions[i % len(actions)]} {SETTING_PHRASES[s]}, {STYLE}" for i, s in enumerate(page_settings())
+    ]
 
 
 def page_settings() -> list[str]:
@@ -496,8 +498,6 @@ def draw_object(draw: ImageDraw.ImageDraw, kind: str, x: float, y: float, size: 
 
 def star_points(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     """The ten corners of a five-pointed star of outer radius `r` centred on (`cx`, `cy`)."""
-    import math
-
     return [
         (
             cx + (r if i % 2 == 0 else r * 0.45) * math.sin(i * math.pi / 5),
