@@ -10,7 +10,7 @@ from storybook import book_edits
 from storybook.book import Book, Page, load_book, save_book
 from storybook.errors import StorybookError
 from storybook.jobs import Progress, is_running, start_job
-from storybook.render_book import render_book
+from storybook.render_book import open_renderer, render_book
 
 COLUMNS = 3
 
@@ -25,8 +25,9 @@ def render_in_background(
     def work(progress: Progress) -> str:
         while not shared["lock"].acquire(timeout=1.0):  # another book is rendering; Cancel still works meanwhile
             progress(0, 0, "waiting for another render to finish")
-        try:
-            report, shared["renderer"] = render_book(
+        try:  # the renderer is kept before drawing, so a cancelled job does not lose the loaded pipeline
+            shared["renderer"] = open_renderer(root, load_book(folder), shared["renderer"])
+            report, _ = render_book(
                 root,
                 folder,
                 renderer=shared["renderer"],

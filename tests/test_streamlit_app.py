@@ -146,3 +146,28 @@ def test_preview_render_redraw_a_page_choose_a_candidate_and_export(studio, monk
     pdf = folder / "exports" / f"{folder.name}-8.5x8.5-screen.pdf"
     assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF")
     assert at.get("download_button")
+
+
+def test_a_cancelled_render_keeps_the_loaded_renderer_for_the_next_one(studio, monkeypatch):
+    from app_pages.common import renderers  # the server-wide cache the app's pages share (same process as AppTest)
+
+    request = StoryRequest(child="Mia", characters=["Mia"], theme="bath time", pages=8, seed=3)
+    folder, book = write_story(studio, request, "offline")
+    save_book(folder, with_settings(book, {"steps": 80}))
+    renderers()["renderer"] = None
+    at = app(studio, monkeypatch).switch_page("app_pages/preview.py").run()
+    at.button(key="render-all").click().run()
+    deadline = time.time() + 120
+    while (state := read_job(studio, "render", folder.name)).done < 1:  # the pipeline is loaded, drawing has begun
+        assert state.status == "running" and time.time() < deadline, state
+        time.sleep(0.1)
+    at.run()
+    at.button(key=f"cancel-render-{folder.name}").click().run()
+    assert wait_for_job(studio, "render", folder.name).status == "cancelled"
+    loaded = renderers()["renderer"]
+    assert loaded is not None  # not loaded again by the next render
+
+    at.run()
+    at.button(key="render-all").click().run()
+    assert wait_for_job(studio, "render", folder.name).status == "done"
+    assert renderers()["renderer"] is loaded

@@ -4,13 +4,16 @@ from storybook.errors import TrainingError
 from storybook.train_config import resolve_config
 
 
-def test_published_defaults_for_real_models_and_scaled_ones_for_tiny_models():
+def test_published_defaults_for_real_models_and_scaled_ones_for_the_tiny_and_mini_models():
     lora = resolve_config("lora", 860_000_000)
     assert (lora.steps, lora.learning_rate, lora.rank, lora.prior_loss_weight) == (800, 1e-4, 8, 1.0)
     dreambooth = resolve_config("dreambooth", 860_000_000)
     assert (dreambooth.learning_rate, dreambooth.num_class_images) == (2e-6, 200)
-    tiny = resolve_config("lora", 2_000_000)
+    tiny = resolve_config("lora", 1_400_000)
     assert tiny.steps < lora.steps and tiny.num_class_images < lora.num_class_images
+    mini = resolve_config("lora", 5_800_000)  # storybook-mini: the tiny model's rate spoils its pictures
+    assert mini.learning_rate < tiny.learning_rate and mini.steps > tiny.steps
+    assert resolve_config("dreambooth", 5_800_000).learning_rate < mini.learning_rate
 
 
 def test_overrides_are_applied_and_checked():

@@ -128,11 +128,10 @@ def run_benchmark(
             progress(f"character {number + 1}/{characters}: {name}")
             method = METHODS[name]
             slug, renderer, train_s, artifact_mb = None, base, 0.0, 0.0
-            if method is None:
-                subject = f"a toddler with {toddler.description}"
-            else:
+            subject = f"a toddler with {toddler.description}"
+            if method is not None:  # the story stage writes the token and the parent's description on every page
                 slug = f"kid{number}-{name.lower().replace(' ', '').replace(',', '').replace('+', '-')}"
-                subject = f"{register(home, slug, toddler, model)} toddler"
+                subject = f"{register(home, slug, toddler, model)} toddler with {toddler.description}"
                 started = time.perf_counter()
                 overrides = (training or {}) | {"prior_preservation": method[1]}
                 train_identity(home, slug, method[0], model, overrides=overrides, show_progress=False)

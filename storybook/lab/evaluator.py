@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from storybook.lab import world
-from storybook.lab.mini_model import to_tensor
 
 SIZE = 64  # pixels the evaluator reads; other sizes are resized
 HEADS: dict[str, tuple[str, ...]] = {"setting": (*world.SETTINGS, world.PLAIN), **world.ATTRIBUTES, **world.SIGNATURE}
@@ -56,7 +55,7 @@ class Evaluator(nn.Module):
         self.eval()
         readings = []
         for start in range(0, len(pictures), 256):
-            batch = to_tensor(
+            batch = world.to_tensor(
                 [
                     picture.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
                     for picture in pictures[start : start + 256]
@@ -132,7 +131,7 @@ def train_evaluator(
     evaluator.train()
     for step in range(steps):
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
-        batch = to_tensor([soften(pictures[i], rng) for i in indices])
+        batch = world.to_tensor([soften(pictures[i], rng) for i in indices])
         batch = batch + 0.03 * torch.randn_like(batch)
         logits = evaluator(batch)
         loss = sum(F.cross_entropy(logits[name], targets[name][indices]) for name in HEADS)

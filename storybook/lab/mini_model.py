@@ -1,9 +1,10 @@
 """storybook-mini: a small text-to-image model trained from scratch on the lab's world, saved in diffusers' layout.
 
-Training has two phases, each resumable: the VAE learns to autoencode world pictures (64 px <-> 16x16x4 latents),
-then the UNet and the CLIP text encoder learn together to denoise those latents from the captions, with an EMA copy
-kept for the saved weights. `train_mini` writes a pipeline that `DiffusionPipeline.from_pretrained` loads like any
-Stable Diffusion model; the committed one lives in storybook/weights/storybook-mini (see README, "storybook-mini").
+Training has three phases, each resumable: the VAE learns to autoencode world pictures (64 px <-> 16x16x4 latents),
+its decoder is refined on full pictures, then the UNet and the CLIP text encoder learn together to denoise the
+latents from the captions, with an EMA copy kept for the saved weights. `train_mini` writes a pipeline that
+`DiffusionPipeline.from_pretrained` loads like any Stable Diffusion model; the committed one lives in
+storybook/weights/storybook-mini (see README, "storybook-mini").
 """
 
 import copy
@@ -13,7 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
@@ -98,12 +98,6 @@ def training_caption(scene: world.Scene, rng: random.Random) -> str:
     return world.caption(scene, describe=rng.random() >= UNDESCRIBED_SHARE)
 
 
-def to_tensor(images: list) -> torch.Tensor:
-    """PIL pictures as a (N, 3, H, W) tensor in [-1, 1]."""
-    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
-    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1
-
-
 def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Callable[[str], None]) -> None:
     """Fit the VAE as an autoencoder (L1 on the posterior mean) on random 32 px crops of fresh world pictures.
 
@@ -114,7 +108,7 @@ def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Call
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
     vae.train()
     for step in range(steps):
-        pictures = to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(32)])
+        pictures = world.to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(32)])
         x, y = rng.randrange(0, 33, 4), rng.randrange(0, 33, 4)
         crops = pictures[:, :, y : y + 32, x : x + 32]
         loss = F.l1_loss(vae.decode(vae.encode(crops).latent_dist.mean).sample, crops)
@@ -128,7 +122,7 @@ def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Call
     with torch.no_grad():
         vae.quant_conv.weight[vae.config.latent_channels :] = 0
         vae.quant_conv.bias[vae.config.latent_channels :] = -30
-        sample = to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(64)])
+        sample = world.to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(64)])
         latents = vae.encode(sample).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
@@ -139,9 +133,44 @@ def encode_dataset(vae: AutoencoderKL, count: int, rng: random.Random) -> tuple[
     latents = []
     with torch.no_grad():
         for start in range(0, count, 256):
-            pictures = to_tensor([world.draw_scene(scene, RESOLUTION) for scene in scenes[start : start + 256]])
+            pictures = world.to_tensor([world.draw_scene(scene, RESOLUTION) for scene in scenes[start : start + 256]])
             latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
     return torch.cat(latents), scenes
+
+
+def refine_decoder(
+    vae: AutoencoderKL,
+    latents: torch.Tensor,
+    scenes: list[world.Scene],
+    steps: int,
+    rng: random.Random,
+    progress: Callable[[str], None],
+) -> None:
+    """Fine-tune the VAE decoder alone (L1 + MSE, full 64 px pictures) on the dataset's latents.
+
+    The encoder, and so every latent the UNet learns, stays as it is; only the pictures drawn from latents get sharper
+    (the way Stability refined SD's decoder, "ft-MSE"). The crop-trained decoder smears the toddler's small details.
+    """
+    decoder = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    optimizer = torch.optim.AdamW(decoder, lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    unscaled = latents / vae.config.scaling_factor
+    vae.requires_grad_(False)
+    for parameter in decoder:
+        parameter.requires_grad_(True)
+    vae.train()
+    for step in range(steps):
+        indices = [rng.randrange(len(scenes)) for _ in range(32)]
+        pictures = world.to_tensor([world.draw_scene(scenes[i], RESOLUTION) for i in indices])
+        drawn = vae.decode(unscaled[indices]).sample
+        loss = F.l1_loss(drawn, pictures) + F.mse_loss(drawn, pictures)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == steps - 1:
+            progress(f"decoder step {step + 1}/{steps} loss {loss.item():.4f}")
+    vae.eval().requires_grad_(False)
 
 
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
@@ -156,7 +185,8 @@ def train_mini(
     out: Path,
     work: Path,
     vae_steps: int = 1800,
-    unet_steps: int = 3500,
+    decoder_steps: int = 1000,
+    unet_steps: int = 6000,
     dataset_size: int = 20000,
     batch_size: int = 32,
     seed: int = 0,
@@ -165,7 +195,8 @@ def train_mini(
 ) -> Path:
     """Train storybook-mini from scratch and save it to `out` (fp16 safetensors, diffusers layout); return `out`.
 
-    `work` keeps the finished VAE, the encoded dataset and UNet checkpoints: run again after an interruption and it
+    Stages: VAE (`vae_steps`), dataset encoding, decoder refinement (`decoder_steps`), UNet + text encoder
+    (`unet_steps`). `work` keeps each finished stage and UNet checkpoints: run again after an interruption and it
     resumes where it stopped. The same arguments give the same weights on the same machine.
     """
     torch.manual_seed(seed)
@@ -193,6 +224,15 @@ def train_mini(
         latents, scenes = encode_dataset(vae, dataset_size, random.Random(f"data-{seed}"))
         torch.save((latents, scenes), dataset_file)
         progress(f"encoded {len(scenes)} training pictures")
+
+    decoder_file = work / "vae-refined.safetensors"
+    if decoder_file.exists():
+        vae.load_state_dict(load_file(decoder_file))
+    else:
+        started = time.perf_counter()
+        refine_decoder(vae, latents, scenes, decoder_steps, random.Random(f"decoder-{seed}"), progress)
+        save_file(vae.state_dict(), decoder_file)
+        progress(f"decoder refined in {time.perf_counter() - started:.0f} s")
 
     scheduler = DDPMScheduler(**SCHEDULE)
     parameters = [*unet.parameters(), *text_encoder.parameters()]

@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 Colour = tuple[int, int, int]
@@ -505,3 +507,9 @@ def star_points(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
         )
         for i in range(10)
     ]
+
+
+def to_tensor(images: list) -> torch.Tensor:
+    """World pictures (PIL, RGB) as a model batch: a (N, 3, H, W) tensor in [-1, 1]."""
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1

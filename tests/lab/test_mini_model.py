@@ -42,11 +42,19 @@ def test_storybook_mini_draws_the_setting_a_prompt_asks_for(tmp_path, setting):
 
 def test_training_runs_resume_and_write_a_loadable_pipeline(tmp_path):
     messages = []
-    options = {"vae_steps": 2, "dataset_size": 64, "batch_size": 4, "checkpoint_every": 2, "progress": messages.append}
+    options = {
+        "vae_steps": 2,
+        "decoder_steps": 2,
+        "dataset_size": 64,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "progress": messages.append,
+    }
     train_mini(tmp_path / "out", tmp_path / "work", unet_steps=2, **options)
     train_mini(tmp_path / "out", tmp_path / "work", unet_steps=4, **options)
     assert "resumed at step 2" in messages
     assert sum("vae trained" in message for message in messages) == 1  # the VAE is trained once
+    assert sum("decoder refined" in message for message in messages) == 1  # and its decoder refined once
     pipeline = DiffusionPipeline.from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert list(pipeline.unet.config.block_out_channels) == list(build_unet().config.block_out_channels)
     assert pipeline("a toddler at the beach", num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
