@@ -28,7 +28,7 @@ from storybook.book import (
 from storybook.book_pdf import Layout, Profile, Trim, export_book
 from storybook.errors import BookError, StorybookError
 from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
-from storybook.models import DEFAULT_MODEL, load_tokenizer
+from storybook.models import DEFAULT_MODEL, MINI_MODEL, load_tokenizer
 from storybook.print_pictures import X4_UPSCALER, Upscaler
 from storybook.storage import HOME_ENV, data_home, slugify
 from storybook.story import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
@@ -497,7 +497,6 @@ def demo() -> None:
 
     def run_demo():
         from storybook.lab.world import DEMO_TODDLER, write_photos
-        from storybook.models import MINI_MODEL
         from storybook.render_book import with_settings
         from storybook.trainer import train_identity
 
@@ -534,7 +533,7 @@ def lab_run(
     work: Annotated[Path, typer.Option(help="Folder for the benchmark's characters, identities and results.")] = Path(
         "lab-run"
     ),
-    model: Annotated[str, typer.Option(help="Base model (default: storybook-mini).")] = "storybook-mini",
+    model: Annotated[str, typer.Option(help="Base model (default: storybook-mini).")] = MINI_MODEL,
     characters: Annotated[int, typer.Option(min=1, help="Held-out characters.")] = 3,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per page prompt.")] = 2,
     method: Annotated[list[str] | None, typer.Option(help="A method to measure (repeatable; default: all).")] = None,
