@@ -58,7 +58,8 @@ class MethodResult:
 
 
 def benchmark_toddlers(count: int, seed: int = 0) -> list[world.Toddler]:
-    """`count` different held-out toddlers (signatures the base model never saw), the same for the same seed."""
+    """`count` different held-out toddlers (signature and attribute combination never drawn in training), the same
+    for the same seed."""
     rng, toddlers = random.Random(f"benchmark-{seed}"), []
     while len(toddlers) < count:
         toddler = world.random_toddler(rng, held_out=True)

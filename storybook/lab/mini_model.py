@@ -186,7 +186,7 @@ def train_mini(
     work: Path,
     vae_steps: int = 1800,
     decoder_steps: int = 1000,
-    unet_steps: int = 6000,
+    unet_steps: int = 4000,
     dataset_size: int = 20000,
     batch_size: int = 32,
     seed: int = 0,

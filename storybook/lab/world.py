@@ -2,8 +2,9 @@
 
 A toddler's identity has two parts. Attributes (hair colour and style, skin tone, outfit colour) are what a parent
 can say in words, and the captions say them. The signature (hat shape, hat colour, shirt pattern) is never named in
-any caption: like a child's face, a model can only learn it from photos. Signatures are split into a training family
-and a held-out family, so the benchmark registers characters the base model has never drawn.
+any caption: like a child's face, a model can only learn it from photos. Signatures and attribute combinations are
+each split into a training family and a held-out family, so the benchmark registers characters whose look, in words
+and in photos, the base model has never drawn.
 
 Everything is drawn with PIL from a `Scene` at any size, so the same scene is a 64 px training image or a 256 px
 registration "photo", and the evaluator knows the true answer for every picture.
@@ -137,8 +138,8 @@ class Scene:
     seed: int = 0  # background details: clouds, trees, stars, toys
 
 
-def is_held_out(toddler: Toddler) -> bool:
-    """Whether the toddler's signature is in the held-out family (24 of 144), never drawn in training."""
+def has_held_out_signature(toddler: Toddler) -> bool:
+    """Whether the toddler's signature is in the held-out family: 24 of the 144 signatures."""
     hat, colour, pattern = (
         HAT_SHAPES.index(toddler.hat_shape),
         list(HAT_COLOURS).index(toddler.hat_colour),
@@ -147,8 +148,25 @@ def is_held_out(toddler: Toddler) -> bool:
     return (hat * 7 + colour * 3 + pattern * 5) % 6 == 0
 
 
+def has_held_out_attributes(toddler: Toddler) -> bool:
+    """Whether the toddler's attribute combination is held out: 35 of the 288 (each single value is still trained)."""
+    hair_colour, hair_style, skin, outfit = (
+        list(HAIR_COLOURS).index(toddler.hair_colour),
+        HAIR_STYLES.index(toddler.hair_style),
+        list(SKIN_TONES).index(toddler.skin),
+        list(OUTFIT_COLOURS).index(toddler.outfit),
+    )
+    return (hair_colour + hair_style * 3 + skin * 5 + outfit * 7) % 8 == 1
+
+
+def is_held_out(toddler: Toddler) -> bool:
+    """Whether the toddler is new to storybook-mini: both its signature and its attribute combination held out."""
+    return has_held_out_signature(toddler) and has_held_out_attributes(toddler)
+
+
 def random_toddler(rng: random.Random, held_out: bool) -> Toddler:
-    """A toddler whose signature is from the held-out family when `held_out`, else from the training family."""
+    """A held-out toddler (signature and attribute combination both held out) when `held_out`, else a training one
+    (neither held out): no training toddler shares a held-out toddler's signature or its combination."""
     while True:
         toddler = Toddler(
             hair_colour=rng.choice(list(HAIR_COLOURS)),
@@ -159,7 +177,8 @@ def random_toddler(rng: random.Random, held_out: bool) -> Toddler:
             hat_colour=rng.choice(list(HAT_COLOURS)),
             pattern=rng.choice(PATTERNS),
         )
-        if is_held_out(toddler) == held_out:
+        signature, attributes = has_held_out_signature(toddler), has_held_out_attributes(toddler)
+        if (signature and attributes) if held_out else not (signature or attributes):
             return toddler
 
 

@@ -27,18 +27,33 @@ def test_every_setting_draws_a_different_background():
         world.draw_scene(replace(scene, setting="moon base"))
 
 
-def test_held_out_signatures_are_a_sixth_of_the_family_and_never_sampled_for_training():
-    signatures = [
-        world.Toddler("red", "curly", "light", "yellow", hat, colour, pattern)
-        for hat in world.HAT_SHAPES
-        for colour in world.HAT_COLOURS
-        for pattern in world.PATTERNS
-    ]
-    assert len(signatures) == 144
-    assert sum(world.is_held_out(toddler) for toddler in signatures) == 24
+def test_held_out_toddlers_share_neither_signature_nor_attribute_combination_with_any_training_toddler():
+    signatures = {
+        (hat, colour, pattern) for hat in world.HAT_SHAPES for colour in world.HAT_COLOURS for pattern in world.PATTERNS
+    }
+    combinations = {
+        (hair, style, skin, outfit)
+        for hair in world.HAIR_COLOURS
+        for style in world.HAIR_STYLES
+        for skin in world.SKIN_TONES
+        for outfit in world.OUTFIT_COLOURS
+    }
+    held_out_signatures = {
+        s for s in signatures if world.has_held_out_signature(world.Toddler("red", "curly", "light", "red", *s))
+    }
+    held_out_combinations = {
+        c for c in combinations if world.has_held_out_attributes(world.Toddler(*c, "cap", "pink", "plain"))
+    }
+    assert (len(signatures), len(held_out_signatures)) == (144, 24)
+    assert (len(combinations), len(held_out_combinations)) == (288, 35)
     rng = random.Random(0)
-    assert not any(world.is_held_out(world.random_toddler(rng, held_out=False)) for _ in range(500))
-    assert all(world.is_held_out(world.random_toddler(rng, held_out=True)) for _ in range(100))
+    training = [world.random_toddler(rng, held_out=False) for _ in range(2000)]
+    held_out = [world.random_toddler(rng, held_out=True) for _ in range(100)]
+    assert not {t.signature for t in training} & held_out_signatures
+    assert not {t.attributes for t in training} & held_out_combinations
+    assert all(t.signature in held_out_signatures and t.attributes in held_out_combinations for t in held_out)
+    for field, values in world.ATTRIBUTES.items():  # every single value is still trained: only combinations are new
+        assert {getattr(t, field) for t in training} == set(values)
     assert world.is_held_out(world.DEMO_TODDLER)
 
 
