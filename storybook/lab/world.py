@@ -177,8 +177,7 @@ def random_toddler(rng: random.Random, held_out: bool) -> Toddler:
             hat_colour=rng.choice(list(HAT_COLOURS)),
             pattern=rng.choice(PATTERNS),
         )
-        signature, attributes = has_held_out_signature(toddler), has_held_out_attributes(toddler)
-        if (signature and attributes) if held_out else not (signature or attributes):
+        if has_held_out_signature(toddler) == has_held_out_attributes(toddler) == held_out:
             return toddler
 
 
