@@ -165,6 +165,10 @@ def character_train(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_convolutions: Annotated[
+        bool | None,
+        typer.Option("--lora-convolutions/--no-lora-convolutions", help="LoRA on the UNet's convolutions too."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
     prior_preservation: Annotated[bool | None, typer.Option("--prior-preservation/--no-prior-preservation")] = None,
@@ -186,6 +190,7 @@ def character_train(
         "steps": steps,
         "learning_rate": lr,
         "rank": rank,
+        "lora_convolutions": lora_convolutions,
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "prior_preservation": prior_preservation,

@@ -18,6 +18,7 @@ class TrainingConfig(BaseModel):
     steps: int = Field(gt=0)
     learning_rate: float = Field(gt=0)
     rank: int = Field(4, gt=0)  # LoRA only; alpha = rank, as in diffusers' train_dreambooth_lora.py
+    lora_convolutions: bool = False  # LoRA also on the UNet's ResNet convolutions and projections (LoCon)
     batch_size: int = Field(1, gt=0)
     grad_accum: int = Field(1, gt=0)
     prior_preservation: bool = True
@@ -61,12 +62,14 @@ TINY_MODEL_DEFAULTS = {
     },
 }
 # Measured with the consistency lab on storybook-mini (README, "Consistency lab"): the tiny model's LoRA rate spoils
-# its pictures, and a full fine-tune at LoRA's rate overfits the plain-backdrop photos.
+# its pictures, a full fine-tune at LoRA's rate overfits the plain-backdrop photos, and a LoRA on attention alone
+# (a tenth of this UNet's weights) learns nothing of the photos, so it also adapts the convolutions.
 SMALL_MODEL_DEFAULTS = {
     "lora": {
-        "steps": 300,
+        "steps": 600,
         "learning_rate": 5e-4,
-        "rank": 4,
+        "rank": 8,
+        "lora_convolutions": True,
         "batch_size": 4,
         "num_class_images": 24,
         "class_image_steps": 20,

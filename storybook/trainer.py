@@ -36,6 +36,9 @@ from storybook.storage import atomic_write_text
 from storybook.train_config import Method, TrainingConfig, resolve_config
 
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# With `lora_convolutions`: the ResNets' 3x3 convolutions and the transformers' projections and feed-forward too, where
+# a small UNet keeps most of its weights (kohya's LoCon); diffusers and A1111 load these keys as well.
+UNET_CONV_LORA_TARGETS = ["conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 ENCODE_BATCH = 8  # images per VAE call when caching latents
 
@@ -226,10 +229,9 @@ def train_identity(
     torch.manual_seed(config.seed)  # LoRA's initial A matrices
     if method == "lora":
         unet.requires_grad_(False)
+        targets = UNET_LORA_TARGETS + (UNET_CONV_LORA_TARGETS if config.lora_convolutions else [])
         unet.add_adapter(
-            LoraConfig(
-                r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS
-            )
+            LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=targets)
         )
         if config.train_text_encoder:
             text_encoder.add_adapter(

@@ -13,6 +13,7 @@ def test_published_defaults_for_real_models_and_scaled_ones_for_the_tiny_and_min
     assert tiny.steps < lora.steps and tiny.num_class_images < lora.num_class_images
     mini = resolve_config("lora", 5_800_000)  # storybook-mini: the tiny model's rate spoils its pictures
     assert mini.learning_rate < tiny.learning_rate and mini.steps > tiny.steps
+    assert mini.lora_convolutions and not lora.lora_convolutions  # attention alone learns nothing on storybook-mini
     assert resolve_config("dreambooth", 5_800_000).learning_rate < mini.learning_rate
 
 

@@ -76,6 +76,20 @@ def test_lora_learns_the_character_and_loads_into_a_fresh_pipeline(home, mia):
     assert read_identity(folder / "identity").files == [LORA_FILE, KOHYA_FILE]
 
 
+def test_lora_on_convolutions_saves_conv_weights_that_load_and_change_the_picture(home, mia):
+    before = render(fresh_pipeline(home), mia.instance_prompt)
+    overrides = {**FAST, "steps": 10, "lora_convolutions": True}
+    train_identity(home, "Mia", "lora", overrides=overrides, export_kohya=True, show_progress=False)
+
+    folder = registry.character_dir(home, "Mia") / "identity"
+    assert any(".resnets.0.conv1.lora_A" in key for key in load_file(folder / LORA_FILE))
+    assert any("_resnets_0_conv1.lora_down" in key for key in load_file(folder / KOHYA_FILE))
+    pipeline = fresh_pipeline(home)
+    load_identity(pipeline, folder, adapter_name="mia")
+    assert "conv1" in str(pipeline.unet.peft_config["mia"].target_modules)
+    assert not np.allclose(before, render(pipeline, mia.instance_prompt), atol=1e-3)
+
+
 def test_interrupted_training_resumes_to_the_same_weights(home, mia):
     settings = {**FAST, "steps": 20, "checkpoint_every": 5}
     uninterrupted = train_identity(home, "Mia", "lora", overrides=settings, show_progress=False)
