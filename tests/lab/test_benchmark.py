@@ -31,7 +31,8 @@ def test_a_reduced_benchmark_run_writes_the_table(tmp_path):
             0.0 <= row[name] <= 1.0
             for name in ("identity", "attributes", "signature", "agreement", "fidelity", "drift")
         )
-    assert rows[0]["train_s"] == 0 and rows[1]["train_s"] > 0 and 0 < rows[1]["artifact_mb"] < 1
+    assert rows[0]["train_s"] == 0 and rows[1]["train_s"] > 0
+    assert 0 < rows[1]["artifact_mb"] < 2  # a LoRA file: a small part of storybook-mini's 22 MB UNet
     table = (work / "results.md").read_text()
     assert "| LoRA + prior |" in table and "identity consistency" in table
     assert (work / "home" / "characters" / "kid0-lora-prior" / "identity" / "identity.json").is_file()
