@@ -4,11 +4,14 @@ BIN := $(VENV)/bin
 # The CPU wheel by default, so pip never pulls several GB of CUDA packages onto a CPU machine. On a GPU machine,
 # install your CUDA build of torch into .venv first (see README); an installed torch is kept.
 TORCH_SPEC ?= torch==2.13.0
+# The versions CI tests with, so that a new upstream release cannot break a fresh set-up; `make CONSTRAINTS= demo`
+# installs the newest versions pyproject.toml allows instead.
+CONSTRAINTS ?= constraints.txt
 
-$(VENV)/installed: pyproject.toml
+$(VENV)/installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
 .PHONY: demo test bench
