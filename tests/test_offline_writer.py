@@ -42,6 +42,13 @@ def test_the_same_seed_writes_the_same_story_and_another_seed_another(family_hom
     assert len(stories) > 1
 
 
+@pytest.mark.parametrize("characters", [["Mia"], ["Mia", "Rex"]])
+def test_every_beach_scene_names_the_beach_so_each_picture_is_drawn_there(family_home, characters):
+    for seed in range(3):  # the picture model reads one scene at a time: a page without the word may get any setting
+        scenes = [page.scene for page in write_offline(brief_for(family_home, "beach", 24, characters), seed).pages]
+        assert all("beach" in scene for scene in scenes), [s for s in scenes if "beach" not in s]
+
+
 def test_pronouns_follow_the_child(family_home):
     pages = {
         pronouns: " ".join(
