@@ -75,10 +75,13 @@ def register(home: Path, name: str, toddler: world.Toddler, model: str) -> str:
     return character.token
 
 
-def prepare_class_images(home: Path, model: str, training: dict) -> None:
-    """Generate the prior-preservation class images once, so that training times compare the training itself."""
+def prepare_class_images(home: Path, model: str, training: dict, trainer_methods: set[str]) -> None:
+    """Generate the prior-preservation class images once, as many as the `trainer_methods` ('lora', 'dreambooth')
+    use at most, so that training times compare the training itself."""
     pipeline, model_path = load_pipeline(model, home, dtype="fp32")
-    config = resolve_config("lora", sum(p.numel() for p in pipeline.unet.parameters()), training)
+    unet_parameters = sum(p.numel() for p in pipeline.unet.parameters())
+    configs = [resolve_config(method, unet_parameters, training) for method in sorted(trainer_methods)]
+    config = max(configs, key=lambda c: c.num_class_images)
     folder = class_image_dir(home, model_fingerprint(model_path, home), "toddler")
     ensure_class_images(pipeline, folder, "toddler", config.num_class_images, config.class_image_steps, False)
 
@@ -120,8 +123,9 @@ def run_benchmark(
     training = {key: value for key, value in (training or {}).items() if value is not None}
     evaluator = evaluator or load_evaluator()
     settings = RenderSettings(model=model, steps=steps)
-    if any(METHODS[name] and METHODS[name][1] for name in methods):
-        prepare_class_images(home, model, training or {})
+    prior_methods = {METHODS[name][0] for name in methods if METHODS[name] and METHODS[name][1]}
+    if prior_methods:
+        prepare_class_images(home, model, training, prior_methods)
     base = Renderer(home, model)
     scores: dict[str, list[tuple[float, ...]]] = {name: [] for name in methods}
     for number, toddler in enumerate(benchmark_toddlers(characters)):
