@@ -9,7 +9,8 @@ from app_pages.common import cached_tokenizer, home, show_job
 from storybook import registry
 from storybook.errors import PhotoError, StorybookError
 from storybook.jobs import Progress, is_running, start_job
-from storybook.models import DEFAULT_MODEL
+from storybook.personalize import IdentityMethod, recommended_method
+from storybook.storage import default_model
 
 
 def add_character_form(root: Path) -> None:
@@ -44,9 +45,17 @@ def add_character_form(root: Path) -> None:
     st.success(f"Added {character.name} (token '{character.token}'). Train it below.")
 
 
-def train(root: Path, slug: str, steps: int | None) -> None:
-    """Start training `slug`'s LoRA identity as a background job (resuming a run that was stopped)."""
-    from storybook.trainer import StepReport, train_identity
+METHODS: dict[str, IdentityMethod] = {
+    "From the photos (ready in seconds)": "ip-adapter",
+    "Trained on the photos (LoRA, minutes)": "lora",
+    "Both": "lora+ip-adapter",
+}
+
+
+def train(root: Path, slug: str, method: IdentityMethod, steps: int | None) -> None:
+    """Start building `slug`'s identity by `method` as a background job (resuming a training run that was stopped)."""
+    from storybook.personalize import build_identity
+    from storybook.trainer import StepReport
 
     resume = (registry.character_dir(root, slug) / "checkpoints").is_dir()
 
@@ -56,13 +65,19 @@ def train(root: Path, slug: str, steps: int | None) -> None:
             progress(report.step, report.total, f"loss {report.loss:.4f}, about {eta:.0f} s left")
 
         overrides = {"steps": steps} if steps else {}
-        metadata = train_identity(
-            root, slug, "lora", DEFAULT_MODEL, overrides, resume=resume, show_progress=False, on_step=on_step
-        )
-        return (
-            f"Trained in {metadata.wall_time_s:.0f} s: the photos' loss fell from {metadata.photo_loss_before:.3f} "
-            f"to {metadata.photo_loss_after:.3f}."
-        )
+        options = {"resume": resume, "show_progress": False, "on_step": on_step} if method != "ip-adapter" else {}
+        metadata, image_prompt = build_identity(root, slug, method, default_model(), overrides, **options)
+        said = []
+        if metadata:
+            said.append(
+                f"Trained in {metadata.wall_time_s:.0f} s: the photos' loss fell from "
+                f"{metadata.photo_loss_before:.3f} to {metadata.photo_loss_after:.3f}."
+            )
+        if image_prompt:
+            said.append(
+                f"Learned the look from {len(image_prompt.photo_sha256)} photos in {image_prompt.wall_time_s:.1f} s."
+            )
+        return " ".join(said)
 
     start_job(root, "train", slug, work)
 
@@ -72,12 +87,15 @@ def training_panel(root: Path, slug: str, folder: Path) -> None:
     running = is_running(root, "train", slug)
     trained = registry.is_trained(root, slug)
     stopped = (folder / "checkpoints").is_dir()
+    names = list(METHODS)
+    recommended = names[list(METHODS.values()).index(recommended_method(default_model()))]
+    choice = st.radio("How to learn the look", names, index=names.index(recommended), key=f"method-{slug}")
     with st.popover("Expert settings"):
-        steps = st.number_input("Steps (0: the default)", 0, 5000, 0, key=f"steps-{slug}")
+        steps = st.number_input("Training steps (0: the default)", 0, 5000, 0, key=f"steps-{slug}")
     label = "Resume training" if stopped else ("Train again" if trained else "Train")
     if st.button(label, key=f"train-{slug}", disabled=running):
         try:
-            train(root, slug, int(steps) or None)
+            train(root, slug, METHODS[choice], int(steps) or None)
         except StorybookError as error:
             st.error(str(error))
     show_job(root, "train", slug)

@@ -8,8 +8,8 @@ import streamlit as st
 from storybook.book import Book, list_books, load_book
 from storybook.errors import StorybookError
 from storybook.jobs import JobState, cancel_job, read_job
-from storybook.models import DEFAULT_MODEL, load_tokenizer
-from storybook.storage import data_home
+from storybook.models import load_tokenizer
+from storybook.storage import data_home, default_model
 
 
 def home() -> Path:
@@ -19,8 +19,8 @@ def home() -> Path:
 
 @st.cache_resource
 def cached_tokenizer(root: str):
-    """The default model's tokenizer, loaded once per server (built with the tiny model on first use)."""
-    return load_tokenizer(DEFAULT_MODEL, Path(root))
+    """The default model's tokenizer, loaded once per server."""
+    return load_tokenizer(default_model(), Path(root))
 
 
 @st.cache_resource

@@ -8,12 +8,12 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from storybook.errors import BookError, InvalidNameError
-from storybook.storage import atomic_write_text, slugify
+from storybook.storage import atomic_write_text, default_model, slugify
 
 BOOK_VERSION = 1
 BOOK_FILE = "book.json"
@@ -54,7 +54,7 @@ Scheduler = Literal["dpm++", "euler-a", "euler", "ddim", "model"]
 class RenderSettings(BaseModel):
     """How the pictures are drawn. Kept in book.json, so rendering again draws only what changed."""
 
-    model: str = "tiny"  # 'tiny', a local diffusers folder or a hub id
+    model: str = Field(default_factory=default_model)  # 'storybook-mini', 'tiny', a local folder or a hub id
     steps: int = Field(25, ge=1, le=200)
     preview_steps: int = Field(8, ge=1, le=200)  # `render --preview` drafts
     guidance: float = Field(7.5, ge=0)
@@ -62,6 +62,8 @@ class RenderSettings(BaseModel):
     height: int | None = Field(None, ge=8)
     scheduler: Scheduler = "dpm++"  # DPM-Solver++ (Karras sigmas); 'model' keeps the model's own
     weights: dict[str, float] = Field(default_factory=dict)  # character slug -> identity weight (default 1.0)
+    # character slug -> IP-Adapter scale of its image prompt (default: the scale saved with the image prompt)
+    image_scales: dict[str, Annotated[float, Field(ge=0, le=4)]] = Field(default_factory=dict)
 
 
 class Candidate(BaseModel):

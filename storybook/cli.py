@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from diffusers.utils import logging as diffusers_logging
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
@@ -26,13 +27,13 @@ from storybook.book import (
     save_book,
 )
 from storybook.book_pdf import Layout, Profile, Trim, export_book
-from storybook.errors import BookError, StorybookError
+from storybook.errors import BookError, ModelError, StorybookError
 from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
-from storybook.models import DEFAULT_MODEL, MINI_MODEL, load_tokenizer
+from storybook.models import MINI_MODEL, load_tokenizer
+from storybook.personalize import IdentityMethod
 from storybook.print_pictures import X4_UPSCALER, Upscaler
-from storybook.storage import HOME_ENV, data_home, slugify
+from storybook.storage import HOME_ENV, MODEL_ENV, data_home, default_model, slugify
 from storybook.story import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
-from storybook.train_config import Method
 
 app = typer.Typer(help="Make personalised picture books from a few photos of a child.", no_args_is_help=True)
 character_app = typer.Typer(help="Register, train, inspect and remove characters.", no_args_is_help=True)
@@ -48,7 +49,14 @@ app.add_typer(lab_app, name="lab")
 console = Console()
 state = {"home": None, "debug": False}
 
-ModelOption = Annotated[str, typer.Option("--model", help="Base model: 'tiny', a local diffusers folder or a hub id.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help=f"Base model: storybook-mini, tiny, a local diffusers folder or a hub id (default: ${MODEL_ENV} or "
+        "storybook-mini).",
+    ),
+]
 
 
 @app.callback()
@@ -64,6 +72,8 @@ def main(
     if not debug:
         diffusers_logging.set_verbosity_error()  # library notes such as "no LoRA keys for the text encoder"
         transformers_logging.set_verbosity_error()  # long prompts: `render` reports them in its own words
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": storybook shows its own progress
+        transformers_logging.disable_progress_bar()  # "Loading weights" of every text and image encoder
 
 
 def run(action):
@@ -91,7 +101,7 @@ def character_add(
     photos: Annotated[list[Path], typer.Option("--photos", help="3-30 photos of the child (JPEG, PNG, HEIC, ...).")],
     class_noun: Annotated[str, typer.Option(help="What it is: toddler, baby, girl, dog...")] = "toddler",
     description: Annotated[str, typer.Option(help="Appearance in words, e.g. 'curly red hair, yellow raincoat'.")] = "",
-    model: ModelOption = DEFAULT_MODEL,
+    model: ModelOption = None,
 ) -> None:
     """Register a character from photos: checks them, keeps the originals, crops them and picks its token."""
 
@@ -100,7 +110,7 @@ def character_add(
             state["home"],
             name,
             photos,
-            load_tokenizer(model, state["home"]),
+            load_tokenizer(model or default_model(), state["home"]),
             class_noun=class_noun,
             description=description,
         )
@@ -133,16 +143,17 @@ def character_list() -> None:
 
 @character_app.command("show")
 def character_show(name: str) -> None:
-    """Show a character's record and, when trained, its identity metadata."""
+    """Show a character's record and its identity: training metadata, image prompt."""
 
     def show():
-        from storybook.identity import read_identity
+        from storybook.identity import IdentityMetadata
+        from storybook.image_prompt import ImagePrompt
 
         character = registry.load_character(state["home"], name)
         console.print_json(character.model_dump_json())
-        if registry.is_trained(state["home"], character.slug):
-            identity = read_identity(registry.identity_folder(state["home"], character.slug))
-            console.print_json(identity.model_dump_json(exclude={"loss_history"}))
+        for record in registry.identity_records(state["home"], character.slug):
+            kind = IdentityMetadata if record.name == "identity.json" else ImagePrompt
+            console.print_json(kind.model_validate_json(record.read_text()).model_dump_json(exclude={"loss_history"}))
 
     run(show)
 
@@ -160,8 +171,14 @@ def character_remove(
 @character_app.command("train")
 def character_train(
     name: str,
-    method: Annotated[Method, typer.Option(help="lora (small file) or dreambooth (full fine-tune).")] = "lora",
-    model: ModelOption = DEFAULT_MODEL,
+    method: Annotated[
+        IdentityMethod,
+        typer.Option(
+            help="lora (small file), dreambooth (full fine-tune), ip-adapter (the photos as an image prompt: ready in "
+            "seconds, no training) or lora+ip-adapter."
+        ),
+    ] = "lora",
+    model: ModelOption = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
@@ -184,8 +201,22 @@ def character_train(
     restart: Annotated[bool, typer.Option(help="Discard an unfinished run's checkpoint and start over.")] = False,
     export_kohya: Annotated[bool, typer.Option(help="Also write a kohya/A1111-format LoRA file.")] = False,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")] = None,
+    ip_adapter: Annotated[
+        str | None,
+        typer.Option(help="IP-Adapter: a local folder or downloaded hub id (default: the base model's own)."),
+    ] = None,
+    ip_adapter_weight: Annotated[
+        str, typer.Option(help="The adapter's weights file inside it.")
+    ] = "models/ip-adapter_sd15.safetensors",
+    image_encoder: Annotated[str, typer.Option(help="The adapter's image encoder folder inside it.")] = (
+        "models/image_encoder"
+    ),
+    image_scale: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=4.0, help="Image-prompt strength (default 1 storybook-mini, 0.6 others)."),
+    ] = None,
 ) -> None:
-    """Train the character's identity (defaults follow published practice and shrink for tiny models)."""
+    """Build the character's identity (defaults follow published practice and shrink for small models)."""
     given = {
         "steps": steps,
         "learning_rate": lr,
@@ -206,25 +237,34 @@ def character_train(
     overrides = {key: value for key, value in given.items() if value is not None}
 
     def train():
-        from storybook.trainer import train_identity
+        from storybook.image_prompt import AdapterSource
+        from storybook.personalize import build_identity
 
-        metadata = train_identity(
-            state["home"],
-            name,
-            method,
-            model,
-            overrides,
-            resume=resume,
-            restart=restart,
-            export_kohya=export_kohya,
-            device=device,
+        adapter = None
+        if ip_adapter:
+            try:
+                adapter = AdapterSource(source=ip_adapter, weight_name=ip_adapter_weight, image_encoder=image_encoder)
+            except ValidationError as error:
+                problems = "; ".join(problem["msg"] for problem in error.errors())
+                raise ModelError(f"Bad IP-Adapter paths: {problems}.") from None
+        options = {"resume": resume, "restart": restart, "export_kohya": export_kohya, "device": device}
+        metadata, image_prompt = build_identity(
+            state["home"], name, method, model, overrides, adapter, image_scale, **options
         )
-        folder = registry.character_dir(state["home"], metadata.character)
-        console.print(
-            f"Trained {metadata.method} identity of {metadata.character} in {metadata.wall_time_s:.0f} s "
-            f"(photo loss {metadata.photo_loss_before:.4f} -> {metadata.photo_loss_after:.4f}): {folder / 'identity'}"
-        )
-        console.print(f"Samples: {folder / 'samples' / 'final.png'}")
+        folder = registry.character_dir(state["home"], (metadata or image_prompt).character)
+        if metadata:
+            console.print(
+                f"Trained {metadata.method} identity of {metadata.character} in {metadata.wall_time_s:.0f} s "
+                f"(photo loss {metadata.photo_loss_before:.4f} -> {metadata.photo_loss_after:.4f}): "
+                f"{folder / 'identity'}"
+            )
+            console.print(f"Samples: {folder / 'samples' / 'final.png'}")
+        if image_prompt:
+            console.print(
+                f"Image prompt of {image_prompt.character} from {len(image_prompt.photo_sha256)} photos with the "
+                f"IP-Adapter {image_prompt.adapter.source} in {image_prompt.wall_time_s:.1f} s (scale "
+                f"{image_prompt.scale:g}): {folder / 'identity'}"
+            )
 
     run(train)
 
@@ -403,6 +443,10 @@ def render(
     weight: Annotated[
         list[str] | None, typer.Option(help="A character's identity weight, NAME=0.8 (default 1.0); repeatable.")
     ] = None,
+    image_scale: Annotated[
+        list[str] | None,
+        typer.Option(help="A character's image-prompt (IP-Adapter) strength, NAME=0.8; repeatable."),
+    ] = None,
     preview: Annotated[bool, typer.Option(help="Fast low-step drafts (their own files; export uses finals).")] = False,
     candidates: Annotated[int, typer.Option(min=1, max=8, help="Draw N seeds per page to choose from.")] = 1,
     page: Annotated[list[int] | None, typer.Option(help="Only this page (0: the cover); repeatable.")] = None,
@@ -421,7 +465,9 @@ def render(
         if scheduler:
             overrides["scheduler"] = scheduler
         if weight:
-            overrides["weights"] = dict(parse_weight(item) for item in weight)
+            overrides["weights"] = dict(parse_weight(item, "--weight") for item in weight)
+        if image_scale:
+            overrides["image_scales"] = dict(parse_weight(item, "--image-scale") for item in image_scale)
         if overrides:
             save_book(folder, with_settings(load_book(folder), overrides))
         render_and_report(
@@ -431,13 +477,13 @@ def render(
     run(draw)
 
 
-def parse_weight(item: str) -> tuple[str, float]:
-    """'Mia=0.8' -> ('Mia', 0.8). Raises BookError for anything else."""
+def parse_weight(item: str, option: str) -> tuple[str, float]:
+    """'Mia=0.8' -> ('Mia', 0.8). Raises BookError, naming `option`, for anything else."""
     name, _, value = item.partition("=")
     try:
         return name.strip(), float(value)
     except ValueError:
-        raise BookError(f"--weight takes NAME=NUMBER, e.g. Mia=0.8, not {item!r}.") from None
+        raise BookError(f"{option} takes NAME=NUMBER, e.g. Mia=0.8, not {item!r}.") from None
 
 
 @app.command()
@@ -497,13 +543,13 @@ def make(specs: Annotated[list[Path], typer.Argument(help="Spec files (YAML or J
 
 @app.command()
 def demo() -> None:
-    """Offline demo on the CPU: register and train a toddler of the lab's world on storybook-mini, write, render,
-    export."""
+    """Offline demo on the CPU: register a toddler of the lab's world, build its identity on storybook-mini, write,
+    render, export."""
 
     def run_demo():
         from storybook.lab.world import DEMO_TODDLER, write_photos
+        from storybook.personalize import build_identity, recommended_method
         from storybook.render_book import with_settings
-        from storybook.trainer import train_identity
 
         home = state["home"]
         console.print(f"Data root: {home}")
@@ -513,12 +559,11 @@ def demo() -> None:
         photos = write_photos(home / "demo-photos", DEMO_TODDLER)
         character = registry.add_character(home, "Mia", photos, tokenizer, description=DEMO_TODDLER.description)
         console.print(f"Registered Mia (token '{character.token}') from {len(photos)} sample photos")
-        metadata = train_identity(home, "Mia", "lora", MINI_MODEL)
-        folder = registry.character_dir(home, "Mia")
+        method = recommended_method(MINI_MODEL)
+        metadata, image_prompt = build_identity(home, "Mia", method, MINI_MODEL)
+        seconds = (metadata.wall_time_s if metadata else 0) + (image_prompt.wall_time_s if image_prompt else 0)
         console.print(
-            f"Trained Mia's LoRA on {MINI_MODEL}: photo loss {metadata.photo_loss_before:.3f} -> "
-            f"{metadata.photo_loss_after:.3f} in {metadata.wall_time_s:.0f} s\n  identity: {folder / 'identity'}\n"
-            f"  samples:  {folder / 'samples' / 'final.png'}"
+            f"Built Mia's {method} identity on {MINI_MODEL} in {seconds:.1f} s: {registry.identity_folder(home, 'Mia')}"
         )
         request = StoryRequest(child="Mia", theme="a day at the beach", pages=12, pronouns="she", seed=1)
         book_folder, book = write_story(home, request, "offline")
@@ -545,13 +590,17 @@ def lab_run(
     train_steps: Annotated[int | None, typer.Option(help="Training steps for every method.")] = None,
     train_lr: Annotated[float | None, typer.Option(help="Learning rate for every method.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps per picture.")] = 25,
+    pairs: Annotated[int, typer.Option(min=0, help="Also draw N pairs of toddlers on one page (image prompts).")] = 0,
+    image_scale: Annotated[float | None, typer.Option(min=0.0, max=4.0, help="Image-prompt strength.")] = None,
 ) -> None:
     """Benchmark identity consistency: held-out characters x methods x 12 story pages, read by the evaluator."""
 
     def run_lab():
         import json
+        from dataclasses import asdict
 
         from storybook.lab.benchmark import results_json, results_table, run_benchmark
+        from storybook.lab.pairs import pairs_table, run_pairs
 
         results = run_benchmark(
             work,
@@ -561,11 +610,19 @@ def lab_run(
             method,
             {"steps": train_steps, "learning_rate": train_lr},
             steps,
+            image_scale,
             progress=lambda message: console.print(message, highlight=False),
         )
         table = results_table(results)
+        rows = results_json(results)
+        if pairs:
+            pair_results = run_pairs(
+                work, model, pairs, seeds, steps=steps, image_scale=image_scale, progress=console.print
+            )
+            table += "\n\n" + pairs_table(pair_results)
+            rows += [asdict(result) for result in pair_results]
         (work / "results.md").write_text(table + "\n")
-        (work / "results.json").write_text(json.dumps(results_json(results), indent=1))
+        (work / "results.json").write_text(json.dumps(rows, indent=1))
         console.print(table, highlight=False)
         console.print(f"Written to {work / 'results.md'} and results.json")
 
@@ -574,7 +631,9 @@ def lab_run(
 
 @lab_app.command("train-mini")
 def lab_train_mini(
-    out: Annotated[Path, typer.Option(help="Where to save the pipeline.")] = Path("storybook/weights/storybook-mini"),
+    out: Annotated[
+        Path, typer.Option(help="Where to save the text-only pipeline (`lab train-adapter` goes on from it).")
+    ] = Path(".cache/storybook-mini-text"),
     work: Annotated[Path, typer.Option(help="Checkpoints; run again to resume.")] = Path(".cache/storybook-mini"),
     unet_steps: Annotated[int, typer.Option(min=1, help="Resume a finished run with more to train it longer.")] = 4000,
     seed: int = 0,
@@ -583,6 +642,33 @@ def lab_train_mini(
     from storybook.lab.mini_model import train_mini
 
     run(lambda: train_mini(out, work, unet_steps=unet_steps, seed=seed, progress=console.print))
+
+
+@lab_app.command("train-adapter")
+def lab_train_adapter(
+    out: Annotated[Path, typer.Option(help="Where to save storybook-mini with its retrained UNet.")] = Path(
+        "storybook/weights/storybook-mini"
+    ),
+    adapter_out: Annotated[Path, typer.Option(help="Where to save the IP-Adapter and its image encoder.")] = Path(
+        "storybook/weights/storybook-mini-ip-adapter"
+    ),
+    work: Annotated[Path, typer.Option(help="Checkpoints; run again to resume.")] = Path(
+        ".cache/storybook-mini-adapter"
+    ),
+    base: Annotated[
+        Path, typer.Option(help="The text-only storybook-mini to start from (what `lab train-mini` writes).")
+    ] = Path(".cache/storybook-mini-text"),
+    unet_steps: Annotated[int, typer.Option(min=1, help="Adapter + UNet steps.")] = 2400,
+    seed: int = 0,
+) -> None:
+    """Train storybook-mini's image encoder and IP-Adapter with its UNet (about 1.2 h on 2 CPU cores; resumable)."""
+    from storybook.lab.mini_adapter import train_mini_adapter
+
+    run(
+        lambda: train_mini_adapter(
+            out, adapter_out, work, base, unet_steps=unet_steps, seed=seed, progress=console.print
+        )
+    )
 
 
 @lab_app.command("train-evaluator")

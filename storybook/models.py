@@ -18,7 +18,6 @@ from storybook.tiny_model import make_tiny
 TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, built under <home>/models/tiny on first use
 MINI_MODEL = "storybook-mini"  # alias of the committed model trained on the lab's world (storybook/lab/mini_model.py)
 MINI_MODEL_FOLDER = Path(__file__).resolve().parent / "weights" / MINI_MODEL
-DEFAULT_MODEL = TINY_MODEL
 SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
 SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"} | SDXL_PIPELINES
 
@@ -147,12 +146,18 @@ def model_fingerprint(model_path: str, home: Path) -> str:
     )
     if not weight_files:
         raise ModelError(f"{model_path} has no UNet weights under unet/: is the download complete?")
+    return files_fingerprint(weight_files, home)
+
+
+def files_fingerprint(paths: list[Path], home: Path) -> str:
+    """SHA-256 (first 16 hex digits) of the files' contents in order, cached under home per path, size and mtime, so
+    that gigabytes of weights are hashed once."""
     cache_file = home / "cache" / "model-fingerprints.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    key = "|".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in weight_files)
+    key = "|".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in paths)
     if key not in cache:
         digest = hashlib.sha256()
-        for path in weight_files:
+        for path in paths:
             with path.open("rb") as weights:
                 while chunk := weights.read(1 << 24):
                     digest.update(chunk)

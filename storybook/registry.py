@@ -23,6 +23,7 @@ from storybook.photos import load_photos, prepare_photo
 from storybook.storage import atomic_write_text, slugify
 
 SCHEMA_VERSION = 1
+IDENTITY_RECORDS = ("identity.json", "image_prompt.json")
 PREPARED_MAX_SIDE = 1024  # crops are kept at up to SDXL's size; training resizes them to its model's resolution
 
 
@@ -68,9 +69,28 @@ def identity_folder(home: Path, name: str) -> Path:
     return character_dir(home, name) / "identity"
 
 
+def prepared_photo_paths(home: Path, character: Character) -> list[Path]:
+    """The character's prepared crops. Raises CharacterError when character.json points outside its folder."""
+    folder = character_dir(home, character.slug).resolve()
+    paths = [(folder / record.prepared).resolve() for record in character.photos]
+    if outside := [str(path) for path in paths if not path.is_relative_to(folder)]:
+        raise CharacterError(
+            f"{folder / 'character.json'} points outside the character's folder ({', '.join(outside)}); remove and "
+            "add the character again."
+        )
+    return paths
+
+
+def identity_records(home: Path, name: str) -> list[Path]:
+    """The records of character `name`'s identity that exist: identity.json (trained weights) and image_prompt.json
+    (an IP-Adapter image embedding), each written last when its part is complete."""
+    folder = identity_folder(home, name)
+    return [folder / record for record in IDENTITY_RECORDS if (folder / record).is_file()]
+
+
 def is_trained(home: Path, name: str) -> bool:
-    """Whether character `name` has a trained identity (identity.json, written last when training ends)."""
-    return (identity_folder(home, name) / "identity.json").is_file()
+    """Whether character `name` has an identity (trained weights, an image prompt or both)."""
+    return bool(identity_records(home, name))
 
 
 def load_character(home: Path, name: str) -> Character:

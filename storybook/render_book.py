@@ -59,11 +59,12 @@ def with_settings(book: Book, overrides: dict) -> Book:
     Raises BookError for a bad value or a weight for a character the book does not have.
     """
     changes = dict(overrides)
-    if "weights" in changes:
-        weights = dict(book.render.weights)
-        for name, weight in changes["weights"].items():
-            weights[book.character(slugify(name)).slug] = weight
-        changes["weights"] = weights
+    for field in ("weights", "image_scales"):
+        if field in changes:
+            merged = dict(getattr(book.render, field))
+            for name, value in changes[field].items():
+                merged[book.character(slugify(name)).slug] = value
+            changes[field] = merged
     try:
         settings = RenderSettings.model_validate(book.render.model_dump() | changes)
     except ValidationError as error:
@@ -76,6 +77,13 @@ def candidate_seed(seed: int, candidate: int) -> int:
     return seed + candidate * CANDIDATE_SEED_STRIDE
 
 
+def identity_key(slug: str, identities: dict[str, str], settings: RenderSettings) -> list:
+    """What a picture depends on of one character: its identity's hash, weight and image-prompt scale (when set;
+    keys of pictures drawn before image prompts existed stay the same)."""
+    key = [identities[slug], settings.weights.get(slug, 1.0)]
+    return key + [settings.image_scales[slug]] if slug in settings.image_scales else key
+
+
 def picture_key(job: ImageJob, renderer: Renderer, steps: int, identities: dict[str, str], book: Book) -> str:
     """The content hash naming the picture of `job`: it changes whenever anything the picture depends on changes."""
     settings = book.render
@@ -83,7 +91,7 @@ def picture_key(job: ImageJob, renderer: Renderer, steps: int, identities: dict[
         "version": KEY_VERSION,
         "model": renderer.fingerprint,
         "dtype": renderer.dtype_name,
-        "identities": {slug: [identities[slug], settings.weights.get(slug, 1.0)] for slug in job.characters},
+        "identities": {slug: identity_key(slug, identities, settings) for slug in job.characters},
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,

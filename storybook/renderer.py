@@ -1,8 +1,9 @@
 """The renderer: a base pipeline loaded once, each character's identity loaded once as a named adapter.
 
-Per batch of pictures it activates the adapters of the characters drawn (with their weights) and calls the diffusers
-pipeline with one fresh CPU generator per picture, so a picture depends on its prompt and seed only, never on what
-was drawn before it or beside it in a batch.
+Per batch of pictures it activates the adapters of the characters drawn (with their weights), passes the image
+embeddings of the characters with an image prompt (IP-Adapter; each limited to its own region when several share a
+page) and calls the diffusers pipeline with one fresh CPU generator per picture, so a picture depends on its prompt
+and seed only, never on what was drawn before it or beside it in a batch.
 """
 
 import hashlib
@@ -16,13 +17,21 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
 )
+from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
 from storybook.book import RenderSettings, Scheduler
 from storybook.errors import ModelError
 from storybook.identity import load_identity, read_identity
+from storybook.image_prompt import (
+    AdapterSource,
+    adapter_fingerprint,
+    adapter_root,
+    load_image_embeds,
+    read_image_prompt,
+)
 from storybook.models import load_pipeline, model_fingerprint
-from storybook.registry import identity_folder
+from storybook.registry import identity_folder, identity_records
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -43,11 +52,17 @@ class ImageJob:
 
 
 def identity_hash(home: Path, slug: str) -> str:
-    """A short hash of the identity's metadata: it changes whenever the identity is trained again."""
-    record = identity_folder(home, slug) / "identity.json"
-    if not record.is_file():
+    """A short hash of the identity's records (trained weights, image prompt): it changes whenever the identity is
+    built again."""
+    records = identity_records(home, slug)
+    if not records:
         raise ModelError(f"{slug} has no trained identity yet: run `storybook character train {slug}` first.")
-    return hashlib.sha256(record.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(b"".join(record.read_bytes() for record in records)).hexdigest()[:16]
+
+
+def has_weights(home: Path, slug: str) -> bool:
+    """Whether the character's identity has trained weights (LoRA or DreamBooth), not only an image prompt."""
+    return (identity_folder(home, slug) / "identity.json").is_file()
 
 
 def dreambooth_character(home: Path, slugs: list[str]) -> str | None:
@@ -55,7 +70,11 @@ def dreambooth_character(home: Path, slugs: list[str]) -> str | None:
 
     Raises ModelError when there are two: their fine-tuned UNets cannot be combined.
     """
-    full = [slug for slug in slugs if read_identity(identity_folder(home, slug)).method == "dreambooth"]
+    full = [
+        slug
+        for slug in slugs
+        if has_weights(home, slug) and read_identity(identity_folder(home, slug)).method == "dreambooth"
+    ]
     if len(full) > 1:
         raise ModelError(
             f"{' and '.join(full)} are both full DreamBooth identities, which replace the whole UNet and cannot be "
@@ -84,6 +103,10 @@ class Renderer:
         self.base_fingerprint = model_fingerprint(self.model_path, home)
         self.fingerprint = self.base_fingerprint  # what every picture depends on: the base and its DreamBooth UNet
         self.adapters: dict[str, str] = {}  # LoRA identities loaded: slug -> identity hash
+        self.image_adapter: AdapterSource | None = None  # the IP-Adapter loaded, once a character needs it
+        self.image_prompts: dict[str, tuple[dict[str, torch.Tensor], float]] = {}  # slug -> (embeds, scale)
+        self.no_image: dict[str, torch.Tensor] = {}  # a zero embedding of the loaded adapter's shape
+        self.separate_regions = True  # several image prompts on a page: each in its own region (the lab turns it off)
         self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
         if dreambooth:
             load_identity(self.pipeline, identity_folder(home, dreambooth), dreambooth, self.base_fingerprint)
@@ -95,9 +118,14 @@ class Renderer:
         return self.pipeline.unet.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype."""
+        return self.pipeline.unet.dtype
+
+    @property
     def dtype_name(self) -> str:
         """The weights' dtype, e.g. 'float16' (pictures differ between dtypes)."""
-        return str(self.pipeline.unet.dtype).removeprefix("torch.")
+        return str(self.dtype).removeprefix("torch.")
 
     @property
     def native_size(self) -> int:
@@ -111,10 +139,42 @@ class Renderer:
         return (self.model, self.dreambooth, self.dreambooth_hash) == (model, dreambooth, current)
 
     def load_identities(self, slugs: list[str]) -> None:
-        """Load the LoRA identity of each character in `slugs` as an adapter named by its slug, unless that very
-        identity is loaded already (a character trained again since is loaded again)."""
+        """Load the identity of each character in `slugs`: a LoRA as an adapter named by its slug, an image prompt's
+        embedding (and its IP-Adapter); an identity loaded already is kept (one trained again is reloaded).
+
+        Raises ModelError when the characters' image prompts need different IP-Adapters (one per book).
+        """
+        records = {slug: read_image_prompt(identity_folder(self.home, slug)) for slug in slugs}
+        adapters = {record.adapter.model_dump_json(): record.adapter for record in records.values() if record}
+        if len(adapters) > 1:
+            sources = ", ".join(adapter.source for adapter in adapters.values())
+            raise ModelError(
+                f"The characters' image prompts use different IP-Adapters ({sources}): build every character's image "
+                "prompt of a book with the same adapter."
+            )
+        if adapters:
+            self.use_image_adapter(*adapters.values())
+        for slug, record in records.items():
+            if record is None:
+                self.image_prompts.pop(slug, None)
+                continue
+            if record.adapter_fingerprint != adapter_fingerprint(record.adapter, self.home):
+                raise ModelError(
+                    f"The IP-Adapter {record.adapter.source} changed since {slug}'s image prompt was built: run "
+                    f"`storybook character train {slug} --method ip-adapter` again."
+                )
+            embeds = {
+                k: v.to(self.device, self.dtype) for k, v in load_image_embeds(identity_folder(self.home, slug)).items()
+            }
+            self.image_prompts[slug] = (embeds, record.scale)
+            self.no_image = {key: torch.zeros_like(value) for key, value in embeds.items()}
         for slug in slugs:
             if slug == self.dreambooth:
+                continue
+            if not has_weights(self.home, slug):
+                if slug in self.adapters:  # built again as an image prompt alone: its old LoRA must not draw
+                    self.pipeline.delete_adapters(slug)
+                    del self.adapters[slug]
                 continue
             trained = identity_hash(self.home, slug)
             if self.adapters.get(slug) == trained:
@@ -126,6 +186,24 @@ class Renderer:
                 self.pipeline.delete_adapters(slug)
             load_identity(self.pipeline, identity_folder(self.home, slug), slug, self.base_fingerprint)
             self.adapters[slug] = trained
+
+    def use_image_adapter(self, adapter: AdapterSource) -> None:
+        """Load `adapter` into the pipeline with diffusers' `load_ip_adapter` (weights only: embeddings are computed
+        when a character is built), replacing another one. Raises ModelError when it does not fit the base model."""
+        if adapter == self.image_adapter:
+            return
+        if self.image_adapter is not None:
+            self.pipeline.unload_ip_adapter()
+            self.image_prompts.clear()
+        subfolder, _, weight_name = adapter.weight_name.rpartition("/")
+        try:
+            self.pipeline.load_ip_adapter(str(adapter_root(adapter)), subfolder, weight_name, image_encoder_folder=None)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            raise ModelError(
+                f"The IP-Adapter {adapter.source} ({adapter.weight_name}) does not load into {self.model}: is it an "
+                f"adapter for this base model? Build the image prompts again with one that is. Details: {error}"
+            ) from error
+        self.image_adapter = adapter
 
     def use_scheduler(self, name: Scheduler) -> None:
         """Switch the sampler ('model' restores the model's own scheduler)."""
@@ -167,9 +245,49 @@ class Renderer:
             width=width,
             height=height,
             generator=[torch.Generator("cpu").manual_seed(job.seed) for job in jobs],
+            **self.image_prompt_inputs(jobs[0].characters, len(jobs), settings),
         ).images
+
+    def image_prompt_inputs(self, characters: tuple[str, ...], count: int, settings: RenderSettings) -> dict:
+        """The IP-Adapter arguments for `count` pictures of `characters`: each one's embedding at its scale, in its
+        own vertical strip of the picture (left to right in page order) when there are several; no image prompt at
+        all (scale 0) for pages without one. Empty when no IP-Adapter is loaded."""
+        if self.image_adapter is None:
+            return {}
+        drawn = [slug for slug in characters if slug in self.image_prompts]
+        if not drawn:  # diffusers needs an embedding once an adapter is loaded; at scale 0 it adds nothing
+            pairs, scales = [self.no_image], [0.0]
+        else:
+            pairs = [self.image_prompts[slug][0] for slug in drawn]
+            scales = [settings.image_scales.get(slug, self.image_prompts[slug][1]) for slug in drawn]
+        positive = torch.stack([pair["positive"][0] for pair in pairs])[None].expand(
+            count, *([-1] * pairs[0]["positive"].dim())
+        )
+        negative = torch.stack([pair["negative"][0] for pair in pairs])[None].expand_as(positive)
+        guided = settings.guidance > 1
+        embeds = torch.cat([negative, positive]) if guided else positive  # (2B or B, images, D)
+        if len(pairs) == 1 or not self.separate_regions:  # one set of image tokens over the whole picture
+            self.pipeline.set_ip_adapter_scale(sum(scales) / len(scales))
+            return {"ip_adapter_image_embeds": [embeds]}
+        self.pipeline.set_ip_adapter_scale([scales])
+        width, height = self.size(settings)
+        masks = IPAdapterMaskProcessor().preprocess(region_masks(len(pairs), width, height), height=height, width=width)
+        return {
+            "ip_adapter_image_embeds": [embeds],
+            "cross_attention_kwargs": {"ip_adapter_masks": [masks.reshape(1, len(pairs), height, width)]},
+        }
 
     def tokens_over_limit(self, prompt: str) -> int:
         """How many of `prompt`'s tokens CLIP cuts off (0 when it fits its 77-token window)."""
         tokenizer = self.pipeline.tokenizer
         return max(0, len(tokenizer.tokenize(prompt)) + 2 - tokenizer.model_max_length)  # + start and end tokens
+
+
+def region_masks(count: int, width: int, height: int) -> list[Image.Image]:
+    """`count` masks that split a `width` x `height` picture into vertical strips, left to right."""
+    masks = []
+    for index in range(count):
+        mask = Image.new("L", (width, height), 0)
+        mask.paste(255, (index * width // count, 0, (index + 1) * width // count, height))
+        masks.append(mask)
+    return masks

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from storybook.errors import InvalidNameError
 
 HOME_ENV = "STORYBOOK_HOME"
+MODEL_ENV = "STORYBOOK_MODEL"  # the base model used where none is named (the test suite sets 'tiny')
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"  # the story and prompt templates (Jinja2)
 
 
@@ -17,6 +19,12 @@ def data_home(home: Path | None = None) -> Path:
     if home is not None:
         return Path(home).expanduser().resolve()
     return Path(os.environ.get(HOME_ENV) or Path.cwd()).expanduser().resolve()
+
+
+def default_model() -> str:
+    """The base model used where none is named: $STORYBOOK_MODEL, else storybook-mini (the model that draws
+    pictures; 'tiny' is for tests)."""
+    return os.environ.get(MODEL_ENV) or "storybook-mini"
 
 
 def slugify(name: str) -> str:
@@ -56,3 +64,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write UTF-8 `text` to `path` atomically (see `atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_folder(built: Path, target: Path) -> None:
+    """Move the complete folder `built` to `target`, replacing what is there so that some complete version is on
+    disk at every moment (the old one is set aside first and deleted last)."""
+    previous = target.with_name(f".{target.name}-previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    built.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)

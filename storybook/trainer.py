@@ -30,9 +30,9 @@ from storybook.checkpoints import latest_checkpoint, load_checkpoint, read_state
 from storybook.class_images import class_image_dir, class_prompt, ensure_class_images
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_lora_identity
-from storybook.models import DEFAULT_MODEL, SDXL_PIPELINES, load_pipeline, model_fingerprint
-from storybook.registry import Character, character_dir, load_character
-from storybook.storage import atomic_write_text
+from storybook.models import SDXL_PIPELINES, load_pipeline, model_fingerprint
+from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
+from storybook.storage import atomic_write_text, default_model, replace_folder
 from storybook.train_config import Method, TrainingConfig, resolve_config
 
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -161,7 +161,7 @@ def train_identity(
     home: Path,
     name: str,
     method: Method = "lora",
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     overrides: dict | None = None,
     resume: bool = False,
     restart: bool = False,
@@ -182,6 +182,7 @@ def train_identity(
             f"Training runs on the current GPU; to train on {device}, run with "
             f"CUDA_VISIBLE_DEVICES={torch.device(device).index} and --device cuda."
         )
+    model = model or default_model()
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
     checkpoint_root = folder / "checkpoints"
@@ -214,7 +215,7 @@ def train_identity(
         )
         class_latents = LatentSource(vae, images_tensor(class_paths, resolution), config.cache_latents)
     instance_latents = LatentSource(
-        vae, images_tensor([folder / record.prepared for record in character.photos], resolution), config.cache_latents
+        vae, images_tensor(prepared_photo_paths(home, character), resolution), config.cache_latents
     )
 
     # Decide what trains: LoRA adapters on attention, or the whole UNet; the text encoder optionally. Frozen weights
@@ -402,13 +403,7 @@ def train_identity(
         atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
         with accelerator.autocast():
             save_samples(pipeline, character, folder / "samples" / "final.png")
-        # Swap folders so that some complete identity is on disk at every moment.
-        previous = folder / ".identity-previous"
-        shutil.rmtree(previous, ignore_errors=True)
-        if identity_folder.exists():
-            identity_folder.rename(previous)
-        partial.rename(identity_folder)
-        shutil.rmtree(previous, ignore_errors=True)
+        replace_folder(partial, identity_folder)
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         return metadata
 

@@ -11,6 +11,7 @@ from storybook.models import tiny_model_path
 from storybook.sample_photos import write_sample_photos
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
+os.environ.setdefault("STORYBOOK_MODEL", "tiny")  # the suite runs on the tiny model unless a test names another
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +89,36 @@ def studio(home, trained_characters) -> Path:
     """A data root with the tiny model and the trained Mia and Rex (shared, read-only)."""
     (home / "characters").symlink_to(trained_characters, target_is_directory=True)
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter(tmp_path_factory, tiny_models_dir):
+    """A random-weight IP-Adapter for the tiny model in h94/IP-Adapter's layout (`models/ip-adapter_sd15.safetensors`,
+    `models/image_encoder/`), built offline; returns its AdapterSource."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from storybook.adapter_format import new_adapter_weights, save_adapter_weights
+    from storybook.image_prompt import AdapterSource
+
+    root = tmp_path_factory.mktemp("ip-adapter")
+    unet = UNet2DConditionModel.from_pretrained(tiny_models_dir / "tiny", subfolder="unet")
+    torch.manual_seed(0)
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=32,
+        )
+    )
+    encoder.save_pretrained(root / "models" / "image_encoder")
+    weights = new_adapter_weights(unet, 32, torch.Generator().manual_seed(0))
+    save_adapter_weights(root / "models" / "ip-adapter_sd15.safetensors", weights)
+    return AdapterSource(
+        source=str(root), weight_name="models/ip-adapter_sd15.safetensors", image_encoder="models/image_encoder"
+    )

@@ -4,6 +4,7 @@ from typer.testing import CliRunner
 from storybook.cli import app
 
 runner = CliRunner()
+DEMO_FIELDS_RIGHT = 16  # of Mia's 7 identity fields x 12 pages, read right: 20 measured (README, "Set-up")
 
 
 def invoke(home, *args):
@@ -97,13 +98,26 @@ def test_render_choose_and_export_from_the_command_line(studio, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_makes_a_book_end_to_end(home):
+def test_demo_makes_a_book_end_to_end_with_mias_look(home):
+    from PIL import Image
     from pypdf import PdfReader
+
+    from storybook.book import list_books, load_book
+    from storybook.lab import world
+    from storybook.lab.evaluator import load_evaluator
 
     result = invoke(home, "demo")
     assert result.exit_code == 0, result.output
     pdf = home / "mia-at-the-beach.pdf"
     assert "Your book:" in result.output and pdf.is_file()
-    assert "Trained Mia's LoRA on storybook-mini" in result.output
+    assert "Built Mia's ip-adapter identity on storybook-mini" in result.output
     reader = PdfReader(pdf)
     assert len(reader.pages) == 16 and "The End" in reader.pages[14].extract_text()
+    # The lab's evaluator reads the 12 story pages. Whole Mia (7 fields) is read on none yet (README: the target is 9,
+    # missed); her single fields are held, so that a regression fails.
+    [folder] = list_books(home)
+    pictures = [Image.open(folder / page.image) for page in load_book(folder).pages]
+    readings = load_evaluator().read(pictures)
+    fields = [*world.ATTRIBUTES, *world.SIGNATURE]
+    right = sum(reading[field] == getattr(world.DEMO_TODDLER, field) for reading in readings for field in fields)
+    assert len(pictures) == 12 and right >= DEMO_FIELDS_RIGHT

@@ -110,6 +110,22 @@ def test_train_in_the_background_with_progress_cancel_and_resume(home, sample_ph
     assert (folder / "identity" / "identity.json").is_file() and (folder / "samples" / "final.png").is_file()
 
 
+def test_on_storybook_mini_a_character_learns_its_look_from_the_photos_in_seconds(home, monkeypatch):
+    from storybook.lab import world
+    from storybook.models import load_tokenizer
+
+    monkeypatch.setenv("STORYBOOK_MODEL", "storybook-mini")  # what a parent's app uses
+    photos = world.write_photos(home / "photos", world.DEMO_TODDLER)
+    registry.add_character(home, "Mia", photos, load_tokenizer("storybook-mini", home))
+    at = app(home, monkeypatch)
+    assert at.radio(key="method-mia").value == "From the photos (ready in seconds)"  # the default there
+    at.button(key="train-mia").click().run()
+    state = wait_for_job(home, "train", "mia", timeout=60)
+    assert state.status == "done" and "Learned the look from 5 photos" in state.message
+    assert (registry.identity_folder(home, "mia") / "image_prompt.json").is_file()
+    assert not (registry.character_dir(home, "mia") / "checkpoints").exists()  # nothing was trained
+
+
 @pytest.mark.slow
 def test_preview_render_redraw_a_page_choose_a_candidate_and_export(studio, monkeypatch):
     request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="bath time", pages=8, seed=2)

@@ -1,7 +1,9 @@
 """The consistency benchmark: held-out characters x personalization methods x story pages, read by the evaluator.
 
-Each character is registered from rendered "photos" and trained through the product's own registry and trainer;
-its pages are drawn by the product's renderer. Nothing here is a shortcut the app does not take.
+Each character is registered from rendered "photos" and given its identity through the product's own registry and
+`build_identity` (training, image prompt or both); its pages are drawn by the product's renderer. Nothing here is a
+shortcut the app does not take. A ceiling row reads the true pictures of the same pages after a round trip through
+the base model's VAE: no method that draws through that VAE can read better.
 """
 
 import random
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from storybook.book import RenderSettings
@@ -25,20 +28,24 @@ from storybook.lab.metrics import (
     prompt_fidelity,
 )
 from storybook.models import MINI_MODEL, load_pipeline, load_tokenizer, model_fingerprint
+from storybook.personalize import IdentityMethod, build_identity
 from storybook.registry import add_character, identity_folder
 from storybook.renderer import ImageJob, Renderer
 from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT
-from storybook.train_config import Method, resolve_config
-from storybook.trainer import train_identity
+from storybook.train_config import resolve_config
 
-# Name -> (training method, prior preservation); None: no training, the base model with the text description only.
-METHODS: dict[str, tuple[Method, bool] | None] = {
+# Name -> (identity method, prior preservation); None: no identity, the base model with the text description only.
+METHODS: dict[str, tuple[IdentityMethod, bool] | None] = {
     "description only": None,
     "LoRA + prior": ("lora", True),
     "LoRA, no prior": ("lora", False),
     "DreamBooth + prior": ("dreambooth", True),
     "DreamBooth, no prior": ("dreambooth", False),
+    "IP-Adapter": ("ip-adapter", False),
+    "LoRA + IP-Adapter": ("lora+ip-adapter", True),
 }
+CEILING = "VAE round trip (ceiling)"  # the true pictures through the base model's VAE, read by the evaluator
+TRAINED = {"lora": "lora", "dreambooth": "dreambooth", "lora+ip-adapter": "lora"}  # what each method trains
 PHOTOS_PER_CHARACTER = 5
 
 
@@ -55,6 +62,7 @@ class MethodResult:
     drift: float  # share of class-noun-only pictures wearing the subject's signature
     train_s: float
     artifact_mb: float
+    ready_s: float  # from the photos to the first page drawn: registration, identity, one picture
 
 
 def benchmark_toddlers(count: int, seed: int = 0) -> list[world.Toddler]:
@@ -86,11 +94,11 @@ def prepare_class_images(home: Path, model: str, training: dict, trainer_methods
     ensure_class_images(pipeline, folder, "toddler", config.num_class_images, config.class_image_steps, False)
 
 
-def draw_all(renderer: Renderer, prompts: list[str], seeds: int, slug: str | None, settings: RenderSettings) -> list:
-    """Every prompt drawn with seeds 0..seeds-1 (prompt-major order), with character `slug`'s identity active."""
-    jobs = [
-        ImageJob(p, DEFAULT_NEGATIVE_PROMPT, seed, (slug,) if slug else ()) for p in prompts for seed in range(seeds)
-    ]
+def draw_all(
+    renderer: Renderer, prompts: list[str], seeds: int, slugs: tuple[str, ...], settings: RenderSettings
+) -> list[Image.Image]:
+    """Every prompt drawn with seeds 0..seeds-1 (prompt-major order), with the identities of characters `slugs`."""
+    jobs = [ImageJob(p, DEFAULT_NEGATIVE_PROMPT, seed, slugs) for p in prompts for seed in range(seeds)]
     pictures = []
     for start in range(0, len(jobs), 16):
         pictures += renderer.draw(jobs[start : start + 16], settings, settings.steps)
@@ -105,25 +113,27 @@ def run_benchmark(
     methods: list[str] | None = None,
     training: dict | None = None,
     steps: int = 25,
+    image_scale: float | None = None,
     evaluator: Evaluator | None = None,
     progress: Callable[[str], None] = print,
 ) -> list[MethodResult]:
     """Measure each method on `characters` held-out toddlers x 12 page prompts x `seeds` seeds, in `work`.
 
-    `training` overrides the trainer's defaults for every method (e.g. {"steps": 200}; None values are ignored).
+    `methods` are names of METHODS or CEILING. `training` overrides the trainer's defaults for every method (e.g.
+    {"steps": 200}; None values are ignored); `image_scale` the image prompts' strength (default: the adapter's).
     Returns one averaged result per method, in `methods` order.
     """
-    methods = methods or list(METHODS)
-    unknown = [name for name in methods if name not in METHODS]
+    methods = methods or [*METHODS, CEILING]
+    unknown = [name for name in methods if name not in METHODS and name != CEILING]
     if unknown:
-        raise LabError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")
+        raise LabError(f"Unknown method(s) {unknown}; choose from {[*METHODS, CEILING]}.")
     home = work / "home"
     if any(home.glob("characters/*")):
         raise LabError(f"{work} already holds a benchmark run's characters; give another --work folder.")
     training = {key: value for key, value in (training or {}).items() if value is not None}
     evaluator = evaluator or load_evaluator()
     settings = RenderSettings(model=model, steps=steps)
-    prior_methods = {METHODS[name][0] for name in methods if METHODS[name] and METHODS[name][1]}
+    prior_methods = {TRAINED[m[0]] for m in map(METHODS.get, methods) if m and m[1] and m[0] in TRAINED}
     if prior_methods:
         prepare_class_images(home, model, training, prior_methods)
     base = Renderer(home, model)
@@ -131,16 +141,22 @@ def run_benchmark(
     for number, toddler in enumerate(benchmark_toddlers(characters)):
         for name in methods:
             progress(f"character {number + 1}/{characters}: {name}")
+            if name == CEILING:
+                pages = evaluator.read(vae_round_trips(base, world.page_scenes(toddler, seeds)))
+                # No class pages: the true pictures wear the subject's signature by definition, so drift is not read.
+                scores[name].append((*page_scores(pages, [], toddler, seeds), 0.0, 0.0, 0.0))
+                continue
             method = METHODS[name]
             slug, renderer, train_s, artifact_mb = None, base, 0.0, 0.0
             subject = f"a toddler with {toddler.description}"
+            started = time.perf_counter()
             if method is not None:  # the story stage writes the token and the parent's description on every page
                 slug = f"kid{number}-{name.lower().replace(' ', '').replace(',', '').replace('+', '-')}"
                 subject = f"{register(home, slug, toddler, model)} toddler with {toddler.description}"
-                started = time.perf_counter()
-                overrides = (training or {}) | {"prior_preservation": method[1]}
-                train_identity(home, slug, method[0], model, overrides=overrides, show_progress=False)
-                train_s = time.perf_counter() - started
+                trained = time.perf_counter()
+                overrides = training | {"prior_preservation": method[1]}
+                build_identity(home, slug, method[0], model, overrides, None, image_scale, show_progress=False)
+                train_s = time.perf_counter() - trained
                 artifact_mb = (
                     sum(f.stat().st_size for f in identity_folder(home, slug).rglob("*") if f.is_file()) / 2**20
                 )
@@ -148,28 +164,53 @@ def run_benchmark(
                     renderer = Renderer(home, model, dreambooth=slug)
                 else:
                     base.load_identities([slug])
-            pictures = draw_all(renderer, world.page_prompts(subject), seeds, slug, settings)
+            prompts = world.page_prompts(subject)
+            drawn = (slug,) if slug else ()
+            ready_s = time.perf_counter() - started + timed_first_page(renderer, prompts[0], drawn, settings)
+            pictures = draw_all(renderer, prompts, seeds, drawn, settings)
             sheet = work / "sheets" / f"character-{number}-{slug.split('-', 1)[1] if slug else 'description'}.png"
             save_sheet(sheet, pictures[::seeds])
             pages = evaluator.read(pictures)
-            class_pages = evaluator.read(draw_all(renderer, world.page_prompts("a toddler"), seeds, slug, settings))
-            page_settings = [s for s in world.page_settings() for _ in range(seeds)]
-            scores[name].append(
-                (
-                    identity_consistency(pages, toddler),
-                    part_match(pages, toddler, world.ATTRIBUTES),
-                    part_match(pages, toddler, world.SIGNATURE),
-                    pairwise_agreement(pages),
-                    prompt_fidelity(pages, page_settings),
-                    class_drift(class_pages, toddler),
-                    train_s,
-                    artifact_mb,
-                )
-            )
+            # The class noun alone, with the identity's weights active: an image prompt adds no weights, so it is off.
+            no_image = settings.model_copy(update={"image_scales": {slug: 0.0}} if slug else {})
+            class_pages = evaluator.read(draw_all(renderer, world.page_prompts("a toddler"), seeds, drawn, no_image))
+            scores[name].append((*page_scores(pages, class_pages, toddler, seeds), train_s, artifact_mb, ready_s))
     return [
         MethodResult(name, *(sum(column) / len(column) for column in zip(*scores[name], strict=True)))
         for name in methods
     ]
+
+
+def page_scores(pages: list[dict], class_pages: list[dict], toddler: world.Toddler, seeds: int) -> tuple[float, ...]:
+    """(identity, attributes, signature, agreement, fidelity, drift) of one character's page readings."""
+    page_settings = [s for s in world.page_settings() for _ in range(seeds)]
+    return (
+        identity_consistency(pages, toddler),
+        part_match(pages, toddler, world.ATTRIBUTES),
+        part_match(pages, toddler, world.SIGNATURE),
+        pairwise_agreement(pages),
+        prompt_fidelity(pages, page_settings),
+        class_drift(class_pages, toddler),
+    )
+
+
+def timed_first_page(renderer: Renderer, prompt: str, slugs: tuple[str, ...], settings: RenderSettings) -> float:
+    """Seconds to draw one page with the characters' identities (the last step to a usable identity)."""
+    started = time.perf_counter()
+    draw_all(renderer, [prompt], 1, slugs, settings)
+    return time.perf_counter() - started
+
+
+@torch.no_grad()
+def vae_round_trips(renderer: Renderer, scenes: list[world.Scene]) -> list[Image.Image]:
+    """The true pictures of `scenes`, encoded and decoded by the renderer's VAE (what any method draws through)."""
+    pipeline = renderer.pipeline
+    size = renderer.native_size
+    pixels = world.to_tensor([world.draw_scene(scene, size) for scene in scenes]).to(
+        renderer.device, pipeline.vae.dtype
+    )
+    decoded = pipeline.vae.decode(pipeline.vae.encode(pixels).latent_dist.mean).sample
+    return pipeline.image_processor.postprocess(decoded, output_type="pil")
 
 
 def save_sheet(path: Path, pictures: list[Image.Image]) -> None:
@@ -186,13 +227,14 @@ def results_table(results: list[MethodResult]) -> str:
     """The results as a markdown table."""
     lines = [
         "| method | identity consistency | attributes right | signature right | pairwise agreement | prompt fidelity "
-        "| class drift | train s | artifact MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| class drift | train s | artifact MB | s to first page |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.method} | {r.identity:.0%} | {r.attributes:.0%} | {r.signature:.0%} | {r.agreement:.0%} "
-            f"| {r.fidelity:.0%} | {r.drift:.0%} | {r.train_s:.0f} | {r.artifact_mb:.2f} |"
+            f"| {r.fidelity:.0%} | {'–' if r.method == CEILING else f'{r.drift:.0%}'} | {r.train_s:.0f} "
+            f"| {r.artifact_mb:.2f} | {r.ready_s:.1f} |"
         )
     return "\n".join(lines)
 

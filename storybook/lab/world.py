@@ -12,7 +12,7 @@ registration "photo", and the evaluator knows the true answer for every picture.
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -234,12 +234,31 @@ def caption(scene: Scene, describe: bool = True) -> str:
     return f"{subject}, {action}{friend} {SETTING_PHRASES[scene.setting]}, {STYLE}"
 
 
+PAGE_ACTIONS = [("ball", "standing"), (None, "waving"), ("teddy", "standing"), (None, "jumping")]
+PAGE_ACTIONS += [("balloon", "standing"), (None, "sitting")]  # (object, pose) of the benchmark's pages, in turn
+
+
 def page_prompts(subject: str) -> list[str]:
     """The benchmark's 12 story-page prompts about `subject` (e.g. 'zorv toddler'), with the setting each asks for."""
-    actions = ["playing with a ball", "waving", "hugging a teddy", "jumping", "holding a balloon", "sitting"]
+    actions = [OBJECTS[thing] if thing else pose for thing, pose in PAGE_ACTIONS]
     return [
         f"{subject}, {actions[i % len(actions)]} {SETTING_PHRASES[s]}, {STYLE}" for i, s in enumerate(page_settings())
     ]
+
+
+def pair_prompts(first: str, second: str) -> list[str]:
+    """The 12 page prompts with two subjects side by side, `first` on the left (e.g. 'zorv toddler with ...')."""
+    return page_prompts(f"{first} and {second}")
+
+
+def page_scenes(toddler: Toddler, seeds: int) -> list[Scene]:
+    """True scenes of `page_prompts` for `toddler`, `seeds` per page (prompt-major, as the benchmark draws them)."""
+    rng, scenes = random.Random(f"pages-{toddler}"), []
+    for index, setting in enumerate(page_settings()):
+        thing, pose = PAGE_ACTIONS[index % len(PAGE_ACTIONS)]
+        for _ in range(seeds):
+            scenes.append(replace(random_scene(rng, toddler, setting), object=thing, pose=pose, friend=None))
+    return scenes
 
 
 def page_settings() -> list[str]:

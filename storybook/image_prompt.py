@@ -1,0 +1,208 @@
+"""Image-prompt identities (IP-Adapter): a character drawn from the image embedding of its own photos.
+
+No training: the adapter's image encoder embeds the character's prepared photos once (seconds), the mean embedding is
+saved in the character's identity folder, and the renderer passes it to diffusers (`load_ip_adapter`,
+`set_ip_adapter_scale`, `ip_adapter_image_embeds`, `ip_adapter_masks`) on the pages where the character is drawn.
+An adapter is named by an `AdapterSource`: storybook-mini's committed one, or the user's own IP-Adapter weights (e.g.
+h94/IP-Adapter `models/ip-adapter_sd15.safetensors` with `models/image_encoder`) by local folder or downloaded hub id;
+nothing is downloaded at run time.
+
+Files in `characters/<slug>/identity/`: `image_prompt.json` (which adapter, its fingerprint, the default scale, the
+photos' hashes) and `image_embeds.safetensors` (`positive` and `negative`, the classifier-free-guidance pair).
+"""
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, Field, field_validator
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import CLIPVisionModelWithProjection
+from transformers.models.clip import CLIPImageProcessorPil
+
+from storybook.errors import ModelError
+from storybook.models import files_fingerprint
+from storybook.registry import Character, prepared_photo_paths
+from storybook.storage import atomic_write_text
+
+IMAGE_PROMPT_FILE = "image_prompt.json"
+EMBEDS_FILE = "image_embeds.safetensors"
+MINI_ADAPTER = "storybook-mini"  # alias of the committed adapter of storybook-mini
+MINI_ADAPTER_FOLDER = Path(__file__).resolve().parent / "weights" / "storybook-mini-ip-adapter"
+MINI_ADAPTER_FILE = "ip-adapter_storybook-mini.safetensors"
+MINI_ADAPTER_SCALE = 1.0  # storybook-mini's adapter was trained at scale 1 (README, "Consistency lab")
+
+
+class AdapterSource(BaseModel):
+    """Where an IP-Adapter is: a hub id or local folder (or 'storybook-mini'), its weights file and image encoder
+    as paths inside it (h94/IP-Adapter: 'models/ip-adapter_sd15.safetensors' and 'models/image_encoder')."""
+
+    source: str
+    weight_name: str
+    image_encoder: str = "image_encoder"
+
+    @field_validator("source")
+    @classmethod
+    def local_folders_are_absolute(cls, source: str) -> str:
+        """A local folder is kept as an absolute path, so the app and other working directories find it too."""
+        folder = Path(source).expanduser()
+        return str(folder.resolve()) if folder.is_dir() else source
+
+    @field_validator("weight_name", "image_encoder")
+    @classmethod
+    def stays_inside_the_adapter(cls, path: str) -> str:
+        """Paths inside the adapter's folder: relative, without '..'."""
+        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+            raise ValueError(f"{path!r} must be a path inside the adapter's folder (relative, without '..')")
+        return path
+
+
+MINI_ADAPTER_SOURCE = AdapterSource(source=MINI_ADAPTER, weight_name=MINI_ADAPTER_FILE)
+
+
+class ImagePrompt(BaseModel):
+    """image_prompt.json: which adapter embedded which photos, and how strongly the renderer applies it."""
+
+    schema_version: int = 1
+    character: str
+    base_model: str  # the model the adapter was named for (its cross-attention must fit the adapter's)
+    adapter: AdapterSource
+    adapter_fingerprint: str  # SHA-256 of the adapter's weights file and image encoder weights
+    embeds_sha256: str  # of image_embeds.safetensors: a new embedding changes every picture's cache key
+    scale: float = Field(gt=0, le=4)
+    photo_sha256: list[str]
+    wall_time_s: float
+    created_at: datetime
+
+
+def default_adapter(model: str) -> AdapterSource | None:
+    """The adapter that fits base `model` without being named: storybook-mini's own; none for other models."""
+    return MINI_ADAPTER_SOURCE if model == MINI_ADAPTER else None
+
+
+def adapter_root(adapter: AdapterSource) -> Path:
+    """The local folder holding `adapter`'s files (a hub id resolves to its cached snapshot, never downloaded).
+
+    Raises ModelError naming what was looked for when the files are not on this machine.
+    """
+    if adapter.source == MINI_ADAPTER:
+        return MINI_ADAPTER_FOLDER
+    if Path(adapter.source).expanduser().is_dir():
+        return Path(adapter.source).expanduser().resolve()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                adapter.source,
+                local_files_only=True,
+                allow_patterns=[adapter.weight_name, f"{adapter.image_encoder}/*"],
+            )
+        )
+    except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
+        raise ModelError(
+            f"The IP-Adapter {adapter.source!r} is not a local folder and is not in the Hugging Face cache. On a "
+            f"machine with network run `hf download {adapter.source} {adapter.weight_name} --include "
+            f"'{adapter.image_encoder}/*'`, or pass a local folder with --ip-adapter."
+        ) from error
+
+
+def adapter_files(adapter: AdapterSource) -> tuple[Path, Path]:
+    """(weights file, image encoder folder) of `adapter`. Raises ModelError when either is missing."""
+    root = adapter_root(adapter)
+    weights, encoder = root / adapter.weight_name, root / adapter.image_encoder
+    if not weights.is_file():
+        raise ModelError(f"The IP-Adapter weights {weights} are missing: give the file with --ip-adapter-weight.")
+    if not (encoder / "config.json").is_file():
+        raise ModelError(f"The IP-Adapter's image encoder {encoder} is missing: give it with --image-encoder.")
+    return weights, encoder
+
+
+def adapter_fingerprint(adapter: AdapterSource, home: Path) -> str:
+    """SHA-256 (16 hex digits) of the adapter's weights file and its image encoder's weights (cached under home)."""
+    weights, encoder = adapter_files(adapter)
+    return files_fingerprint([weights, *sorted(encoder.glob("*.safetensors")), *sorted(encoder.glob("*.bin"))], home)
+
+
+def image_processor(size: int) -> CLIPImageProcessorPil:
+    """CLIP's preprocessing at an image encoder's size: what diffusers builds for an adapter's encoder."""
+    return CLIPImageProcessorPil(size=size, crop_size=size)
+
+
+def is_plus_adapter(weights_file: Path) -> bool:
+    """Whether the adapter reads the encoder's hidden states (plus, plus-face: a perceiver Resampler) rather than
+    its pooled image embedding (the basic adapter's `proj`). Raises ModelError for other kinds (FaceID)."""
+    with safe_open(weights_file, framework="pt") as weights:
+        keys = set(weights.keys())
+    if "image_proj.proj.weight" in keys:
+        return False
+    if "image_proj.latents" in keys:
+        return True
+    raise ModelError(
+        f"{weights_file.name} is not a basic or plus IP-Adapter (FaceID adapters, which need insightface face "
+        "embeddings, are not supported): use e.g. ip-adapter_sd15.safetensors or ip-adapter-plus-face_sd15."
+    )
+
+
+@torch.no_grad()
+def embed_photos(adapter: AdapterSource, photos: list[Path]) -> dict[str, torch.Tensor]:
+    """The adapter's image embedding of `photos`, averaged over them: {'positive': (1, D) or (1, T, D), 'negative':
+    the same shape}, as diffusers' `encode_image` makes them (zeros, or for plus adapters the hidden states of an
+    all-zero input)."""
+    weights, encoder_folder = adapter_files(adapter)
+    plus = is_plus_adapter(weights)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder, dtype=torch.float32).eval()
+    processor = image_processor(encoder.config.image_size)
+    pixels = processor([Image.open(path).convert("RGB") for path in photos], return_tensors="pt").pixel_values
+    if plus:
+        positive = encoder(pixels, output_hidden_states=True).hidden_states[-2].mean(0, keepdim=True)
+        negative = encoder(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
+    else:
+        positive = encoder(pixels).image_embeds.mean(0, keepdim=True)
+        negative = torch.zeros_like(positive)
+    return {"positive": positive.contiguous(), "negative": negative.contiguous()}
+
+
+def write_image_prompt(
+    home: Path, folder: Path, character: Character, model: str, adapter: AdapterSource, scale: float
+) -> ImagePrompt:
+    """Embed `character`'s prepared photos with `adapter` (named for base `model`) and save the embedding and
+    image_prompt.json in `folder` (the embedding first, the record last, each atomically). Returns the record."""
+    started = time.perf_counter()
+    embeds = embed_photos(adapter, prepared_photo_paths(home, character))
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{EMBEDS_FILE}.tmp"
+    save_file(embeds, partial)
+    os.replace(partial, folder / EMBEDS_FILE)
+    record = ImagePrompt(
+        character=character.slug,
+        base_model=model,
+        adapter=adapter,
+        adapter_fingerprint=adapter_fingerprint(adapter, home),
+        embeds_sha256=hashlib.sha256((folder / EMBEDS_FILE).read_bytes()).hexdigest(),
+        scale=scale,
+        photo_sha256=[record.sha256 for record in character.photos],
+        wall_time_s=time.perf_counter() - started,
+        created_at=datetime.now(timezone.utc),
+    )
+    atomic_write_text(folder / IMAGE_PROMPT_FILE, record.model_dump_json(indent=2))
+    return record
+
+
+def read_image_prompt(folder: Path) -> ImagePrompt | None:
+    """The image prompt saved in identity folder `folder`, or None when the identity has none."""
+    record = folder / IMAGE_PROMPT_FILE
+    if not record.is_file():
+        return None
+    return ImagePrompt.model_validate(json.loads(record.read_text()))
+
+
+def load_image_embeds(folder: Path) -> dict[str, torch.Tensor]:
+    """The saved embedding pair of identity folder `folder` ({'positive', 'negative'})."""
+    return load_file(folder / EMBEDS_FILE)

@@ -1,0 +1,84 @@
+"""Building a character's identity by any method: trained weights (LoRA, DreamBooth), an image prompt (IP-Adapter,
+no training), or a LoRA with an image prompt. Everything lands in the character's identity/ folder."""
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from storybook.errors import ModelError
+from storybook.identity import IdentityMetadata
+from storybook.image_prompt import (
+    MINI_ADAPTER_SCALE,
+    MINI_ADAPTER_SOURCE,
+    AdapterSource,
+    ImagePrompt,
+    adapter_files,
+    default_adapter,
+    write_image_prompt,
+)
+from storybook.registry import character_dir, identity_folder, load_character
+from storybook.storage import default_model, replace_folder
+
+IdentityMethod = Literal["lora", "dreambooth", "ip-adapter", "lora+ip-adapter"]
+RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # the best the lab measured on storybook-mini (README)
+USER_ADAPTER_SCALE = 0.6  # a common starting strength for an IP-Adapter beside a text prompt
+
+
+def recommended_method(model: str) -> IdentityMethod:
+    """The method to offer first for base `model`: RECOMMENDED_METHOD where the model has an IP-Adapter of its own,
+    else a LoRA (a user's adapter must be named)."""
+    return RECOMMENDED_METHOD if default_adapter(model) else "lora"
+
+
+def build_identity(
+    home: Path,
+    name: str,
+    method: IdentityMethod = "lora",
+    model: str | None = None,
+    overrides: dict | None = None,
+    adapter: AdapterSource | None = None,
+    image_scale: float | None = None,
+    **training_options,
+) -> tuple[IdentityMetadata | None, ImagePrompt | None]:
+    """Build the identity of character `name` for base `model` by `method`; return (training metadata, image prompt),
+    each None where the method has none.
+
+    `overrides` and `training_options` go to the trainer (`train_identity`); `adapter` is the IP-Adapter (default:
+    the base model's own, see `default_adapter`) and `image_scale` its strength. Raises what the trainer raises, and
+    ModelError when an image prompt has no adapter to use.
+    """
+    model = model or default_model()
+    image_adapter = None
+    if method in ("ip-adapter", "lora+ip-adapter"):
+        image_adapter = adapter or default_adapter(model)
+        if image_adapter is None:
+            raise ModelError(
+                f"{model} has no IP-Adapter of its own: give one with --ip-adapter (a local folder or a downloaded hub "
+                "id such as h94/IP-Adapter) and --ip-adapter-weight (e.g. models/ip-adapter_sd15.safetensors)."
+            )
+        adapter_files(image_adapter)  # before any training: say now when its files are not on this machine
+    if image_scale is None:
+        image_scale = MINI_ADAPTER_SCALE if image_adapter == MINI_ADAPTER_SOURCE else USER_ADAPTER_SCALE
+    character = load_character(home, name)
+    folder = character_dir(home, character.slug)
+    if method == "ip-adapter":
+        built = Path(tempfile.mkdtemp(dir=folder, prefix=".identity-building-"))
+        try:
+            record = write_image_prompt(home, built, character, model, image_adapter, image_scale)
+        except BaseException:
+            shutil.rmtree(built, ignore_errors=True)
+            raise
+        replace_folder(built, identity_folder(home, character.slug))
+        shutil.rmtree(folder / "samples", ignore_errors=True)  # sample grids of an earlier trained identity
+        return None, record
+    from storybook.trainer import train_identity
+
+    trained = "dreambooth" if method == "dreambooth" else "lora"
+    metadata = train_identity(home, character.slug, trained, model, overrides, **training_options)
+    if image_adapter is None:
+        return metadata, None
+    # The trained weights are in place; the image prompt joins them (its record written last).
+    return metadata, write_image_prompt(
+        home, identity_folder(home, character.slug), character, model, image_adapter, image_scale
+    )
