@@ -13,7 +13,6 @@ diffusers' `load_ip_adapter` as it loads a real adapter:
    encoder and VAE stay as they are.
 """
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from storybook.adapter_format import adapter_weights, load_adapter_weights, new_
 from storybook.errors import LabError
 from storybook.image_prompt import MINI_ADAPTER_FILE, image_processor
 from storybook.lab import world
-from storybook.lab.mini_model import RESOLUTION, SCHEDULE, training_caption
+from storybook.lab.mini_model import RESOLUTION, SCHEDULE, save_state, training_caption, warmup_cosine
 from storybook.models import MINI_MODEL_FOLDER
 
 ENCODER_SIZE = 64  # pixels the image encoder sees (CLIP's processor resizes and centre-crops to it)
@@ -169,13 +168,6 @@ def train_mini_adapter(
     load_adapter_weights(unet, new_adapter_weights(unet, IMAGE_EMBED_DIM, torch.Generator().manual_seed(seed)))
     scheduler = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
-    warmup = 100
-
-    def rate(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, unet_steps - warmup)))
-
     rng, generator, step = random.Random(f"adapter-{seed}"), torch.Generator().manual_seed(seed), 0
     checkpoint_file = work / "adapter-checkpoint.pt"
     if checkpoint_file.exists():
@@ -190,7 +182,7 @@ def train_mini_adapter(
     unet.train()
     while step < unet_steps:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate * rate(step)
+            group["lr"] = learning_rate * warmup_cosine(step, 100, unet_steps)
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
         captions = [training_caption(scenes[i], rng) for i in indices]
         keep_image = torch.tensor([rng.random() >= IMAGE_DROP_SHARE for _ in indices], dtype=torch.float32)
@@ -221,8 +213,7 @@ def train_mini_adapter(
                 "generator": generator.get_state(),
                 "step": step,
             }
-            torch.save(state, checkpoint_file.with_suffix(".tmp"))
-            checkpoint_file.with_suffix(".tmp").replace(checkpoint_file)
+            save_state(checkpoint_file, state)
     return save_mini_adapter(unet, base_config, encoder, base, out, adapter_out)
 
 

@@ -181,6 +181,19 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
             ema_parameter.lerp_(parameter, 1 - rate)
 
 
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at `step`: linear warm-up over `warmup` steps, then cosine decay to 0.1 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Save a training checkpoint with `torch.save`, atomically (written beside, then renamed)."""
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
 def train_mini(
     out: Path,
     work: Path,
@@ -237,13 +250,6 @@ def train_mini(
     scheduler = DDPMScheduler(**SCHEDULE)
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=1e-2)
-    warmup = 200
-
-    def learning_rate(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, unet_steps - warmup)))
-
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     rng, generator, step = random.Random(f"unet-{seed}"), torch.Generator().manual_seed(seed), 0
     checkpoint_file = work / "unet-checkpoint.pt"
@@ -261,7 +267,7 @@ def train_mini(
     text_encoder.train()
     while step < unet_steps:
         for group in optimizer.param_groups:
-            group["lr"] = 5e-4 * learning_rate(step)
+            group["lr"] = 5e-4 * warmup_cosine(step, 200, unet_steps)
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
         captions = [training_caption(scenes[i], rng) for i in indices]
         token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
@@ -293,8 +299,7 @@ def train_mini(
                 "generator": generator.get_state(),
                 "step": step,
             }
-            torch.save(state, checkpoint_file.with_suffix(".tmp"))
-            checkpoint_file.with_suffix(".tmp").replace(checkpoint_file)
+            save_state(checkpoint_file, state)
 
     scheduler = DPMSolverMultistepScheduler(**SCHEDULE, steps_offset=1)
     pipeline = assemble_pipeline(vae, ema_text, tokenizer, ema_unet, scheduler)
