@@ -21,7 +21,7 @@ from storybook.registry import character_dir, identity_folder, load_character
 from storybook.storage import default_model, replace_folder
 
 IdentityMethod = Literal["lora", "dreambooth", "ip-adapter", "lora+ip-adapter"]
-RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # the best the lab measured on storybook-mini (README)
+RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # on storybook-mini: no worse than any measured, ready in 0.2 s
 USER_ADAPTER_SCALE = 0.6  # a common starting strength for an IP-Adapter beside a text prompt
 
 
