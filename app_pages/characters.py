@@ -10,6 +10,7 @@ from storybook import registry
 from storybook.errors import PhotoError, StorybookError
 from storybook.jobs import Progress, is_running, start_job
 from storybook.personalize import IdentityMethod, recommended_method
+from storybook.photos import upload_file_name
 from storybook.storage import default_model
 
 
@@ -26,7 +27,7 @@ def add_character_form(root: Path) -> None:
     with tempfile.TemporaryDirectory() as folder:
         paths = {}
         for index, upload in enumerate(uploads or []):
-            path = Path(folder) / f"{index:02d}" / Path(upload.name).name  # phones name every upload image.jpg
+            path = Path(folder) / f"{index:02d}" / upload_file_name(upload.name)  # phones name them all image.jpg
             path.parent.mkdir()
             path.write_bytes(upload.getvalue())
             paths[str(path)] = upload.name
@@ -116,7 +117,11 @@ def character_list(root: Path) -> None:
         title = f"{character.name} — {character.class_noun}, token '{character.token}'"
         with st.expander(title + (" · trained" if trained else " · not trained yet"), expanded=not trained):
             st.write(character.description or "(no description)")
-            crops = [folder / record.prepared for record in character.photos]
+            try:
+                crops = registry.prepared_photo_paths(root, character)
+            except StorybookError as error:
+                st.error(str(error))
+                continue
             if missing := [crop.name for crop in crops if not crop.is_file()]:
                 st.warning(f"Missing crops: {', '.join(missing)}; remove and add {character.name} again to redo them.")
             st.image([str(crop) for crop in crops if crop.is_file()], width=96)

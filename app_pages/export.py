@@ -6,23 +6,29 @@ from typing import get_args
 import streamlit as st
 
 from app_pages.common import choose_book, home
+from storybook.book import book_file
 from storybook.book_pdf import Layout, Profile, Trim, export_book
 from storybook.errors import StorybookError
 
 
-def export_form(folder: Path) -> None:
-    """The print choices, the Build button with its progress, and the download of the last PDF built."""
+def export_form(folder: Path, root: Path) -> None:
+    """The print choices for the book in `folder` of the data root `root`, the Build button with its progress, and
+    the download of the last PDF built."""
     trim = st.selectbox("Trim size (inches)", get_args(Trim), index=1, key="export-trim")
     profile = st.selectbox(
         "Print profile", get_args(Profile), key="export-profile", help="kdp and lulu add bleed; screen has none."
     )
     layout = st.radio("Text", get_args(Layout), horizontal=True, key="export-layout", help="band: over the picture")
-    out = folder / "exports" / f"{folder.name}-{trim}-{profile}.pdf"
+    try:
+        out = book_file(folder, "exports") / f"{folder.name}-{trim}-{profile}.pdf"
+    except StorybookError as error:
+        st.error(str(error))
+        return
     if st.button("Build the PDF", key="export-build", type="primary"):
         bar = st.progress(0.0, text="Building...")
         try:
             pages = export_book(
-                folder, out, profile, trim, layout, progress=lambda done, total: bar.progress(done / total)
+                folder, out, profile, trim, layout, progress=lambda done, total: bar.progress(done / total), home=root
             )
         except StorybookError as error:
             st.error(str(error))
@@ -35,4 +41,4 @@ def export_form(folder: Path) -> None:
 root = home()
 st.header("Export")
 if chosen := choose_book(root):
-    export_form(chosen[0])
+    export_form(chosen[0], root)

@@ -11,6 +11,7 @@ from storybook.book import Book, Page, load_book, save_book
 from storybook.errors import StorybookError
 from storybook.jobs import Progress, is_running, start_job
 from storybook.render_book import open_renderer, render_book
+from storybook.storage import contained
 
 COLUMNS = 3
 
@@ -57,8 +58,8 @@ def redraw(root: Path, folder: Path, number: int, candidates: int) -> None:
 def page_tile(root: Path, folder: Path, number: int, page: Page, busy: bool) -> None:
     """One page: its picture (or draft), its text, and buttons to redraw it or choose among candidates."""
     picture = page.image or page.preview
-    if picture and (folder / picture).is_file():
-        st.image(str(folder / picture), width="stretch")
+    if picture and (path := contained(folder, picture)) and path.is_file():
+        st.image(str(path), width="stretch")
     else:
         st.caption("(not drawn yet)")
     st.markdown(f"**{'Cover' if number == 0 else f'Page {number}'}** · {page.text}")
@@ -71,8 +72,8 @@ def page_tile(root: Path, folder: Path, number: int, page: Page, busy: bool) -> 
     if len(page.candidates) > 1:
         columns = st.columns(len(page.candidates))
         for index, (column, candidate) in enumerate(zip(columns, page.candidates, strict=True), start=1):
-            if (folder / candidate.image).is_file():
-                column.image(str(folder / candidate.image), width="stretch")
+            if (path := contained(folder, candidate.image)) and path.is_file():
+                column.image(str(path), width="stretch")
             chosen = candidate.image == page.image
             if column.button("Chosen" if chosen else "Use", key=f"use-{key}-{index}", disabled=chosen):
                 save_book(folder, book_edits.choose_candidate(load_book(folder), number, index))

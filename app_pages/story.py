@@ -5,11 +5,13 @@ from functools import partial
 from pathlib import Path
 
 import streamlit as st
+from pydantic import ValidationError
 
 from app_pages.common import choose_book, home
 from storybook import book_edits, registry
-from storybook.book import MAX_PAGES, MIN_PAGES, Book, load_book, save_book
-from storybook.errors import StorybookError
+from storybook.book import MAX_DEDICATION, MAX_PAGES, MAX_TITLE, MIN_PAGES, Book, load_book, save_book
+from storybook.errors import StorybookError, describe_problems
+from storybook.fonts import glyph_warnings
 from storybook.story import StoryRequest, default_writer, write_story
 
 
@@ -29,7 +31,11 @@ def write_story_form(root: Path) -> None:
         submitted = st.form_submit_button(f"Write the story ({writer} writer)", key="story-write")
     if not submitted:
         return
-    request = StoryRequest(child=child, characters=characters, theme=theme, pages=pages, pronouns=pronouns)
+    try:
+        request = StoryRequest(child=child, characters=characters, theme=theme, pages=pages, pronouns=pronouns)
+    except ValidationError as error:
+        st.error(f"Please fix: {describe_problems(error)}.")
+        return
     try:
         with st.spinner("Writing..."):
             folder, book = write_story(root, request, writer)
@@ -38,12 +44,16 @@ def write_story_form(root: Path) -> None:
         return
     st.session_state["current-book"] = st.session_state["book"] = folder.name  # show the new book below
     st.success(f"Wrote '{book.title}' ({len(book.pages)} pages) in {folder}.")
+    for warning in glyph_warnings(book):
+        st.warning(warning)
 
 
 def apply_edit(folder: Path, edit: Callable[[Book], Book]) -> None:
     """Apply `edit` (Book -> Book) to the book in `folder` and save it; a refused edit is shown and saves nothing."""
     try:
-        save_book(folder, edit(load_book(folder)))
+        edited = edit(load_book(folder))
+        save_book(folder, edited)
+        st.session_state["edit-warnings"] = glyph_warnings(edited)
     except StorybookError as error:
         st.session_state["edit-error"] = str(error)
     st.rerun()
@@ -66,6 +76,17 @@ def page_editor(folder: Path, book: Book) -> None:
                 apply_edit(folder, partial(book_edits.move_page, number=number, to=number - 1))
 
 
+def front_editor(folder: Path, book: Book) -> None:
+    """The title (also on the cover) and the dedication, editable."""
+    with st.form(f"front-{folder.name}"):
+        title = st.text_input("Title", book.title, max_chars=MAX_TITLE, key=f"title-{folder.name}")
+        dedication = st.text_area(
+            "Dedication", book.dedication, max_chars=MAX_DEDICATION, key=f"dedication-{folder.name}"
+        )
+        if st.form_submit_button("Save title and dedication"):
+            apply_edit(folder, partial(book_edits.edit_front, title=title, dedication=dedication))
+
+
 def add_page_form(folder: Path, book: Book) -> None:
     """A new page's text, scene and place."""
     phrases = ", ".join(f"'{c.phrase}' for {c.name}" for c in book.characters)
@@ -86,6 +107,10 @@ if chosen := choose_book(root):
     st.caption(f"{book.dedication} · {book.style} · written by {book.writer}")
     if message := st.session_state.pop("edit-error", None):
         st.error(message)
+    for warning in st.session_state.pop("edit-warnings", []):
+        st.warning(warning)
+    with st.expander("Title and dedication"):
+        front_editor(folder, book)
     page_editor(folder, book)
     with st.expander("Add a page"):
         add_page_form(folder, book)

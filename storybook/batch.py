@@ -1,8 +1,9 @@
 """Batch export: many books from spec files (YAML or JSON), each written, rendered and exported in turn.
 
 A spec holds a story request (child, characters, theme, pages, ...) plus how to print it (profile, trim, layout,
-output) and optional render settings. Its book lives in <home>/books/<spec file name>/ with a copy of the spec's story
-part; making it again reuses that story (and every picture already drawn) unless the story part changed.
+output) and optional render settings. Its book lives in <home>/books/<spec file name>/ (-2, -3... when another spec
+of that name has the folder) with a record of the spec's path and story part; making it again reuses that story (and
+every picture already drawn) unless the story part changed.
 """
 
 import json
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from storybook.book import BOOK_FILE, RenderSettings, books_root, load_book, save_book
 from storybook.book_pdf import Layout, Profile, Trim, export_book
@@ -36,6 +37,14 @@ class BookSpec(StoryRequest):
     trim: Trim = "8.5x8.5"
     layout: Layout = "band"
     output: Path  # the PDF, relative to the spec file
+
+    @field_validator("render")
+    @classmethod
+    def known_render_settings(cls, render: dict) -> dict:
+        """`render` when it names only render settings (a misspelt one is an error here too)."""
+        if unknown := sorted(set(render) - set(RenderSettings.model_fields)):
+            raise ValueError(f"unknown render settings {unknown}; known: {sorted(RenderSettings.model_fields)}")
+        return render
 
 
 @dataclass
@@ -70,31 +79,60 @@ def story_part(spec: BookSpec) -> dict:
     return json.loads(spec.model_dump_json(include=set(StoryRequest.model_fields) | {"writer"}))
 
 
+def read_spec_copy(path: Path) -> dict:
+    """The record a spec's book keeps of it ({"spec": its path, "story": its story part}); {} when there is none or it
+    cannot be read."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def recorded_story(record: dict) -> dict:
+    """The story part a spec's book was made from: under "story", or the whole record for books made before the
+    spec's path was recorded too."""
+    return record["story"] if "spec" in record else record
+
+
+def spec_folder(home: Path, spec_path: Path) -> Path:
+    """The book folder of the spec at `spec_path`: the one made from this very file before, else the first free one
+    named after it ("trip", "trip-2", ...). A folder made from another spec, or not from a spec, is never reused; one
+    made before books recorded their spec's path is taken as this spec's (as it was then)."""
+    base, source, number = slugify(spec_path.stem), str(spec_path.resolve()), 1
+    while True:
+        folder = books_root(home) / (base if number == 1 else f"{base}-{number}")
+        recorded = read_spec_copy(folder / SPEC_COPY)
+        if not folder.exists() or (recorded and recorded.get("spec", source) == source):
+            return folder
+        number += 1
+
+
 def make_one(
     home: Path, spec_path: Path, renderer: Renderer | None, say: Callable[[str], None]
 ) -> tuple[Path, int, Renderer]:
     """Write (or reuse), render and export the book of one spec; return the PDF, its page count and the renderer."""
     spec = load_spec(spec_path)
-    folder = books_root(home) / slugify(spec_path.stem)
+    folder = spec_folder(home, spec_path)
     spec_copy = folder / SPEC_COPY
-    if (folder / BOOK_FILE).exists() and not spec_copy.exists():
-        raise BookError(f"{folder} holds a book that was not made from a spec; rename {spec_path.name} to keep both.")
-    made_before = (folder / BOOK_FILE).exists() and spec_copy.exists()
-    if made_before and json.loads(spec_copy.read_text()) == story_part(spec):
+    record = {"spec": str(spec_path.resolve()), "story": story_part(spec)}
+    if (folder / BOOK_FILE).exists() and recorded_story(read_spec_copy(spec_copy)) == record["story"]:
         say(f"{spec_path.name}: reusing the story in {folder}")
         book = load_book(folder)
+        atomic_write_text(spec_copy, json.dumps(record, indent=2))  # a book made before paths were recorded: now
     else:
         writer = spec.writer or default_writer()
         say(f"{spec_path.name}: writing the story ({writer} writer)")
         book = compose_story(home, spec, writer)
-        atomic_write_text(spec_copy, json.dumps(story_part(spec), indent=2))  # first: book.json alone means "not ours"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(spec_copy, json.dumps(record, indent=2))  # first: book.json alone means "not a spec's"
     fresh_settings = book.model_copy(update={"render": RenderSettings()})  # the spec's settings alone, none left over
     save_book(folder, with_settings(fresh_settings, spec.render))
     report, renderer = render_book(home, folder, renderer=renderer)
     say(f"{spec_path.name}: {report.drawn} pictures drawn, {report.reused} reused")
     for warning in report.warnings:
         say(f"{spec_path.name}: warning: {warning}")
-    pages = export_book(folder, spec.output, spec.profile, spec.trim, spec.layout)
+    pages = export_book(folder, spec.output, spec.profile, spec.trim, spec.layout, home=home)
     say(f"{spec_path.name}: {pages} pages written to {spec.output}")
     return spec.output, pages, renderer
 

@@ -7,17 +7,20 @@ left untouched: nothing here writes over a file it could not read.
 import itertools
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
-from storybook.errors import BookError, InvalidNameError
-from storybook.storage import atomic_write_text, default_model, slugify
+from storybook.errors import BookError, InvalidNameError, describe_problems
+from storybook.storage import InsidePath, atomic_write_text, contained, default_model, slugify
 
 BOOK_VERSION = 1
 BOOK_FILE = "book.json"
 MIN_PAGES, MAX_PAGES = 8, 24  # board books run 8-24 pages
+# What fits where it is printed: the title on the cover band, the dedication on its page (checked when written).
+MAX_TITLE, MAX_DEDICATION, MAX_NAME, MAX_THEME, MAX_WORDS_PER_PAGE = 80, 300, 40, 200, 80
 
 Pronouns = Literal["she", "he", "they"]
 
@@ -52,16 +55,20 @@ Scheduler = Literal["dpm++", "euler-a", "euler", "ddim", "model"]
 
 
 class RenderSettings(BaseModel):
-    """How the pictures are drawn. Kept in book.json, so rendering again draws only what changed."""
+    """How the pictures are drawn. Kept in book.json, so rendering again draws only what changed. Every number is
+    finite and in range, and an unknown field is an error, so nothing a user types can make book.json unreadable."""
 
-    model: str = Field(default_factory=default_model)  # 'storybook-mini', 'tiny', a local folder or a hub id
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(default_factory=default_model, min_length=1)  # 'storybook-mini', 'tiny', a folder or hub id
     steps: int = Field(25, ge=1, le=200)
     preview_steps: int = Field(8, ge=1, le=200)  # `render --preview` drafts
-    guidance: float = Field(7.5, ge=0)
-    width: int | None = Field(None, ge=8)  # pixels; None: the model's native size
-    height: int | None = Field(None, ge=8)
+    guidance: float = Field(7.5, ge=0, le=30)
+    width: int | None = Field(None, ge=32, le=2048, multiple_of=8)  # pixels; None: the model's native size
+    height: int | None = Field(None, ge=32, le=2048, multiple_of=8)
     scheduler: Scheduler = "dpm++"  # DPM-Solver++ (Karras sigmas); 'model' keeps the model's own
-    weights: dict[str, float] = Field(default_factory=dict)  # character slug -> identity weight (default 1.0)
+    # character slug -> identity weight (default 1.0; negative pushes away, as in A1111)
+    weights: dict[str, Annotated[float, Field(ge=-4, le=4)]] = Field(default_factory=dict)
     # character slug -> IP-Adapter scale of its image prompt (default: the scale saved with the image prompt)
     image_scales: dict[str, Annotated[float, Field(ge=0, le=4)]] = Field(default_factory=dict)
 
@@ -70,7 +77,7 @@ class Candidate(BaseModel):
     """One of several pictures drawn for a page with other seeds (`render --candidates N`)."""
 
     seed: int
-    image: str
+    image: InsidePath
 
 
 class Page(BaseModel):
@@ -82,8 +89,9 @@ class Page(BaseModel):
     negative_prompt: str
     characters: list[str]  # slugs of the characters drawn on this page
     seed: int
-    image: str | None = None  # the rendered picture, relative to the book folder
-    preview: str | None = None  # a fast low-step draft of it
+    image: InsidePath | None = None  # the rendered picture, relative to the book folder
+    identities: dict[str, str] = Field(default_factory=dict)  # character slug -> identity hash the picture drew
+    preview: InsidePath | None = None  # a fast low-step draft of it
     candidates: list[Candidate] = Field(default_factory=list)  # drawn with several seeds, to choose from
 
 
@@ -107,6 +115,21 @@ class Book(BaseModel):
     cover: Page | None = None  # the cover picture; its text is the title
     render: RenderSettings = Field(default_factory=RenderSettings)
 
+    @field_validator("render", mode="wrap")
+    @classmethod
+    def older_render_settings(cls, render: object, handler: ValidatorFunctionWrapHandler) -> RenderSettings:
+        """Render settings as saved; ones an older storybook accepted out of range (a size no model draws) go back
+        to their defaults, with a warning, so that such a book still opens."""
+        try:
+            return handler(render)
+        except ValidationError as error:
+            if not isinstance(render, dict):
+                raise
+            dropped = sorted({str(e["loc"][0]) for e in error.errors() if e["loc"]})
+            message = f"The book's render settings {', '.join(dropped)} were out of range; their defaults apply."
+            warnings.warn(message, stacklevel=1)  # attributed to storybook, which the CLI shows as a Warning line
+            return handler({key: value for key, value in render.items() if key not in dropped})
+
     def character(self, slug: str) -> BookCharacter:
         """The book's character with registry slug `slug`. Raises BookError when the book has none."""
         for character in self.characters:
@@ -114,6 +137,15 @@ class Book(BaseModel):
                 return character
         known = ", ".join(c.slug for c in self.characters)
         raise BookError(f"The book has no character {slug!r} (it has: {known}).")
+
+
+def book_file(folder: Path, relative: str) -> Path:
+    """The file `relative` (a picture path from book.json) of the book in `folder`. Raises BookError when it leads
+    outside the folder (through a symlink): a book someone sends must not read other files of this machine."""
+    path = contained(folder, relative)
+    if path is None:
+        raise BookError(f"{folder / BOOK_FILE} points at {relative}, which leads outside the book; it was not read.")
+    return path
 
 
 def books_root(home: Path) -> Path:
@@ -156,9 +188,7 @@ def load_book(folder: Path) -> Book:
     try:
         return Book.model_validate(data)
     except ValidationError as error:
-        raise BookError(
-            f"{record} is damaged ({error.error_count()} bad fields); it was left as it is.\n{error}"
-        ) from error
+        raise BookError(f"{record} is damaged ({describe_problems(error)}); it was left as it is.") from None
 
 
 def save_book(folder: Path, book: Book) -> Path:

@@ -8,7 +8,7 @@ A page whose picture no longer matches its words (new scene, prompt or seed) los
 
 from storybook.book import MAX_PAGES, MIN_PAGES, Book, Page
 from storybook.errors import BookError
-from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_page, compose_prompt, mentions
+from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_front, check_page, compose_prompt, mentions
 
 
 def page_index(book: Book, number: int) -> int:
@@ -62,6 +62,24 @@ def edit_page(
     pages = list(book.pages)
     pages[index] = checked(book, page.model_copy(update=changes), number)
     return book.model_copy(update={"pages": pages})
+
+
+def edit_front(book: Book, title: str | None = None, dedication: str | None = None) -> Book:
+    """Change the title (also the cover's text) or the dedication; the pictures stay. Raises BookError when the new
+    words break the rules (empty title, too long to print, words not for a toddler's book) or none are given."""
+    if title is None and dedication is None:
+        raise BookError("Nothing to change: give a new title (--title), a new dedication (--dedication) or both.")
+    changes: dict[str, object] = {}
+    if title is not None:
+        changes["title"] = title.strip()
+        if book.cover is not None:
+            changes["cover"] = book.cover.model_copy(update={"text": title.strip()})
+    if dedication is not None:
+        changes["dedication"] = dedication.strip()
+    edited = book.model_copy(update=changes)
+    if problems := check_front(edited):
+        raise BookError("The edit was not saved:\n  " + "\n  ".join(problems))
+    return edited
 
 
 def add_page(book: Book, at: int, text: str, scene: str, characters: list[str] | None = None) -> Book:

@@ -15,13 +15,14 @@ from typing import Literal
 from reportlab.lib.colors import Color
 from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
 from storybook.book import Book, Page, load_book
-from storybook.errors import BookError
+from storybook.errors import BookError, CharacterError
+from storybook.fonts import BOLD_FONT, FONT, printable_font, register_fonts
 from storybook.print_pictures import X4_UPSCALER, PrintPictures, Upscaler
-from storybook.storage import atomic_write_bytes
+from storybook.registry import identity_hash
+from storybook.storage import user_file_target, write_user_file
 
 Trim = Literal["8x8", "8.5x8.5", "8x10"]
 Profile = Literal["kdp", "lulu", "screen"]
@@ -32,8 +33,6 @@ BLEED = 0.125  # in
 SAFE_MARGIN = 0.5  # in, inside the trim
 BODY_PT = (28, 18)  # largest and smallest body size
 LEADING = 1.25
-FONT, BOLD_FONT = "Andika", "Andika-Bold"
-FONT_DIR = Path(__file__).resolve().parent / "fonts"
 BAND = Color(1, 1, 1, alpha=0.8)  # the soft band behind text over a picture
 
 Rect = tuple[float, float, float, float]  # x0, y0, x1, y1 in points
@@ -79,13 +78,6 @@ def page_frame(trim: Trim, profile: Profile, number: int) -> Frame:
     )
 
 
-def register_fonts() -> None:
-    """Register the shipped TTF fonts with reportlab, which embeds (a subset of) each font it uses."""
-    for name, file in ((FONT, "Andika-Regular.ttf"), (BOLD_FONT, "Andika-Bold.ttf")):
-        if name not in pdfmetrics.getRegisteredFontNames():
-            pdfmetrics.registerFont(TTFont(name, FONT_DIR / file))
-
-
 def block_height(font: str, size: int, lines: int) -> float:
     """The height of `lines` lines of `font` at `size`: from the first line's ascent to the last line's descent."""
     ascent, descent = pdfmetrics.getAscentDescent(font, size)
@@ -101,12 +93,15 @@ def fit_text(text: str, font: str, width: float, height: float, sizes: tuple[int
         widest = max((pdfmetrics.stringWidth(line, font, size) for line in lines), default=0)
         if widest <= width and block_height(font, size, len(lines)) <= height:
             return size, lines
-    raise BookError(f"This text does not fit on its page even at {smallest} pt; shorten it: {text!r}")
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    raise BookError(f"the text {shown!r} does not fit on its page even at {smallest} pt; shorten it.")
 
 
 def draw_text(canvas: Canvas, text: str, font: str, box: Rect, sizes: tuple[int, int] = BODY_PT) -> None:
-    """Draw `text` centred in `box`, as large as fits (see `fit_text`); no glyph leaves the box."""
+    """Draw `text` centred in `box`, as large as fits (see `fit_text`), in `font` or a font that has its glyphs (see
+    `printable_font`); no glyph leaves the box."""
     x0, y0, x1, y1 = box
+    font = printable_font(text, font)
     size, lines = fit_text(text, font, x1 - x0, y1 - y0, sizes)
     canvas.setFont(font, size)
     canvas.setFillColor(Color(0.13, 0.13, 0.18))
@@ -119,6 +114,7 @@ def draw_text(canvas: Canvas, text: str, font: str, box: Rect, sizes: tuple[int,
 
 def text_height(text: str, font: str, width: float, sizes: tuple[int, int] = BODY_PT) -> float:
     """The height `text` takes at the largest size in `sizes` that fits in a third of a page."""
+    font = printable_font(text, font)
     size, lines = fit_text(text, font, width, 3 * INCH, sizes)
     return block_height(font, size, len(lines))
 
@@ -164,6 +160,23 @@ def draw_story_page(canvas: Canvas, frame: Frame, page: Page, layout: Layout, pi
     draw_text(canvas, page.text, FONT, (sx0, sy0, sx1, sy0 + height))
 
 
+def drawn_with_old_identities(home: Path, book: Book) -> list[str]:
+    """The pages (and cover) of `book` whose picture was drawn with an identity that has been built again since in
+    the data root `home` (a character that is not there, removed or from another data root, is not compared)."""
+    current: dict[str, str] = {}
+    for character in book.characters:
+        try:
+            current[character.slug] = identity_hash(home, character.slug)
+        except CharacterError:
+            continue
+    numbered = [("cover", book.cover)] + [(f"page {n}", page) for n, page in enumerate(book.pages, start=1)]
+    return [
+        label
+        for label, page in numbered
+        if page and any(current.get(slug, drawn) != drawn for slug, drawn in page.identities.items())
+    ]
+
+
 def unrendered(folder: Path, book: Book) -> list[str]:
     """The pages (and cover) of the book in `folder` whose picture is not drawn yet (or its file is gone)."""
     numbered = [("cover", book.cover)] + [(f"page {n}", page) for n, page in enumerate(book.pages, start=1)]
@@ -181,41 +194,57 @@ def export_book(
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cover: bool = True,
+    home: Path | None = None,
 ) -> int:
     """Write the book in `folder` as a PDF at `out` (atomically); return its page count. `cover=False` leaves the
-    cover page out, for print services that take the cover as a file of its own (KDP, Lulu).
+    cover page out, for print services that take the cover as a file of its own (KDP, Lulu). With the data root
+    `home`, pages drawn with an identity that has been rebuilt since are refused.
 
-    Raises BookError when pages have no picture yet (run `storybook render` first) or a text does not fit.
+    Raises BookError when the book has no pages, pages have no picture yet or an outdated one (run `storybook render`
+    first), or a text does not fit; OutputError when `out` cannot be written.
     """
+    user_file_target(out)  # a place that cannot take the PDF is said before the work
     book = load_book(folder)
+    if not book.pages:
+        raise BookError(f"{folder.name} has no pages to print: add some with `storybook story add-page`.")
     if missing := unrendered(folder, book):
         raise BookError(
             f"{', '.join(missing)} of {folder.name} have no picture yet: run `storybook render {folder}` first."
         )
+    if home is not None and (outdated := drawn_with_old_identities(home, book)):
+        raise BookError(
+            f"{', '.join(outdated)} of {folder.name} show an identity that was built again since they were drawn: run "
+            f"`storybook render {folder}` to draw them with the current one (only they are redrawn)."
+        )
     register_fonts()
     pictures = PrintPictures(folder, upscaler, upscaler_model, device)
-    draws: list[Callable[[Canvas, Frame], None]] = [
-        lambda canvas, frame: draw_cover(canvas, frame, book, pictures),
-        lambda canvas, frame: draw_text(canvas, book.dedication, FONT, frame.safe, (26, 18)),
+    draws: list[tuple[str, Callable[[Canvas, Frame], None]]] = [
+        ("the cover", lambda canvas, frame: draw_cover(canvas, frame, book, pictures)),
+        ("the dedication", lambda canvas, frame: draw_text(canvas, book.dedication, FONT, frame.safe, (26, 18))),
     ][0 if cover else 1 :]
-    for page in book.pages:
-        draws.append(lambda canvas, frame, page=page: draw_story_page(canvas, frame, page, layout, pictures))
-    draws.append(lambda canvas, frame: draw_text(canvas, "The End", BOLD_FONT, frame.safe, (54, 36)))
+    for number, page in enumerate(book.pages, start=1):
+        draws.append(
+            (f"page {number}", lambda canvas, frame, page=page: draw_story_page(canvas, frame, page, layout, pictures))
+        )
+    draws.append(("The End", lambda canvas, frame: draw_text(canvas, "The End", BOLD_FONT, frame.safe, (54, 36))))
     if len(draws) % 2:
-        draws.append(lambda canvas, frame: None)  # a blank last page: printers want an even page count
+        draws.append(("a blank page", lambda canvas, frame: None))  # printers want an even page count
     data = BytesIO()
     canvas = Canvas(data, pagesize=(1, 1), pageCompression=1, initialFontName=FONT)  # no unembedded Helvetica
     canvas.setTitle(book.title)
     canvas.setAuthor(f"storybook, for {book.child}")
-    for number, draw in enumerate(draws, start=1):
+    for number, (label, draw) in enumerate(draws, start=1):
         frame = page_frame(trim, profile, number)
         canvas.setPageSize((frame.width, frame.height))
         canvas.setTrimBox(frame.trim)
         canvas.setBleedBox(frame.sheet)
-        draw(canvas, frame)
+        try:
+            draw(canvas, frame)
+        except BookError as error:
+            raise BookError(f"{label}: {error}") from None
         canvas.showPage()
         if progress:
             progress(number, len(draws))
     canvas.save()
-    atomic_write_bytes(out, data.getvalue())
+    write_user_file(out, data.getvalue())
     return len(draws)

@@ -6,10 +6,12 @@ checkpoint that `--resume` would read.
 """
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from storybook.errors import TrainingError
@@ -37,20 +39,31 @@ def save_checkpoint(
         return target
     partial = root / f".partial-{step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    weights = {
-        f"{prefix}.{name}": parameter.detach().cpu().contiguous()
-        for prefix, model in models.items()
-        for name, parameter in model.named_parameters()
-        if parameter.requires_grad
-    }
-    save_file(weights, partial / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    torch.save(rng_state, partial / "rng.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), partial / "scaler.pt")
-    (partial / "state.json").write_text(json.dumps({**state, "step": step}))
-    partial.rename(target)
+    try:
+        partial.mkdir(parents=True)
+        weights = {
+            f"{prefix}.{name}": parameter.detach().cpu().contiguous()
+            for prefix, model in models.items()
+            for name, parameter in model.named_parameters()
+            if parameter.requires_grad
+        }
+        save_file(weights, partial / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(rng_state, partial / "rng.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), partial / "scaler.pt")
+        (partial / "state.json").write_text(json.dumps({**state, "step": step}))
+        partial.rename(target)
+    except BaseException as error:
+        shutil.rmtree(partial, ignore_errors=True)  # never leave half a checkpoint behind
+        if isinstance(error, (OSError, SafetensorError)):  # safetensors reports a full disk as its own error
+            kept = latest_checkpoint(root)
+            raise TrainingError(
+                f"Could not save the checkpoint of step {step} ({getattr(error, 'strerror', None) or error}); "
+                + (f"the last one ({kept.name}) is kept. " if kept else "")
+                + "Free some disk space, then train again with --resume (or --restart)."
+            ) from None
+        raise
     for older in root.glob("step-*"):
         if older != target:
             shutil.rmtree(older)
@@ -78,15 +91,21 @@ def load_checkpoint(
         if scaler is not None and (checkpoint / "scaler.pt").exists():
             scaler.load_state_dict(torch.load(checkpoint / "scaler.pt", weights_only=True))
         generator.set_state(torch.load(checkpoint / "rng.pt", weights_only=True))
-    except (OSError, RuntimeError, ValueError, KeyError) as error:
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as error:
         raise TrainingError(
             f"{checkpoint} does not fit this model or is damaged ({error}); start over with --restart."
         ) from error
 
 
-def read_state(checkpoint: Path) -> dict:
-    """The JSON state saved with `checkpoint` (step, settings, history). Raises TrainingError when it is damaged."""
+def read_state(checkpoint: Path, keys: frozenset[str] = frozenset({"step"})) -> dict:
+    """The JSON state saved with `checkpoint` (step, settings, history). Raises TrainingError when it is damaged or
+    lacks one of `keys`."""
     try:
-        return json.loads((checkpoint / "state.json").read_text())
+        state = json.loads((checkpoint / "state.json").read_text())
     except (OSError, ValueError) as error:
         raise TrainingError(f"{checkpoint} is damaged ({error}); start over with --restart.") from error
+    if not isinstance(state, dict) or not state.keys() >= keys | {"step"} or not isinstance(state["step"], int):
+        raise TrainingError(
+            f"{checkpoint} is damaged (its state.json lacks the run's progress); start over with --restart."
+        )
+    return state

@@ -1,17 +1,20 @@
 """The `storybook` command: a thin shell over the package's functions."""
 
+import math
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from diffusers.utils import logging as diffusers_logging
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from tqdm import tqdm
-from transformers.utils import logging as transformers_logging
 
 from storybook import book_edits, registry
 from storybook.book import (
@@ -27,14 +30,14 @@ from storybook.book import (
     save_book,
 )
 from storybook.book_pdf import Layout, Profile, Trim, export_book
-from storybook.errors import BookError, ModelError, StorybookError
+from storybook.errors import BookError, ModelError, PhotoError, StorybookError, describe_problems
 from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
-from storybook.models import MINI_MODEL, load_tokenizer
-from storybook.personalize import IdentityMethod
 from storybook.print_pictures import X4_UPSCALER, Upscaler
-from storybook.storage import HOME_ENV, MODEL_ENV, data_home, default_model, slugify
+from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, default_model, slugify
 from storybook.story import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
+from storybook.train_config import IdentityMethod
 
+PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 app = typer.Typer(help="Make personalised picture books from a few photos of a child.", no_args_is_help=True)
 character_app = typer.Typer(help="Register, train, inspect and remove characters.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
@@ -46,7 +49,7 @@ lab_app = typer.Typer(
     help="The consistency lab: storybook-mini, the evaluator and the benchmark.", no_args_is_help=True
 )
 app.add_typer(lab_app, name="lab")
-console = Console()
+console = Console(markup=False)  # user text ("[/x]" in a title) is printed as it is
 state = {"home": None, "debug": False}
 
 ModelOption = Annotated[
@@ -69,22 +72,60 @@ def main(
     """Global options."""
     state["home"] = data_home(home)
     state["debug"] = debug
-    if not debug:
-        diffusers_logging.set_verbosity_error()  # library notes such as "no LoRA keys for the text encoder"
-        transformers_logging.set_verbosity_error()  # long prompts: `render` reports them in its own words
-        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": storybook shows its own progress
-        transformers_logging.disable_progress_bar()  # "Loading weights" of every text and image encoder
 
 
-def run(action):
-    """Run `action()`, printing a StorybookError as a one-line message (a traceback only with --debug)."""
+def run(action, loads_models: bool = False):
+    """Run `action()`; any error becomes a message saying what happened and what to do, and exit code 1 (a
+    traceback only with --debug), and storybook's own warnings (a damaged character skipped) become "Warning:" lines.
+    `loads_models`: the action loads models, whose libraries are quieted first."""
+    if loads_models and not state["debug"]:
+        quiet_libraries()
+    if state["debug"]:
+        return action()  # every warning and the traceback as they are
     try:
-        return action()
-    except StorybookError as error:
-        if state["debug"]:
-            raise
-        console.print(f"[red]Error:[/red] {error}", highlight=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:
+                return action()
+            finally:
+                for message in dict.fromkeys(str(w.message) for w in caught if w.filename.startswith(PACKAGE_DIR)):
+                    say_warning(message)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:
+        console.print(Text.assemble(("Error: ", "red"), error_message(error)))
         raise typer.Exit(1) from None
+
+
+def say_warning(message: str) -> None:
+    """Print `message` as a yellow "Warning:" line."""
+    console.print(Text.assemble(("Warning: ", "yellow"), message))
+
+
+def quiet_libraries() -> None:
+    """Silence the model libraries' own notes, warnings and loading bars: storybook reports in its own words and
+    shows its own progress (--debug shows everything)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()  # library notes such as "no LoRA keys for the text encoder"
+    transformers_logging.set_verbosity_error()  # long prompts: `render` reports them in its own words
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components"
+    transformers_logging.disable_progress_bar()  # "Loading weights" of every text and image encoder
+    warnings.filterwarnings("ignore", module="(diffusers|transformers|peft|torch|accelerate)")
+
+
+def error_message(error: Exception) -> str:
+    """What to tell a user about `error`: storybook's own message, a bad value by field, a file-system problem in
+    plain words, or (for a bug) its type and text with how to see more."""
+    if isinstance(error, StorybookError):
+        return str(error)
+    if isinstance(error, ValidationError):
+        return f"Bad value: {describe_problems(error)}."
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}: check the path, its permissions and the free disk space."
+    return f"Unexpected {type(error).__name__}: {error}. Run again with --debug to see where, and report it."
 
 
 @models_app.command("make-tiny")
@@ -98,7 +139,13 @@ def make_tiny_command(directory: Path) -> None:
 @character_app.command("add")
 def character_add(
     name: str,
-    photos: Annotated[list[Path], typer.Option("--photos", help="3-30 photos of the child (JPEG, PNG, HEIC, ...).")],
+    more_photos: Annotated[
+        list[Path] | None, typer.Argument(help="More photos, e.g. what the shell makes of `--photos photos/*.jpg`.")
+    ] = None,
+    photos: Annotated[
+        list[Path] | None,
+        typer.Option("--photos", help="3-30 photos of the child (JPEG, PNG, HEIC, ...), or a folder of them."),
+    ] = None,
     class_noun: Annotated[str, typer.Option(help="What it is: toddler, baby, girl, dog...")] = "toddler",
     description: Annotated[str, typer.Option(help="Appearance in words, e.g. 'curly red hair, yellow raincoat'.")] = "",
     model: ModelOption = None,
@@ -106,19 +153,38 @@ def character_add(
     """Register a character from photos: checks them, keeps the originals, crops them and picks its token."""
 
     def add():
+        from storybook.models import load_tokenizer
+
+        paths = photo_files([*(photos or []), *(more_photos or [])])
         character = registry.add_character(
             state["home"],
             name,
-            photos,
+            paths,
             load_tokenizer(model or default_model(), state["home"]),
             class_noun=class_noun,
             description=description,
         )
         folder = registry.character_dir(state["home"], character.slug)
-        console.print(f"Added [bold]{character.name}[/bold] with token '{character.token}' in {folder}")
+        console.print(Text.assemble("Added ", (character.name, "bold"), f" with token '{character.token}' in {folder}"))
         console.print(f"Next: storybook character train {character.slug}")
 
-    run(add)
+    run(add, loads_models=True)
+
+
+def photo_files(items: list[Path]) -> list[Path]:
+    """The photos named by `items`: files as given, and the image files in a folder (sorted by name). Raises
+    PhotoError when none are named."""
+    from storybook.photos import PHOTO_SUFFIXES
+
+    files = []
+    for item in items:
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        else:
+            files.append(item)
+    if not files:
+        raise PhotoError({"--photos": "no photos given: name 3-30 photos or a folder of them (--photos photos/)."})
+    return files
 
 
 @character_app.command("list")
@@ -266,7 +332,7 @@ def character_train(
                 f"{image_prompt.scale:g}): {folder / 'identity'}"
             )
 
-    run(train)
+    run(train, loads_models=True)
 
 
 @story_app.command("write")
@@ -289,6 +355,9 @@ def story_write(
     model: Annotated[
         str, typer.Option("--model", help="The LLM to ask (any model the server has).")
     ] = DEFAULT_LLM_MODEL,
+    llm_deadline: Annotated[
+        float, typer.Option(min=1, max=3600, help="Seconds the LLM may take for the whole story, retries included.")
+    ] = 300.0,
 ) -> None:
     """Write a story about the child and their characters, and save it as a new book project."""
 
@@ -307,8 +376,9 @@ def story_write(
         )
         chosen = writer or default_writer()
         console.print(f"Writing with the {chosen} writer" + (f" ({model})" if chosen == "llm" else ""))
-        folder, book = write_story(state["home"], request, chosen, LLMSettings(model=model))
-        console.print(f"[bold]{book.title}[/bold]: {len(book.pages)} pages in {folder}")
+        folder, book = write_story(state["home"], request, chosen, LLMSettings(model=model, deadline_s=llm_deadline))
+        console.print(Text.assemble((book.title, "bold"), f": {len(book.pages)} pages in {folder}"))
+        warn_about_glyphs(book)
         console.print(f"Next: storybook story show {folder.name}")
 
     run(write)
@@ -324,7 +394,7 @@ def story_list() -> None:
             try:
                 book = load_book(folder)
             except BookError as error:
-                table.add_row(folder.name, f"[red]{error}[/red]", "-", "-")
+                table.add_row(folder.name, Text(str(error), "red"), "-", "-")
                 continue
             table.add_row(folder.name, book.title, str(len(book.pages)), book.writer)
         console.print(table)
@@ -338,7 +408,9 @@ def story_show(book: Annotated[str, typer.Argument(help="A book name under books
 
     def show():
         story = load_book(book_dir(state["home"], book))
-        console.print(f"[bold]{story.title}[/bold] ({story.dedication}) - {story.style}, written by {story.writer}")
+        console.print(
+            Text.assemble((story.title, "bold"), f" ({story.dedication}) - {story.style}, written by {story.writer}")
+        )
         table = Table("page", "text", "characters", "scene prompt", show_lines=True)
         for number, page in enumerate(story.pages, start=1):
             table.add_row(str(number), page.text, ", ".join(page.characters), page.prompt)
@@ -347,13 +419,23 @@ def story_show(book: Annotated[str, typer.Argument(help="A book name under books
     run(show)
 
 
+def warn_about_glyphs(book: Book) -> None:
+    """Say which of the book's texts have characters its font lacks, and how they will print (see storybook.fonts)."""
+    from storybook.fonts import glyph_warnings
+
+    for warning in glyph_warnings(book):
+        say_warning(warning)
+
+
 def edit_book(book: str, edit: Callable[[Book], Book]) -> None:
     """Load `book`, apply `edit` (Book -> Book), save it and say so; a refused edit leaves book.json as it was."""
 
     def apply():
         folder = book_dir(state["home"], book)
-        save_book(folder, edit(load_book(folder)))
+        edited = edit(load_book(folder))
+        save_book(folder, edited)
         console.print(f"Saved {folder / BOOK_FILE}")
+        warn_about_glyphs(edited)
 
     run(apply)
 
@@ -380,6 +462,16 @@ def story_edit(
     edit_book(book, edit)
 
 
+@story_app.command("retitle")
+def story_retitle(
+    book: str,
+    title: Annotated[str | None, typer.Option(help="The new title (also on the cover).")] = None,
+    dedication: Annotated[str | None, typer.Option(help="The new dedication.")] = None,
+) -> None:
+    """Change the book's title or dedication (the pictures stay)."""
+    edit_book(book, lambda story: book_edits.edit_front(story, title, dedication))
+
+
 @story_app.command("add-page")
 def story_add_page(
     book: str,
@@ -388,7 +480,7 @@ def story_add_page(
     at: Annotated[int | None, typer.Option(help="The new page's number (default: at the end).")] = None,
 ) -> None:
     """Add a page."""
-    edit_book(book, lambda story: book_edits.add_page(story, at or len(story.pages) + 1, text, scene))
+    edit_book(book, lambda story: book_edits.add_page(story, len(story.pages) + 1 if at is None else at, text, scene))
 
 
 @story_app.command("remove-page")
@@ -405,15 +497,22 @@ def story_move_page(book: str, page: int, to: int) -> None:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar for `description`, given as a `progress(done, total)` callback."""
-    with tqdm(desc=description, unit="page") as bar:
+    """A tqdm bar for `description`, given as a `progress(done, total)` callback; shown from the first report on, so
+    that a run refused before any work prints its message alone."""
+    bars: list[tqdm] = []
 
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc=description, unit="page", total=total))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
 
+    try:
         yield update
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def render_and_report(folder: Path, **options) -> None:
@@ -428,7 +527,7 @@ def render_and_report(folder: Path, **options) -> None:
         raise typer.Exit(130) from None
     console.print(f"{report.drawn} pictures drawn, {report.reused} already drawn: {folder / BOOK_FILE}")
     for warning in report.warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
+        say_warning(warning)
 
 
 @app.command()
@@ -439,6 +538,9 @@ def render(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (0 for SD-Turbo).")] = None,
     width: Annotated[int | None, typer.Option(help="Picture width in pixels (default: the model's own size).")] = None,
     height: Annotated[int | None, typer.Option(help="Picture height in pixels.")] = None,
+    native_size: Annotated[
+        bool, typer.Option("--native-size", help="Back to the model's own size (forget --width and --height).")
+    ] = False,
     scheduler: Annotated[Scheduler | None, typer.Option(help="Sampler (default dpm++: DPM-Solver++ Karras).")] = None,
     weight: Annotated[
         list[str] | None, typer.Option(help="A character's identity weight, NAME=0.8 (default 1.0); repeatable.")
@@ -454,7 +556,8 @@ def render(
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (default: fp16 on GPUs).")] = None,
 ) -> None:
-    """Draw the book's pictures; drawing again redraws only what changed. Settings given are kept in book.json."""
+    """Draw the book's pictures; drawing again redraws only what changed. Settings given are kept in book.json once
+    a picture is drawn with them."""
 
     def draw():
         from storybook.render_book import with_settings
@@ -462,28 +565,41 @@ def render(
         folder = book_dir(state["home"], book)
         given = {"model": model, "steps": steps, "guidance": guidance, "width": width, "height": height}
         overrides = {key: value for key, value in given.items() if value is not None}
+        if native_size:
+            if width is not None or height is not None:
+                raise BookError("--native-size forgets --width and --height: give one or the other.")
+            overrides |= {"width": None, "height": None}
         if scheduler:
             overrides["scheduler"] = scheduler
         if weight:
             overrides["weights"] = dict(parse_weight(item, "--weight") for item in weight)
         if image_scale:
             overrides["image_scales"] = dict(parse_weight(item, "--image-scale") for item in image_scale)
-        if overrides:
-            save_book(folder, with_settings(load_book(folder), overrides))
+        with_settings(load_book(folder), overrides)  # a bad value is refused before any work
         render_and_report(
-            folder, preview=preview, candidates=candidates, only=page, batch_size=batch_size, device=device, dtype=dtype
+            folder,
+            settings=overrides,
+            preview=preview,
+            candidates=candidates,
+            only=page,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
         )
 
-    run(draw)
+    run(draw, loads_models=True)
 
 
 def parse_weight(item: str, option: str) -> tuple[str, float]:
     """'Mia=0.8' -> ('Mia', 0.8). Raises BookError, naming `option`, for anything else."""
     name, _, value = item.partition("=")
     try:
-        return name.strip(), float(value)
+        number = float(value)
     except ValueError:
-        raise BookError(f"{option} takes NAME=NUMBER, e.g. Mia=0.8, not {item!r}.") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise BookError(f"{option} takes NAME=NUMBER, e.g. Mia=0.8, not {item!r}.")
+    return name.strip(), number
 
 
 @app.command()
@@ -518,10 +634,12 @@ def export(
     def write():
         folder = book_dir(state["home"], book)
         with progress_bar("exporting") as progress:
-            pages = export_book(folder, out, profile, trim, layout, upscaler, upscaler_model, device, progress, cover)
+            pages = export_book(
+                folder, out, profile, trim, layout, upscaler, upscaler_model, device, progress, cover, state["home"]
+            )
         console.print(f"Wrote {out} ({pages} pages, {trim} in, {profile})")
 
-    run(write)
+    run(write, loads_models=True)
 
 
 @app.command()
@@ -529,15 +647,17 @@ def make(specs: Annotated[list[Path], typer.Argument(help="Spec files (YAML or J
     """Make many books: write, render and export the book of each spec; a failing book does not stop the others."""
     from storybook.batch import make_books
 
-    made = make_books(state["home"], specs, say=lambda line: console.print(line, highlight=False))
+    if not state["debug"]:
+        quiet_libraries()
+    made = make_books(state["home"], specs, say=lambda line: console.print(line))
     table = Table("spec", "result", "pages", "seconds")
     for result in made:
-        outcome = f"[green]{result.output}[/green]" if result.error is None else f"[red]failed:[/red] {result.error}"
+        outcome = Text(str(result.output), "green") if result.error is None else Text(f"failed: {result.error}", "red")
         table.add_row(result.spec.name, outcome, str(result.pages or "-"), f"{result.seconds:.0f}")
     console.print(table)
     failed = sum(result.error is not None for result in made)
     if failed:
-        console.print(f"[red]{failed} of {len(made)} books failed.[/red]")
+        console.print(Text(f"{failed} of {len(made)} books failed.", "red"))
         raise typer.Exit(1)
 
 
@@ -548,6 +668,7 @@ def demo() -> None:
 
     def run_demo():
         from storybook.lab.world import DEMO_TODDLER, write_photos
+        from storybook.models import load_tokenizer
         from storybook.personalize import build_identity, recommended_method
         from storybook.render_book import with_settings
 
@@ -572,10 +693,44 @@ def demo() -> None:
         render_and_report(book_folder)
         pdf = home / "mia-at-the-beach.pdf"
         with progress_bar("exporting") as progress:
-            pages = export_book(book_folder, pdf, progress=progress)
-        console.print(f"[bold]Your book:[/bold] {pdf} ({pages} pages, 8.5x8.5 in with KDP bleed)")
+            pages = export_book(book_folder, pdf, progress=progress, home=home)
+        console.print(Text.assemble(("Your book: ", "bold"), f"{pdf} ({pages} pages, 8.5x8.5 in with KDP bleed)"))
 
-    run(run_demo)
+    run(run_demo, loads_models=True)
+
+
+APP_FILE = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+APP_CONFIG = APP_FILE.parent / ".streamlit" / "config.toml"
+
+
+def app_command_line(port: int) -> list[str]:
+    """The `streamlit run` command of the app with every setting of the project's .streamlit/config.toml given as
+    a flag, so that the upload limit, usage statistics and toolbar do not depend on the folder it starts from."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    settings = tomllib.loads(APP_CONFIG.read_text(encoding="utf-8"))
+    flags = [
+        f"--{section}.{key}={str(value).lower() if isinstance(value, bool) else value}"
+        for section, values in settings.items()
+        for key, value in values.items()
+    ]
+    return [sys.executable, "-m", "streamlit", "run", str(APP_FILE), *flags, f"--server.port={port}"]
+
+
+@app.command("app")
+def start_app(port: Annotated[int, typer.Option(min=1, max=65535, help="The port to serve on.")] = 8501) -> None:
+    """Start the app for parents in the browser (its data root: --home, $STORYBOOK_HOME or the current folder)."""
+    import subprocess
+
+    def serve() -> int:
+        if not APP_FILE.is_file():
+            raise StorybookError(f"The app is not here ({APP_FILE}): run it from a clone of the project (README).")
+        return subprocess.call(app_command_line(port), env=os.environ | {HOME_ENV: str(state["home"])})
+
+    raise typer.Exit(run(serve))
 
 
 @lab_app.command("run")
@@ -611,7 +766,7 @@ def lab_run(
             {"steps": train_steps, "learning_rate": train_lr},
             steps,
             image_scale,
-            progress=lambda message: console.print(message, highlight=False),
+            progress=lambda message: console.print(message),
         )
         table = results_table(results)
         rows = results_json(results)
@@ -623,10 +778,10 @@ def lab_run(
             rows += [asdict(result) for result in pair_results]
         (work / "results.md").write_text(table + "\n")
         (work / "results.json").write_text(json.dumps(rows, indent=1))
-        console.print(table, highlight=False)
+        console.print(table)
         console.print(f"Written to {work / 'results.md'} and results.json")
 
-    run(run_lab)
+    run(run_lab, loads_models=True)
 
 
 @lab_app.command("train-mini")
@@ -641,7 +796,7 @@ def lab_train_mini(
     """Train storybook-mini from scratch on the lab's world (about 1.5 h on 2 CPU cores; resumable)."""
     from storybook.lab.mini_model import train_mini
 
-    run(lambda: train_mini(out, work, unet_steps=unet_steps, seed=seed, progress=console.print))
+    run(lambda: train_mini(out, work, unet_steps=unet_steps, seed=seed, progress=console.print), loads_models=True)
 
 
 @lab_app.command("train-adapter")
@@ -667,7 +822,8 @@ def lab_train_adapter(
     run(
         lambda: train_mini_adapter(
             out, adapter_out, work, base, unet_steps=unet_steps, seed=seed, progress=console.print
-        )
+        ),
+        loads_models=True,
     )
 
 
@@ -680,4 +836,4 @@ def lab_train_evaluator(
     """Train the lab's evaluator (about 15 min on 2 CPU cores) and print its accuracy on fresh renders."""
     from storybook.lab.evaluator import train_evaluator
 
-    run(lambda: console.print(train_evaluator(out, steps, seed=seed, progress=console.print)))
+    run(lambda: console.print(train_evaluator(out, steps, seed=seed, progress=console.print)), loads_models=True)

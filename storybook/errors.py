@@ -42,5 +42,14 @@ class StoryError(StorybookError):
     """A story could not be written: the writer failed, or its story broke the rules after every retry."""
 
 
+class OutputError(StorybookError):
+    """A file the user asked for cannot be written there (a folder, a device, a read-only or full disk)."""
+
+
 class LabError(StorybookError):
     """A consistency-lab run that cannot start: an unknown method, or a work folder already used."""
+
+
+def describe_problems(error) -> str:
+    """A pydantic ValidationError as 'field: what is wrong; ...', each bad field once, without pydantic's links."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())

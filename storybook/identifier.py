@@ -2,9 +2,10 @@
 
 import hashlib
 import random
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
-from wordfreq import zipf_frequency
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CONSONANTS = "bdfgklmnprstvwxz"
 VOWELS = "aeiou"
@@ -13,6 +14,8 @@ CANDIDATES = 400
 
 def is_english_word(text: str) -> bool:
     """True when `text` appears in wordfreq's English word list (any frequency at all)."""
+    from wordfreq import zipf_frequency  # 0.4 s to import: only when a token is chosen
+
     return zipf_frequency(text, "en") > 0
 
 
@@ -28,7 +31,7 @@ def candidate_tokens(seed_text: str) -> list[str]:
     return list(dict.fromkeys(candidates))
 
 
-def choose_token(tokenizer: PreTrainedTokenizerBase, seed_text: str, taken: set[str], avoid: str = "") -> str:
+def choose_token(tokenizer: "PreTrainedTokenizerBase", seed_text: str, taken: set[str], avoid: str = "") -> str:
     """Pick the identifier for a new character: not an English word, as few tokenizer pieces as possible.
 
     `taken` holds the tokens of the registry's other characters and `avoid` text (class noun, name) the token must

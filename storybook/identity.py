@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
 from peft.utils import get_peft_model_state_dict
 from pydantic import BaseModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
@@ -54,12 +55,14 @@ def save_lora_identity(
     folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None, kohya: bool
 ) -> list[str]:
     """Write the LoRA weights of `unet` (and `text_encoder` when it was trained) to `folder`; return the file names."""
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # peft's own key names (`lora_A` / `lora_B`) for every layer: converting them to diffusers' older names renames
+    # the attention layers only, and a file that mixes both loses its attention layers when diffusers loads it.
+    unet_layers = get_peft_model_state_dict(unet)
     text_layers = None
     if text_encoder is not None:
         # transformers 5 dropped CLIP's `text_model.` level; write it back so that A1111, ComfyUI and kohya (and
         # diffusers, which strips it again when loading) all find the layers.
-        text_state = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        text_state = get_peft_model_state_dict(text_encoder)
         text_layers = {
             key if key.startswith("text_model.") else f"text_model.{key}": v for key, v in text_state.items()
         }
@@ -79,7 +82,8 @@ def save_lora_identity(
 
 
 def export_kohya(lora_file: Path, kohya_file: Path) -> None:
-    """Convert a diffusers-format LoRA file to kohya's key names (`lora_unet_…`, `lora_te_…`) used by A1111/ComfyUI."""
+    """Convert a diffusers- or peft-format LoRA file to kohya's key names (`lora_unet_…`, `lora_te_…`) used by A1111
+    and ComfyUI."""
     peft_state = convert_all_state_dict_to_peft(load_file(lora_file))
     kohya_state = convert_state_dict_to_kohya(peft_state)
     # diffusers names the text encoder `lora_te1_` (SDXL's first encoder); SD 1.x/2.x LoRAs use `lora_te_`.
@@ -105,6 +109,14 @@ def read_identity(folder: Path) -> IdentityMetadata:
     return IdentityMetadata.model_validate(json.loads(record.read_text()))
 
 
+def lost_attention_layers(lora_file: Path) -> bool:
+    """Whether `lora_file` mixes diffusers' older attention key names with peft's (what storybook wrote for a LoRA
+    on convolutions before): diffusers then loads the convolutions and drops the attention layers."""
+    with safe_open(lora_file, "pt") as weights:
+        keys = list(weights.keys())
+    return any(".lora.down." in key for key in keys) and any(".lora_A." in key for key in keys)
+
+
 def load_identity(
     pipeline: DiffusionPipeline, folder: Path, adapter_name: str, base_fingerprint: str | None = None
 ) -> IdentityMetadata:
@@ -126,6 +138,13 @@ def load_identity(
             stacklevel=2,
         )
     if metadata.method == "lora":
+        if lost_attention_layers(folder / LORA_FILE):
+            warnings.warn(
+                f"{folder / LORA_FILE} was saved by an older storybook in a form whose attention layers do not load: "
+                f"train {metadata.character} again (`storybook character train {metadata.character} --restart`) to "
+                "draw with all of them.",
+                stacklevel=1,
+            )
         pipeline.load_lora_weights(folder, weight_name=LORA_FILE, adapter_name=adapter_name)
         return metadata
     dtype, device = pipeline.unet.dtype, pipeline.unet.device

@@ -12,11 +12,10 @@ from diffusers import DiffusionPipeline
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from storybook.errors import ModelError
-from storybook.storage import atomic_write_text
+from storybook.storage import MINI_MODEL, atomic_write_text
 from storybook.tiny_model import make_tiny
 
 TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, built under <home>/models/tiny on first use
-MINI_MODEL = "storybook-mini"  # alias of the committed model trained on the lab's world (storybook/lab/mini_model.py)
 MINI_MODEL_FOLDER = Path(__file__).resolve().parent / "weights" / MINI_MODEL
 SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
 SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"} | SDXL_PIPELINES
@@ -79,10 +78,25 @@ def model_family(model_path: str) -> str:
     return "sdxl" if class_name in SDXL_PIPELINES else "sd"
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """The device to run on: `device` if given, else CUDA, else Apple MPS, else the CPU."""
-    if device:
+def parse_device(device: str) -> torch.device:
+    """The torch device named `device`. Raises ModelError for a name torch does not know."""
+    try:
         return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"Unknown device {device!r}: use cuda, cuda:1, mps or cpu.") from None
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The device to run on: `device` if given, else CUDA, else Apple MPS, else the CPU. Raises ModelError for a
+    device name torch does not know or a device this machine does not have."""
+    if device:
+        chosen = parse_device(device)
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if not available.get(chosen.type, True):  # other backends (xpu, ...): torch tells when they are missing
+            raise ModelError(f"This machine has no {chosen.type} device; use --device cpu or leave --device out.")
+        if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+            raise ModelError(f"There is no {device}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

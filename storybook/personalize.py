@@ -3,10 +3,13 @@ no training), or a LoRA with an image prompt. Everything lands in the character'
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
-from storybook.errors import ModelError
+from filelock import FileLock, Timeout
+
+from storybook.errors import ModelError, TrainingError
 from storybook.identity import IdentityMetadata
 from storybook.image_prompt import (
     MINI_ADAPTER_SCALE,
@@ -19,8 +22,8 @@ from storybook.image_prompt import (
 )
 from storybook.registry import character_dir, identity_folder, load_character
 from storybook.storage import default_model, replace_folder
+from storybook.train_config import IdentityMethod
 
-IdentityMethod = Literal["lora", "dreambooth", "ip-adapter", "lora+ip-adapter"]
 RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # on storybook-mini: no worse than any measured, ready in 0.2 s
 USER_ADAPTER_SCALE = 0.6  # a common starting strength for an IP-Adapter beside a text prompt
 
@@ -29,6 +32,24 @@ def recommended_method(model: str) -> IdentityMethod:
     """The method to offer first for base `model`: RECOMMENDED_METHOD where the model has an IP-Adapter of its own,
     else a LoRA (a user's adapter must be named)."""
     return RECOMMENDED_METHOD if default_adapter(model) else "lora"
+
+
+@contextmanager
+def identity_lock(folder: Path, name: str) -> Iterator[None]:
+    """Hold the character's identity lock for one build. Raises TrainingError when another build holds it: two runs
+    would write over each other's checkpoints and identity."""
+    lock = FileLock(folder / ".identity.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TrainingError(
+            f"{name} is already being trained or prepared by another storybook run; wait for it to finish (or stop "
+            "it), then try again."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_identity(
@@ -58,27 +79,32 @@ def build_identity(
                 "id such as h94/IP-Adapter) and --ip-adapter-weight (e.g. models/ip-adapter_sd15.safetensors)."
             )
         adapter_files(image_adapter)  # before any training: say now when its files are not on this machine
+    if image_scale is not None and not 0 <= image_scale <= 4:  # NaN too: checked before any training
+        raise ModelError(f"The image-prompt scale must be a number from 0 to 4, not {image_scale}.")
     if image_scale is None:
         image_scale = MINI_ADAPTER_SCALE if image_adapter == MINI_ADAPTER_SOURCE else USER_ADAPTER_SCALE
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
-    if method == "ip-adapter":
-        built = Path(tempfile.mkdtemp(dir=folder, prefix=".identity-building-"))
-        try:
-            record = write_image_prompt(home, built, character, model, image_adapter, image_scale)
-        except BaseException:
-            shutil.rmtree(built, ignore_errors=True)
-            raise
-        replace_folder(built, identity_folder(home, character.slug))
-        shutil.rmtree(folder / "samples", ignore_errors=True)  # sample grids of an earlier trained identity
-        return None, record
-    from storybook.trainer import train_identity
+    with identity_lock(folder, character.name):
+        if method == "ip-adapter":
+            built = Path(tempfile.mkdtemp(dir=folder, prefix=".identity-building-"))
+            try:
+                record = write_image_prompt(home, built, character, model, image_adapter, image_scale)
+            except BaseException:
+                shutil.rmtree(built, ignore_errors=True)
+                raise
+            replace_folder(built, identity_folder(home, character.slug))
+            shutil.rmtree(folder / "samples", ignore_errors=True)  # sample grids of an earlier trained identity
+            return None, record
+        from storybook.trainer import train_identity
 
-    trained = "dreambooth" if method == "dreambooth" else "lora"
-    metadata = train_identity(home, character.slug, trained, model, overrides, **training_options)
-    if image_adapter is None:
-        return metadata, None
-    # The trained weights are in place; the image prompt joins them (its record written last).
-    return metadata, write_image_prompt(
-        home, identity_folder(home, character.slug), character, model, image_adapter, image_scale
-    )
+        trained = "dreambooth" if method == "dreambooth" else "lora"
+        metadata = train_identity(
+            home, character.slug, trained, model, overrides, command_method=method, **training_options
+        )
+        if image_adapter is None:
+            return metadata, None
+        # The trained weights are in place; the image prompt joins them (its record written last).
+        return metadata, write_image_prompt(
+            home, identity_folder(home, character.slug), character, model, image_adapter, image_scale
+        )

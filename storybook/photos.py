@@ -1,6 +1,7 @@
 """Reading a parent's photos safely, checking them as a set, and cropping them square around the child's face."""
 
 import functools
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from storybook.errors import PhotoError
 
 MIN_PHOTOS = 3
 MAX_PHOTOS = 30
+# What a folder given as --photos is searched for (other files in it are left alone).
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".heic", ".heif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MIN_SIDE = 256  # px, short side
 MAX_PIXELS = 100_000_000  # refuse decompression bombs above this, before decoding pixels
 NEAR_DUPLICATE_DISTANCE = 6  # of 64 phash bits: catches resized/re-encoded copies, not new shots of the same scene
@@ -227,3 +230,16 @@ def _face_cascade() -> "cv2.CascadeClassifier | None":
         warnings.warn("OpenCV's Haar face cascade is missing: photos will be centre-cropped", stacklevel=3)
         return None
     return cascade
+
+
+def upload_file_name(name: str) -> str:
+    """A file name to store an upload under, from the name the browser sent: no folders, no control characters, at
+    most 60 characters (240 bytes, under every file system's limit) with its extension kept, and "photo" for an empty
+    or dot-only name."""
+    base = "".join(c for c in name.replace("\\", "/").split("/")[-1] if unicodedata.category(c)[0] != "C").strip()
+    if not base.strip("."):
+        return "photo"
+    stem, dot, suffix = base.rpartition(".")
+    if not dot or len(suffix) > 10:
+        return base[:60]
+    return f"{stem[: 59 - len(suffix)]}.{suffix}"

@@ -9,15 +9,16 @@ import hashlib
 import io
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from diffusers import StableDiffusionUpscalePipeline
 from PIL import Image, ImageOps
 
+from storybook.book import book_file
 from storybook.errors import ModelError
-from storybook.models import pick_device, pick_dtype
 from storybook.storage import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionUpscalePipeline
 
 PRINT_DPI = 300
 PRINT_DIR = "print"
@@ -26,8 +27,12 @@ X4_STEPS = 20
 Upscaler = Literal["auto", "x4", "lanczos"]
 
 
-def load_x4_upscaler(model: str, device: str | None = None) -> StableDiffusionUpscalePipeline | None:
+def load_x4_upscaler(model: str, device: str | None = None) -> "StableDiffusionUpscalePipeline | None":
     """diffusers' x4 upscaler from a local folder or the Hugging Face cache (never downloaded); None when absent."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    from storybook.models import pick_device, pick_dtype
+
     torch_device = pick_device(device)
     try:
         upscaler = StableDiffusionUpscalePipeline.from_pretrained(
@@ -46,6 +51,9 @@ class PrintPictures:
         self, folder: Path, upscaler: Upscaler = "auto", upscaler_model: str = X4_UPSCALER, device: str | None = None
     ):
         """Choose the method: 'x4' needs the upscaler's weights (ModelError otherwise); 'auto' uses them on a GPU."""
+        from storybook.models import pick_device  # torch: only once a book is exported
+
+        book_file(folder, PRINT_DIR)  # print files are written there: a symlink out of the book is refused
         self.folder = folder
         self.x4 = None
         if upscaler == "x4" or (upscaler == "auto" and pick_device(device).type == "cuda"):
@@ -64,9 +72,11 @@ class PrintPictures:
         size = (math.ceil(width_in * PRINT_DPI), math.ceil(height_in * PRINT_DPI))
         target = self.folder / PRINT_DIR / f"{Path(image).stem}-{size[0]}x{size[1]}-{self.method}.jpg"
         if target.exists():
-            return target
-        picture = Image.open(self.folder / image).convert("RGB")
+            return book_file(self.folder, str(target.relative_to(self.folder)))
+        picture = Image.open(book_file(self.folder, image)).convert("RGB")
         if self.x4 is not None:
+            import torch
+
             picture = self.x4(
                 prompt=prompt,
                 image=picture,

@@ -7,23 +7,29 @@ samples/ (validation grids), checkpoints/ (while training).
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
-from transformers import CLIPTokenizer
 
-from storybook.errors import CharacterError
+from storybook.errors import CharacterError, describe_problems
 from storybook.identifier import choose_token
-from storybook.photos import load_photos, prepare_photo
-from storybook.storage import atomic_write_text, slugify
+from storybook.storage import InsidePath, atomic_write_text, slugify
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 SCHEMA_VERSION = 1
 IDENTITY_RECORDS = ("identity.json", "image_prompt.json")
+MAX_NAME, MAX_CLASS_NOUN, MAX_DESCRIPTION = 100, 40, 300
+SUFFIX_PATTERN = re.compile(r"\.[a-z0-9]{1,10}")  # an original keeps its extension when it is a plain one
 PREPARED_MAX_SIDE = 1024  # crops are kept at up to SDXL's size; training resizes them to its model's resolution
 
 
@@ -31,8 +37,8 @@ class PhotoRecord(BaseModel):
     """One registered photo: the parent's file name, the stored original and its prepared crop."""
 
     original_name: str
-    stored: str  # relative to the character folder
-    prepared: str
+    stored: InsidePath  # relative to the character folder
+    prepared: InsidePath
     sha256: str
 
 
@@ -88,6 +94,15 @@ def identity_records(home: Path, name: str) -> list[Path]:
     return [folder / record for record in IDENTITY_RECORDS if (folder / record).is_file()]
 
 
+def identity_hash(home: Path, slug: str) -> str:
+    """A short hash of the identity's records (trained weights, image prompt): it changes whenever the identity is
+    built again. Raises CharacterError when the character has no identity yet."""
+    records = identity_records(home, slug)
+    if not records:
+        raise CharacterError(f"{slug} has no trained identity yet: run `storybook character train {slug}` first.")
+    return hashlib.sha256(b"".join(record.read_bytes() for record in records)).hexdigest()[:16]
+
+
 def is_trained(home: Path, name: str) -> bool:
     """Whether character `name` has an identity (trained weights, an image prompt or both)."""
     return bool(identity_records(home, name))
@@ -95,21 +110,27 @@ def is_trained(home: Path, name: str) -> bool:
 
 def load_character(home: Path, name: str) -> Character:
     """Read character.json of `name`. Raises CharacterError when it is missing, damaged or from a newer version."""
-    folder = character_dir(home, name)
-    record = folder / "character.json"
+    record = character_dir(home, name) / "character.json"
     if not record.is_file():
         known = ", ".join(c.name for c in list_characters(home)) or "none yet"
         raise CharacterError(f"No character named {name!r} (known: {known}). Add one with `storybook character add`.")
+    return read_character(record)
+
+
+def read_character(record: Path) -> Character:
+    """Read the character.json at `record`. Raises CharacterError when it is damaged or from a newer version."""
     try:
-        data = json.loads(record.read_text())
-    except json.JSONDecodeError as error:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CharacterError(f"{record} is damaged ({error}); remove and add the character again.") from error
-    if data.get("schema_version", 0) > SCHEMA_VERSION:
+    if not isinstance(data, dict):
+        raise CharacterError(f"{record} is damaged (not a JSON object); remove and add the character again.")
+    if not isinstance(data.get("schema_version", 0), int) or data.get("schema_version", 0) > SCHEMA_VERSION:
         raise CharacterError(f"{record} was written by a newer storybook; upgrade storybook to use it.")
     try:
         return Character.model_validate(data)
     except ValidationError as error:
-        raise CharacterError(f"{record} is not a valid character file: {error}") from error
+        raise CharacterError(f"{record} is not a valid character file ({describe_problems(error)}).") from None
 
 
 def save_character(home: Path, character: Character) -> None:
@@ -128,7 +149,7 @@ def list_characters(home: Path) -> list[Character]:
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if (folder / "character.json").is_file():
             try:
-                characters.append(load_character(home, folder.name))
+                characters.append(read_character(folder / "character.json"))
             except CharacterError as error:
                 warnings.warn(str(error), stacklevel=2)
     return characters
@@ -138,7 +159,7 @@ def add_character(
     home: Path,
     name: str,
     photo_paths: Sequence[Path],
-    tokenizer: CLIPTokenizer,
+    tokenizer: "CLIPTokenizer",
     class_noun: str = "toddler",
     description: str = "",
 ) -> Character:
@@ -147,7 +168,12 @@ def add_character(
     Everything is built in a hidden folder and moved into place at the end, so a failure leaves nothing behind.
     Raises InvalidNameError, CharacterError (name taken) or PhotoError (listing every bad photo).
     """
+    from storybook.photos import load_photos, prepare_photo  # OpenCV and friends: only when photos come in
+
     slug = slugify(name)
+    if len(name.strip()) > MAX_NAME or any(unicodedata.category(c)[0] == "C" for c in name):
+        raise CharacterError(f"A name is one line of at most {MAX_NAME} characters, e.g. 'Mia Rose'.")
+    class_noun, description = check_class_noun(class_noun), check_description(description)
     folder = characters_root(home) / slug
     if folder.exists():
         raise CharacterError(f"A character named {name!r} already exists; pick another name or remove it first.")
@@ -163,7 +189,8 @@ def add_character(
         records = []
         for index, (path, image) in enumerate(zip(photo_paths, images, strict=True)):
             original = Path(path).read_bytes()
-            stored = f"photos/{index:02d}{Path(path).suffix.lower()}"
+            suffix = Path(path).suffix.lower()
+            stored = f"photos/{index:02d}" + (suffix if SUFFIX_PATTERN.fullmatch(suffix) else "")
             (building / stored).write_bytes(original)
             prepared = f"prepared/{index:02d}.png"
             prepare_photo(image, min(PREPARED_MAX_SIDE, min(image.size))).save(building / prepared)
@@ -190,6 +217,30 @@ def add_character(
         shutil.rmtree(building, ignore_errors=True)
         raise
     return character
+
+
+def check_class_noun(class_noun: str) -> str:
+    """`class_noun` stripped, when it is a word or a few: letters (with their marks) of any script, spaces, ' and -,
+    starting with a letter, at most MAX_CLASS_NOUN characters. Raises CharacterError otherwise."""
+    noun = class_noun.strip()
+    allowed = [unicodedata.category(c)[0] in "LM" or c in " '-" for c in noun]
+    if not noun or unicodedata.category(noun[0])[0] != "L" or not all(allowed) or len(noun) > MAX_CLASS_NOUN:
+        raise CharacterError(
+            f"The class noun {class_noun!r} is not a word or two of letters (at most {MAX_CLASS_NOUN} characters): "
+            "say what the character is, e.g. 'toddler', 'baby girl' or 'teddy bear'."
+        )
+    return noun
+
+
+def check_description(description: str) -> str:
+    """`description` stripped, when it is one line of at most MAX_DESCRIPTION characters. Raises CharacterError."""
+    text = description.strip()
+    if len(text) > MAX_DESCRIPTION or any(unicodedata.category(c).startswith("C") for c in text):
+        raise CharacterError(
+            f"The description must be one line of at most {MAX_DESCRIPTION} characters (it is {len(text)}, "
+            "control characters not allowed), e.g. 'curly red hair, yellow raincoat'."
+        )
+    return text
 
 
 def remove_character(home: Path, name: str) -> Path:

@@ -18,10 +18,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from storybook import registry
-from storybook.book import Book, Candidate, Page, RenderSettings, load_book, save_book
+from storybook.book import Book, Candidate, Page, RenderSettings, book_file, load_book, save_book
 from storybook.book_edits import cover_page
-from storybook.errors import BookError, ModelError
-from storybook.renderer import ImageJob, Renderer, dreambooth_character, identity_hash
+from storybook.errors import BookError, ModelError, describe_problems
+from storybook.renderer import ImageJob, Renderer, dreambooth_character
 from storybook.storage import atomic_write_bytes, slugify
 from storybook.train_config import SMALL_MODEL_PARAMETERS
 
@@ -37,6 +37,7 @@ class Target:
     page: tuple  # the page's `drawing` when the run started: which page of book.json the picture belongs to
     job: ImageJob
     image: str  # relative to the book folder
+    identities: dict[str, str]  # the hash of each drawn character's identity (export checks they are still current)
 
 
 def drawing(page: Page) -> tuple:
@@ -68,7 +69,7 @@ def with_settings(book: Book, overrides: dict) -> Book:
     try:
         settings = RenderSettings.model_validate(book.render.model_dump() | changes)
     except ValidationError as error:
-        raise BookError(f"Bad render settings: {error}") from error
+        raise BookError(f"Bad render settings, nothing was changed: {describe_problems(error)}.") from None
     return book.model_copy(update={"render": settings})
 
 
@@ -130,14 +131,18 @@ def default_batch_size(renderer: Renderer) -> int:
     return 4 if renderer.device.type == "cuda" or small else 1
 
 
-def attach(targets: list[Target], folder: Path, cover: Page, preview: bool, candidates: int) -> None:
-    """Point the pages of book.json at the pictures of `targets` that exist on disk, and save it.
+def attach(
+    targets: list[Target], folder: Path, cover: Page, settings: RenderSettings, preview: bool, candidates: int
+) -> None:
+    """Point the pages of book.json at the pictures of `targets` that exist on disk, and save it with the `settings`
+    they were drawn with.
 
     book.json is read again first, so edits made while the render runs are kept; a page edited since the run began
     no longer matches its targets and is left alone. A page whose picture (or draft) is not drawn yet under the
     current settings loses its old one, so that an interrupted re-render never prints a mix of old and new pictures.
     """
     book = load_book(folder)
+    book.render = settings
     if book.cover is None:
         book.cover = cover
     for page in [book.cover, *book.pages]:
@@ -150,6 +155,7 @@ def attach(targets: list[Target], folder: Path, cover: Page, preview: bool, cand
             page.preview = own
         else:
             page.image = own
+            page.identities = wanted[0].identities if own else {}
         if candidates > 1:
             page.candidates = [Candidate(seed=t.job.seed, image=t.image) for t in drawn]
     save_book(folder, book)
@@ -165,21 +171,33 @@ def render_book(
     only: list[int] | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    settings: dict | None = None,
     **load_options,
 ) -> tuple[RenderReport, Renderer]:
-    """Draw the pictures of the book in `folder` that are not drawn yet, with the settings in its book.json.
+    """Draw the pictures of the book in `folder` that are not drawn yet, with the settings in its book.json changed
+    by `settings` (see `with_settings`).
 
     `preview` draws fast low-step drafts (page.preview); `candidates` draws that many seeds per page (page.candidates);
     `only` limits the run to those page numbers (0 is the cover). `progress(done, total)` is called after each batch.
+    book.json changes only once a picture is drawn (or found drawn) with the new settings: a setting that makes the
+    render fail is never kept, and no page loses its picture to it.
     Returns what was done and the renderer, to reuse for the next book. Raises BookError and ModelError.
     """
     if preview and candidates > 1:
         raise BookError("Candidates are for choosing a final picture: render them without --preview.")
     book = load_book(folder)
+    book_file(folder, IMAGES_DIR)  # pictures are written there: a symlink out of a book someone sent is refused
+    if settings:
+        book = with_settings(book, settings)
     if book.cover is None:
         book.cover = cover_page(book)
+    if only and (unknown := sorted(set(only) - set(range(len(book.pages) + 1)))):
+        raise BookError(
+            f"The book has no page {', '.join(map(str, unknown))}: its pages are 1-{len(book.pages)}, and 0 is the "
+            "cover."
+        )
     renderer = open_renderer(home, book, renderer, **load_options)
-    identities = {character.slug: identity_hash(home, character.slug) for character in book.characters}
+    identities = {character.slug: registry.identity_hash(home, character.slug) for character in book.characters}
     steps = book.render.preview_steps if preview else book.render.steps
     numbered = [(0, book.cover)] + list(enumerate(book.pages, start=1))
     targets, too_long = [], {}
@@ -194,15 +212,17 @@ def render_book(
             seed = candidate_seed(page.seed, candidate)
             job = ImageJob(page.prompt, page.negative_prompt, seed, tuple(page.characters))
             image = f"{IMAGES_DIR}/{picture_key(job, renderer, steps, identities, book)}.png"
-            targets.append(Target(drawing(page), job, image))
+            drawn_identities = {slug: identities[slug] for slug in page.characters}
+            targets.append(Target(drawing(page), job, image, drawn_identities))
     missing = [target for target in targets if not (folder / target.image).exists()]
-    attach(targets, folder, book.cover, preview, candidates)
+    if not missing:
+        attach(targets, folder, book.cover, book.render, preview, candidates)
     batches = batched(missing, batch_size or default_batch_size(renderer))
     done = len(targets) - len(missing)
     for batch in batches:
         for target, picture in zip(batch, renderer.draw([t.job for t in batch], book.render, steps), strict=True):
             save_png(folder / target.image, picture)
-        attach(targets, folder, book.cover, preview, candidates)
+        attach(targets, folder, book.cover, book.render, preview, candidates)
         done += len(batch)
         if progress:
             progress(done, len(targets))

@@ -6,7 +6,6 @@ page) and calls the diffusers pipeline with one fresh CPU generator per picture,
 and seed only, never on what was drawn before it or beside it in a batch.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from storybook.image_prompt import (
     read_image_prompt,
 )
 from storybook.models import load_pipeline, model_fingerprint
-from storybook.registry import identity_folder, identity_records
+from storybook.registry import identity_folder, identity_hash
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -49,15 +48,6 @@ class ImageJob:
     negative_prompt: str
     seed: int
     characters: tuple[str, ...]  # registry slugs
-
-
-def identity_hash(home: Path, slug: str) -> str:
-    """A short hash of the identity's records (trained weights, image prompt): it changes whenever the identity is
-    built again."""
-    records = identity_records(home, slug)
-    if not records:
-        raise ModelError(f"{slug} has no trained identity yet: run `storybook character train {slug}` first.")
-    return hashlib.sha256(b"".join(record.read_bytes() for record in records)).hexdigest()[:16]
 
 
 def has_weights(home: Path, slug: str) -> bool:

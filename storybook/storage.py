@@ -5,12 +5,17 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Annotated
 
-from storybook.errors import InvalidNameError
+from pydantic import AfterValidator
+
+from storybook.errors import InvalidNameError, OutputError
 
 HOME_ENV = "STORYBOOK_HOME"
 MODEL_ENV = "STORYBOOK_MODEL"  # the base model used where none is named (the test suite sets 'tiny')
+MINI_MODEL = "storybook-mini"  # alias of the committed model trained on the lab's world (storybook/lab/mini_model.py)
+MAX_SLUG = 64
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"  # the story and prompt templates (Jinja2)
 
 
@@ -24,11 +29,12 @@ def data_home(home: Path | None = None) -> Path:
 def default_model() -> str:
     """The base model used where none is named: $STORYBOOK_MODEL, else storybook-mini (the model that draws
     pictures; 'tiny' is for tests)."""
-    return os.environ.get(MODEL_ENV) or "storybook-mini"
+    return os.environ.get(MODEL_ENV) or MINI_MODEL
 
 
 def slugify(name: str) -> str:
-    """Turn a display name into a folder-safe slug ("Mia Rose" -> "mia-rose"; letters of any script are kept).
+    """Turn a display name into a folder-safe slug ("Mia Rose" -> "mia-rose"; letters of any script are kept), at
+    most MAX_SLUG characters and never ending in "-", so that a slug is its own slug (folders are found by it).
 
     Raises InvalidNameError for names that are empty, contain path separators or `..`, or leave no letters or digits.
     """
@@ -38,7 +44,7 @@ def slugify(name: str) -> str:
         raise InvalidNameError(
             f"The name {name!r} contains a path ('/', '\\' or '..'): use a plain name such as 'Mia'."
         )
-    slug = re.sub(r"[\W_]+", "-", unicodedata.normalize("NFKC", name).lower()).strip("-")[:64]
+    slug = re.sub(r"[\W_]+", "-", unicodedata.normalize("NFKC", name).lower()).strip("-")[:MAX_SLUG].strip("-")
     if not slug:
         raise InvalidNameError(
             f"The name {name!r} has no letters or digits to name a folder by: use a name like 'Mia'."
@@ -46,11 +52,32 @@ def slugify(name: str) -> str:
     return slug
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one, never a part."""
+def relative_inside(value: str) -> str:
+    """`value` when it is a relative path that stays inside its folder (no absolute path, drive, '..' or '\\');
+    raises ValueError otherwise. The type of every file path a data file (book.json, character.json) holds."""
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or "\\" in value or ":" in value or "\x00" in value:
+        raise ValueError(f"{value!r} is not a path inside its folder")
+    return value
+
+
+InsidePath = Annotated[str, AfterValidator(relative_inside)]
+
+
+def contained(folder: Path, relative: str) -> Path | None:
+    """`folder / relative` resolved (symlinks followed), or None when that leads outside `folder`."""
+    path = (folder / relative).resolve()
+    return path if path.is_relative_to(folder.resolve()) else None
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one, never a part; `mode`
+    sets its permissions (default: private to the user, 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as tmp_file:
             tmp_file.write(data)
             tmp_file.flush()
@@ -59,6 +86,45 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def user_file_target(path: Path) -> Path:
+    """Where writing the file a user named (e.g. `export --out`) goes: `path`, or the regular file its symlink names.
+    Raises OutputError for a folder, a device or anything else that is not a regular file, and a symlink loop:
+    checked before the work that makes the file. Missing folders on the way are created when it is written."""
+    try:
+        target = path.resolve(strict=False) if path.is_symlink() else path
+    except (OSError, RuntimeError):
+        raise OutputError(f"{path} is a symlink that leads nowhere (a loop): give the path of a file.") from None
+    if target.exists() and not target.is_file():
+        kind = "a folder" if target.is_dir() else "not a regular file"
+        raise OutputError(f"{path} is {kind}, so nothing was written there: give the path of a file, e.g. book.pdf.")
+    return target
+
+
+def write_user_file(path: Path, data: bytes) -> None:
+    """Write `data` to the file a user named, atomically and only as a regular file (see `user_file_target`). A new
+    file gets the permissions the user's umask gives, a replaced one keeps its own. Raises OutputError."""
+    target = user_file_target(path)
+    mode = target.stat().st_mode & 0o7777 if target.is_file() else 0o666 & ~current_umask()
+    try:
+        atomic_write_bytes(target, data, mode)
+    except OSError as error:
+        raise OutputError(
+            f"Cannot write {path}: {error.strerror or error}. Choose another place, or free some space."
+        ) from None
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting it is process-wide, a race
+    with other threads)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

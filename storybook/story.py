@@ -12,7 +12,20 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from storybook import registry
-from storybook.book import MAX_PAGES, MIN_PAGES, Book, BookCharacter, Page, Pronouns, age_band, create_book
+from storybook.book import (
+    MAX_DEDICATION,
+    MAX_NAME,
+    MAX_PAGES,
+    MAX_THEME,
+    MAX_WORDS_PER_PAGE,
+    MIN_PAGES,
+    Book,
+    BookCharacter,
+    Page,
+    Pronouns,
+    age_band,
+    create_book,
+)
 from storybook.book_edits import cover_page
 from storybook.errors import StoryError
 from storybook.llm_writer import LLMSettings, write_with_llm
@@ -28,16 +41,16 @@ Writer = Literal["llm", "offline"]
 class StoryRequest(BaseModel):
     """The story a parent asks for (the CLI's `story write` options; batch spec files hold the same fields)."""
 
-    child: str
+    child: str = Field(min_length=1, max_length=MAX_NAME)
     characters: list[str] = Field(default_factory=list)  # registered names; empty: the child's own character
-    theme: str
+    theme: str = Field(min_length=1, max_length=MAX_THEME)
     pages: int = Field(12, ge=MIN_PAGES, le=MAX_PAGES)
     age: int = Field(2, ge=0, le=6)
     pronouns: Pronouns = "they"
-    style: str = DEFAULT_STYLE
-    max_words_per_page: int | None = None  # default: the age band's limit
-    dedication: str | None = None
-    seed: int | None = None  # default: a random seed, recorded in book.json
+    style: str = Field(DEFAULT_STYLE, min_length=1, max_length=MAX_THEME)
+    max_words_per_page: int | None = Field(None, ge=1, le=MAX_WORDS_PER_PAGE)  # default: the age band's limit
+    dedication: str | None = Field(None, max_length=MAX_DEDICATION)
+    seed: int | None = Field(None, ge=0, lt=2**53)  # default: a random seed, recorded in book.json
 
 
 def default_writer() -> Writer:

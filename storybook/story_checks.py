@@ -6,7 +6,7 @@ Each check returns a list of problems in plain words: they are shown to a parent
 
 import re
 
-from storybook.book import Book, BookCharacter, Page
+from storybook.book import MAX_DEDICATION, MAX_TITLE, Book, BookCharacter, Page
 
 # Words a toddler's book never needs; matched as whole words in page text and scene prompts.
 UNSAFE_WORDS = frozenset(
@@ -107,11 +107,18 @@ def check_book(book: Book, pages: int | None = None) -> list[str]:
         problems.append(f"The story has {len(book.pages)} pages; it must have exactly {pages}.")
     if not book.pages:
         problems.append("The story has no pages.")
-    if not book.title.strip():
-        problems.append("The title is empty.")
-    for where, text in (("title", book.title), ("dedication", book.dedication)):
-        if found := unsafe_words(text):
-            problems.append(f"The {where} uses words not meant for a toddler's book: {', '.join(found)}.")
+    problems += check_front(book)
     for number, page in enumerate(book.pages, start=1):
         problems += check_page(book, page, f"page {number}")
+    return problems
+
+
+def check_front(book: Book) -> list[str]:
+    """The problems of the title and the dedication: empty, too long to print, words not for a toddler's book."""
+    problems = [] if book.title.strip() else ["The title is empty."]
+    for where, text, most in (("title", book.title, MAX_TITLE), ("dedication", book.dedication, MAX_DEDICATION)):
+        if len(text) > most:
+            problems.append(f"The {where} has {len(text)} characters; at most {most} fit where it is printed.")
+        if found := unsafe_words(text):
+            problems.append(f"The {where} uses words not meant for a toddler's book: {', '.join(found)}.")
     return problems

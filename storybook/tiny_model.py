@@ -28,7 +28,8 @@ watercolor soft toddler child kid baby girl boy man woman dog cat bear teddy bal
 forest park tree bedroom bed bath bathtub snow night sky moon star stars daycare school garden house playing
 building reading sleeping running jumping smiling happy little big red orange yellow green blue purple pink brown
 black white gray curly straight short long hair shirt raincoat dress hat jacket wearing colorful bright
-""".split()
+nsfw nudity violence blood weapon scary horror text watermark signature lowres blurry deformed hands
+""".split()  # the last line: the default negative prompt's words, so that it fits in 77 tokens
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
 
 

@@ -5,6 +5,7 @@ weight the loss, step; checkpoint every N steps and on Ctrl-C; save the identity
 from one CPU generator whose state is checkpointed, so a resumed run reaches the same weights as an unbroken one.
 """
 
+import math
 import shutil
 import signal
 import threading
@@ -23,6 +24,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from PIL import Image
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from storybook import losses
@@ -30,11 +32,12 @@ from storybook.checkpoints import latest_checkpoint, load_checkpoint, read_state
 from storybook.class_images import class_image_dir, class_prompt, ensure_class_images
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_lora_identity
-from storybook.models import SDXL_PIPELINES, load_pipeline, model_fingerprint
+from storybook.models import SDXL_PIPELINES, load_pipeline, model_fingerprint, parse_device
 from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
 from storybook.storage import atomic_write_text, default_model, replace_folder
-from storybook.train_config import Method, TrainingConfig, resolve_config
+from storybook.train_config import Method, TrainingConfig, resolve_config, resumed_config
 
+RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # With `lora_convolutions`: the ResNets' 3x3 convolutions and the transformers' projections and feed-forward too, where
 # a small UNet keeps most of its weights (kohya's LoCon); diffusers and A1111 load these keys as well.
@@ -157,6 +160,27 @@ def interrupts_between_steps() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def resume_command(character: Character, method: str, model: str) -> str:
+    """The command that continues `character`'s interrupted run (its settings come from the checkpoint)."""
+    model_option = "" if model == default_model() else f" --model {model}"
+    return f"storybook character train {character.slug} --method {method}{model_option} --resume"
+
+
+def diverged_message(character: Character, method: Method, step: int, checkpoint_root: Path) -> str:
+    """What to say when the loss or the weights became NaN or infinite at `step`: nothing of it was saved."""
+    last = latest_checkpoint(checkpoint_root)
+    kept = (
+        f"the last good checkpoint ({last.name}) is kept: `--resume` goes on from it"
+        if last
+        else "no checkpoint was saved before it"
+    )
+    return (
+        f"Training of {character.name} diverged at step {step} (the loss or the weights became NaN or infinite) and "
+        f"nothing of it was saved; {kept}. The learning rate is usually too high: start over with a lower --lr and "
+        f"--restart (`storybook character train {character.slug} --method {method} --restart --lr ...`)."
+    )
+
+
 def train_identity(
     home: Path,
     name: str,
@@ -169,19 +193,24 @@ def train_identity(
     device: str | None = None,
     show_progress: bool = True,
     on_step: Callable[[StepReport], None] | None = None,
+    command_method: str | None = None,
 ) -> IdentityMetadata:
     """Train the identity of character `name` on base `model` and save it under its identity/ folder.
 
     `overrides` replaces the method's defaults (`resolve_config`, e.g. {"steps": 200}). Returns the saved metadata.
-    `resume` continues the last checkpoint; `restart` discards it. Raises TrainingError for impossible settings,
+    `resume` continues the last checkpoint; `restart` discards it. `command_method` is the --method the resume
+    command printed after Ctrl-C names (default `method`; 'lora+ip-adapter' trains a 'lora'). Raises TrainingError
+    for impossible settings,
     resume mismatches or an unfinished run given neither, TrainingInterrupted after Ctrl-C (with a checkpoint
     saved), and ModelError when the base model cannot be loaded.
     """
-    if device and torch.device(device).type == "cuda" and torch.device(device).index not in (None, 0):
+    requested = parse_device(device) if device else None
+    if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):
         raise TrainingError(
             f"Training runs on the current GPU; to train on {device}, run with "
-            f"CUDA_VISIBLE_DEVICES={torch.device(device).index} and --device cuda."
+            f"CUDA_VISIBLE_DEVICES={requested.index} and --device cuda."
         )
+    resolve_config(method, 0, overrides)  # the values given are checked before any model loads
     model = model or default_model()
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
@@ -193,13 +222,38 @@ def train_identity(
         raise TrainingError("Identity training supports Stable Diffusion 1.x/2.x base models for now, not SDXL.")
     unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
     unet_parameters = sum(p.numel() for p in unet.parameters())
-    config = resolve_config(method, unet_parameters, overrides)
+    fingerprint = model_fingerprint(model_path, home)
+    checkpoint = latest_checkpoint(checkpoint_root)
+    if resume and checkpoint is None:
+        raise TrainingError(f"No checkpoint to resume for {character.name}; train without --resume.")
+    if checkpoint is not None and not (resume or restart):
+        raise TrainingError(
+            f"{character.name} has an unfinished training run ({checkpoint.name}): continue it with --resume, "
+            "or start over with --restart."
+        )
+    state = read_state(checkpoint, RESUME_KEYS) if resume else None
+    if state is None:
+        config = resolve_config(method, unet_parameters, overrides)
+    else:
+        if state["base"] != fingerprint:
+            raise TrainingError(
+                f"{checkpoint} was made with another base model than {model}; resume with that model's --model, or "
+                "start over with --restart."
+            )
+        try:
+            saved_config = TrainingConfig.model_validate(state["config"])
+        except ValidationError:
+            raise TrainingError(
+                f"{checkpoint} is damaged (its settings cannot be read); start over with --restart."
+            ) from None
+        config = resumed_config(saved_config, method, overrides)
+        if state["step"] > config.steps:
+            raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
     if config.mixed_precision != "no" and pipeline.device.type == "cpu":
         raise TrainingError("Mixed precision needs a GPU; on the CPU train with --mixed-precision no.")
     accelerator = make_accelerator(config.mixed_precision, cpu=pipeline.device.type == "cpu")
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     resolution = unet.config.sample_size * pipeline.vae_scale_factor
-    fingerprint = model_fingerprint(model_path, home)
 
     # Class images come from the untouched base model, so generate them before any weight changes.
     class_latents = None
@@ -275,24 +329,7 @@ def train_identity(
     generator = torch.Generator("cpu").manual_seed(config.seed)
     trained = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
     step, loss_history = 0, []
-    checkpoint = latest_checkpoint(checkpoint_root)
-    if resume and checkpoint is None:
-        raise TrainingError(f"No checkpoint to resume for {character.name}; train without --resume.")
-    if checkpoint is not None and not (resume or restart):
-        raise TrainingError(
-            f"{character.name} has an unfinished training run ({checkpoint.name}): continue it with --resume, "
-            "or start over with --restart."
-        )
-    if resume:
-        state = read_state(checkpoint)
-        saved_config = TrainingConfig.model_validate(state["config"])
-        if saved_config.model_copy(update={"steps": config.steps}) != config or state["base"] != fingerprint:
-            raise TrainingError(
-                f"{checkpoint} was made with another base model or other settings ({saved_config}); pass the same "
-                "settings to --resume, or start over with --restart."
-            )
-        if state["step"] > config.steps:
-            raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
+    if state is not None:
         load_checkpoint(checkpoint, trained, optimizer, accelerator.scaler, generator)
         step, loss_history, photo_loss_before = state["step"], state["loss_history"], state["photo_loss_before"]
         started -= state["elapsed_s"]
@@ -345,6 +382,8 @@ def train_identity(
                         )
                     accelerator.backward(loss / config.grad_accum)
                     step_loss += loss.item() / config.grad_accum
+                if not math.isfinite(step_loss):
+                    raise TrainingError(diverged_message(character, method, step + 1, checkpoint_root))
                 accelerator.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -355,6 +394,8 @@ def train_identity(
                 if on_step:
                     on_step(StepReport(step, config.steps, step_loss, time.perf_counter() - started))
                 if step % config.checkpoint_every == 0 and step < config.steps:
+                    if not all(torch.isfinite(p).all() for p in parameters):  # never checkpoint poisoned weights
+                        raise TrainingError(diverged_message(character, method, step, checkpoint_root))
                     checkpoint_now(rng_state)
                     with accelerator.autocast():
                         save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
@@ -364,12 +405,14 @@ def train_identity(
             checkpoint_now(rng_state)
             raise TrainingInterrupted(
                 f"Training of {character.name} stopped at step {step}/{config.steps}; a checkpoint was saved. "
-                f"Continue with `storybook character train {character.slug} --method {method} --resume`."
+                f"Continue with `{resume_command(character, command_method or method, model)}`."
             ) from None
         finally:
             progress.close()
 
         photo_loss_after = photo_loss()
+        if not (math.isfinite(photo_loss_after) and all(torch.isfinite(p).all() for p in parameters)):
+            raise TrainingError(diverged_message(character, method, step, checkpoint_root))
         unet = accelerator.unwrap_model(unet)
         text_encoder = accelerator.unwrap_model(text_encoder) if config.train_text_encoder else None
         identity_folder = folder / "identity"

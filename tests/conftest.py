@@ -122,3 +122,23 @@ def tiny_ip_adapter(tmp_path_factory, tiny_models_dir):
     return AdapterSource(
         source=str(root), weight_name="models/ip-adapter_sd15.safetensors", image_encoder="models/image_encoder"
     )
+
+
+@pytest.fixture
+def drawn_book(family_home):
+    """An 8-page book about Mia and Rex whose pictures are random 32x32 images (no model needed)."""
+    import numpy as np
+    from PIL import Image
+
+    from storybook.book import save_book
+    from storybook.render_book import save_png
+    from storybook.story import StoryRequest, write_story
+
+    request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="bedtime", pages=8, pronouns="she", seed=5)
+    folder, book = write_story(family_home, request, "offline")
+    rng = np.random.default_rng(0)
+    for number, page in enumerate([book.cover, *book.pages]):
+        page.image = f"images/picture-{number}.png"
+        save_png(folder / page.image, Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)))
+    save_book(folder, book)
+    return folder

@@ -66,3 +66,18 @@ def test_bad_specs_name_the_file_and_the_field(tmp_path):
     not_yaml.write_text("- just\n- a list\n")
     with pytest.raises(BookError, match="not a mapping"):
         load_spec(not_yaml)
+    steps_typo = write_spec(tmp_path, "steps", render={"stpes": 2})
+    with pytest.raises(BookError, match="steps.yaml.*\n.*render.*unknown render settings \\['stpes'\\]"):
+        load_spec(steps_typo)
+
+
+def test_two_specs_of_the_same_file_name_never_share_a_book(studio, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_spec(tmp_path / "a", "trip", characters=["Mia"])
+    second = write_spec(tmp_path / "b", "trip", characters=["Mia"], theme="bath time")
+    made = make_books(studio, [first, second, first], say=lambda line: None)
+    assert [result.error for result in made] == [None, None, None]
+    books = {json.loads((studio / "books" / name / "book.json").read_text())["theme"] for name in ("trip", "trip-2")}
+    assert books == {"a day at the beach", "bath time"}
+    assert not (studio / "books" / "trip-3").exists()  # the first spec found its own book again

@@ -1,6 +1,10 @@
 """The printable PDF, read back with pypdf: page count, boxes per profile, embedded fonts, picture DPI, text."""
 
+import json
+import os
 import re
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,24 +13,11 @@ from pypdf import PdfReader
 from reportlab.pdfbase import pdfmetrics
 
 from storybook.book import load_book, save_book
-from storybook.book_pdf import BODY_PT, INCH, SAFE_MARGIN, TRIM_SIZES, export_book, fit_text, register_fonts
-from storybook.errors import BookError, ModelError
+from storybook.book_pdf import BODY_PT, INCH, SAFE_MARGIN, TRIM_SIZES, export_book, fit_text
+from storybook.errors import BookError, ModelError, OutputError
+from storybook.fonts import register_fonts
 from storybook.print_pictures import PrintPictures
-from storybook.render_book import save_png
-from storybook.story import StoryRequest, write_story
-
-
-@pytest.fixture
-def drawn_book(family_home):
-    """An 8-page book about Mia and Rex whose pictures are random 32x32 images (no model needed)."""
-    request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="bedtime", pages=8, pronouns="she", seed=5)
-    folder, book = write_story(family_home, request, "offline")
-    rng = np.random.default_rng(0)
-    for number, page in enumerate([book.cover, *book.pages]):
-        page.image = f"images/picture-{number}.png"
-        save_png(folder / page.image, Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)))
-    save_book(folder, book)
-    return folder
+from storybook.registry import identity_hash
 
 
 def boxes(page) -> tuple[list[float], list[float], list[float]]:
@@ -205,3 +196,78 @@ def tiny_x4_upscaler(folder):
         max_noise_level=350,
     ).save_pretrained(folder)
     return folder
+
+
+def test_export_writes_through_to_regular_files_only_and_honours_the_umask(drawn_book, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.pdf"
+        export_book(drawn_book, fresh)
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # what the user's umask gives, not always 0600
+        kept = tmp_path / "kept.pdf"
+        kept.write_bytes(b"old")
+        kept.chmod(0o600)
+        export_book(drawn_book, kept)
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.read_bytes().startswith(b"%PDF")
+    finally:
+        os.umask(previous)
+    link = tmp_path / "link.pdf"
+    link.symlink_to(kept)
+    export_book(drawn_book, link)
+    assert link.is_symlink() and PdfReader(kept).pages  # written through the link, which stays a link
+    for place in (tmp_path, Path("/dev/null"), Path("")):
+        with pytest.raises(OutputError, match="nothing was written there"):
+            export_book(drawn_book, place)
+    loop = tmp_path / "loop.pdf"
+    loop.symlink_to(loop)
+    with pytest.raises(OutputError, match="a symlink that leads nowhere"):
+        export_book(drawn_book, loop)
+    assert Path("/dev/null").is_char_device()
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(OutputError, match="Cannot write"):
+            export_book(drawn_book, read_only / "book.pdf")
+
+
+def test_export_names_the_text_that_does_not_fit_and_refuses_an_empty_book(drawn_book, tmp_path):
+    book = load_book(drawn_book)
+    save_book(drawn_book, book.model_copy(update={"dedication": "For Mia, with all our love. " * 60}))
+    with pytest.raises(
+        BookError, match=r"^the dedication: the text 'For Mia, with all our love. For Mia, wi[^']*\.\.\.'"
+    ):
+        export_book(drawn_book, tmp_path / "book.pdf")
+    save_book(drawn_book, book.model_copy(update={"pages": []}))
+    with pytest.raises(BookError, match="has no pages to print"):
+        export_book(drawn_book, tmp_path / "book.pdf")
+    assert not (tmp_path / "book.pdf").exists()
+
+
+def test_pages_drawn_with_an_identity_built_again_since_are_refused(drawn_book, tmp_path):
+    home = drawn_book.parent.parent
+    identity = home / "characters" / "mia" / "identity"
+    identity.mkdir(parents=True)
+    (identity / "image_prompt.json").write_text('{"version": 1}')
+    book = load_book(drawn_book)
+    book.pages[2].identities = {"mia": identity_hash(home, "mia")}
+    save_book(drawn_book, book)
+    assert export_book(drawn_book, tmp_path / "book.pdf", home=home)  # the identity it was drawn with
+    (identity / "image_prompt.json").write_text('{"version": 2}')  # Mia's identity built again
+    with pytest.raises(BookError, match="page 3 of .* identity that was built again"):
+        export_book(drawn_book, tmp_path / "book.pdf", home=home)
+
+
+def test_a_book_cannot_point_export_at_files_outside_it(drawn_book, tmp_path):
+    secret = tmp_path / "other-child.png"
+    Image.new("RGB", (32, 32), "red").save(secret)
+    record = json.loads((drawn_book / "book.json").read_text())
+    for outside in (str(secret), "../../characters/mia/photos/00.jpg"):
+        record["pages"][0]["image"] = outside
+        (drawn_book / "book.json").write_text(json.dumps(record))
+        with pytest.raises(BookError, match="damaged.*not a path inside its folder"):
+            export_book(drawn_book, tmp_path / "book.pdf")
+    (drawn_book / "images" / "link.png").symlink_to(secret)  # a sent book folder with a link out of it
+    record["pages"][0]["image"] = "images/link.png"
+    (drawn_book / "book.json").write_text(json.dumps(record))
+    with pytest.raises(BookError, match="leads outside the book; it was not read"):
+        export_book(drawn_book, tmp_path / "book.pdf")

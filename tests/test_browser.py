@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from storybook.book import save_book
+from storybook.cli import app_command_line
 from storybook.render_book import render_book, with_settings
 from storybook.story import StoryRequest, write_story
 
@@ -49,9 +49,9 @@ def served_app(studio):
     save_book(folder, with_settings(book, {"steps": 2}))
     render_book(studio, folder)
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless=true"]
-    command += [f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false"]
-    server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "STORYBOOK_HOME": str(studio)})
+    command = app_command_line(port) + ["--server.headless=true", "--server.address=127.0.0.1"]  # `storybook app`
+    # Started from the data root, not the project: the app's settings must hold whatever the folder.
+    server = subprocess.Popen(command, cwd=studio, env={**os.environ, "STORYBOOK_HOME": str(studio)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -80,6 +80,7 @@ def test_click_through_to_a_rendered_book_and_its_pdf(served_app, browser):
     page.set_default_timeout(60_000)
     page.goto(url)
     page.get_by_label("Name").wait_for()
+    assert page.get_by_text("Deploy").count() == 0  # no developer toolbar for parents (.streamlit/config.toml)
     page.get_by_text("Mia — toddler").click()  # open Mia: her crops, training and samples
     page.get_by_role("button", name="Train again").first.wait_for()
     page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 6")

@@ -49,3 +49,21 @@ def test_weights_of_another_model_are_refused(tmp_path):
     (tmp_path / "step-000001" / "state.json").write_text("{ half")
     with pytest.raises(TrainingError, match="damaged"):
         read_state(tmp_path / "step-000001")
+    for damaged in ("[1, 2]", '{"loss_history": []}', '{"step": "7"}'):
+        (tmp_path / "step-000001" / "state.json").write_text(damaged)
+        with pytest.raises(TrainingError, match="damaged"):
+            read_state(tmp_path / "step-000001")
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    model, optimizer = make_run(0)
+    rng = torch.Generator().get_state()
+    save_checkpoint(tmp_path, 10, {"unet": model}, optimizer, None, rng, {})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(TrainingError, match=r"No space left on device\); the last one \(step-000010\) is kept"):
+        save_checkpoint(tmp_path, 20, {"unet": model}, optimizer, None, rng, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000010"]

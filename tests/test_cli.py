@@ -1,6 +1,7 @@
 import pytest
 from typer.testing import CliRunner
 
+from storybook import registry
 from storybook.cli import app
 
 runner = CliRunner()
@@ -66,6 +67,65 @@ def test_story_write_show_edit_and_a_refused_edit(family_home, monkeypatch):
     assert "Bye, sea!" in invoke(family_home, "story", "show", folder.name).output
 
 
+def offline_book(home) -> str:
+    """An 8-page offline story about Mia and Rex in `home` (no model needed); returns its folder's name."""
+    args = ["--child", "Mia", "--character", "Mia", "--character", "Rex", "--theme", "beach", "--pages", "8"]
+    written = invoke(home, "story", "write", *args, "--seed", "3", "--writer", "offline")
+    assert written.exit_code == 0, written.output
+    return next((home / "books").iterdir()).name
+
+
+HOSTILE = [  # (arguments with BOOK for the book, what the one-line message says)
+    (["render", "BOOK", "--weight", "Mia=nan"], "--weight takes NAME=NUMBER"),
+    (["render", "BOOK", "--weight", "Mia=1e400"], "--weight takes NAME=NUMBER"),
+    (["render", "BOOK", "--image-scale", "Mia=-2"], "Bad render settings, nothing was changed: image_scales.mia"),
+    (["render", "BOOK", "--width", "12"], "Bad render settings, nothing was changed: width"),
+    (["render", "BOOK", "--guidance", "inf"], "guidance: Input should be a finite number"),
+    (["render", "BOOK", "--width", "64", "--native-size"], "--native-size forgets --width"),
+    (["render", "BOOK", "--page", "99"], "no page 99"),
+    (["story", "add-page", "BOOK", "--at", "0", "--text", "Hi!", "--scene", "zorv toddler waves"], "not 0"),
+    (["story", "retitle", "BOOK", "--title", "Mia " * 400], "The title has 1599 characters; at most 80"),
+    (["story", "retitle", "BOOK", "--title", "  "], "The title is empty"),
+    (["story", "write", "--child", "Mia", "--theme", "beach", "--max-words", "-3"], "max_words_per_page"),
+    (["story", "write", "--child", "", "--theme", "beach"], "child: String should have at least 1 character"),
+    (["story", "write", "--child", "Mia", "--theme", "beach", "--dedication", "x" * 5000], "dedication"),
+    (["export", "BOOK", "--out", "."], "is a folder, so nothing was written there"),
+    (["character", "train", "Mia", "--device", "quantum"], "Unknown device 'quantum'"),
+    (["character", "train", "Mia", "--lr", "inf"], "Invalid training settings (learning_rate"),
+    (["character", "train", "Mia", "--snr-gamma", "-1"], "Invalid training settings (snr_gamma"),
+    (["character", "add", "Leo", "--photos", "nowhere.jpg", "--class-noun", "../x"], "class noun"),
+    (["character", "add", "Leo", "--photos", "nowhere"], "nowhere"),
+    (["character", "show", "Mia" + "a" * 100], "No character named"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), HOSTILE, ids=[" ".join(a[:3])[:40] for a, _ in HOSTILE])
+def test_bad_input_gets_one_line_and_changes_nothing(family_home, tiny_models_dir, monkeypatch, args, message):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    (family_home / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    book = offline_book(family_home)
+    before = (family_home / "books" / book / "book.json").read_text()
+    result = invoke(family_home, *[book if arg == "BOOK" else arg for arg in args])
+    assert result.exit_code != 0 and not isinstance(result.exception, Exception)  # an exit, not a crash
+    assert "Traceback" not in result.output and message in " ".join(result.output.split()), result.output
+    assert (family_home / "books" / book / "book.json").read_text() == before
+    assert len(list((family_home / "books").iterdir())) == 1
+
+
+def test_photos_by_folder_or_many_after_one_flag_and_the_title_edited(home, sample_photos, tmp_path):
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for photo in sample_photos:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    (folder / "notes.txt").write_text("not a photo")  # a folder may hold other files
+    by_folder = invoke(home, "character", "add", "Mia", "--photos", str(folder))
+    assert by_folder.exit_code == 0, by_folder.output
+    many = invoke(home, "character", "add", "Leo", "--photos", *map(str, sample_photos))  # as the shell expands *.jpg
+    assert many.exit_code == 0, many.output
+    assert [len(c.photos) for c in registry.list_characters(home)] == [5, 5]
+
+
 @pytest.mark.slow
 def test_render_choose_and_export_from_the_command_line(studio, tmp_path):
     from pypdf import PdfReader
@@ -121,3 +181,21 @@ def test_demo_makes_a_book_end_to_end_with_mias_look(home):
     fields = [*world.ATTRIBUTES, *world.SIGNATURE]
     right = sum(reading[field] == getattr(world.DEMO_TODDLER, field) for reading in readings for field in fields)
     assert len(pictures) == 12 and right >= DEMO_FIELDS_RIGHT
+
+
+def test_retitle_and_a_warning_for_glyphs_the_font_lacks(family_home):
+    book = offline_book(family_home)
+    retitled = invoke(family_home, "story", "retitle", book, "--title", "Mia ∘ the Sea", "--dedication", "For Mia")
+    assert retitled.exit_code == 0, retitled.output
+    assert "Warning: the title has '∘', which the book's font (Andika) lacks" in " ".join(retitled.output.split())
+    shown = invoke(family_home, "story", "show", book)
+    assert "Mia ∘ the Sea" in shown.output and "For Mia" in shown.output
+
+
+def test_a_damaged_character_is_a_warning_line_and_the_others_are_listed(family_home):
+    (family_home / "characters" / "odd").mkdir()
+    (family_home / "characters" / "odd" / "character.json").write_text("{ half")
+    listed = invoke(family_home, "character", "list")
+    assert listed.exit_code == 0 and "mia" in listed.output and "rex" in listed.output
+    assert "Warning:" in listed.output and "odd/character.json is damaged" in " ".join(listed.output.split())
+    assert "UserWarning" not in listed.output

@@ -27,6 +27,7 @@ class ChatServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), ChatHandler)
         self.replies: list[tuple[int, object, dict, float]] = []  # status, body, headers, delay in seconds
         self.requests: list[dict] = []
+        self.trickle_s = 0.0  # seconds between the bytes of a reply; 0: all at once
 
     @property
     def url(self) -> str:
@@ -42,15 +43,21 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.server.requests.append({"path": self.path, "body": body})
         status, reply, headers, delay = self.server.replies.pop(0)
         time.sleep(delay)
-        payload = json.dumps(reply).encode()
+        payload = reply if isinstance(reply, bytes) else json.dumps(reply).encode()  # bytes: sent as they are
         try:
             self.send_response(status)
             for name, value in {"Content-Type": "application/json", **headers}.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout test)
+            if self.server.trickle_s:  # one byte at a time, each well within the client's read timeout
+                for byte in payload:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(self.server.trickle_s)
+            else:
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout tests)
             pass
 
     def log_message(self, *args):
@@ -179,8 +186,28 @@ def test_a_429_is_retried_after_its_retry_after(server, family_home):
 
 def test_a_server_that_never_answers_times_out_with_a_clear_error(server, family_home):
     server.reply(completion("{}"), delay=3.0)
-    with pytest.raises(StoryError, match=r"did not answer within 0.3 s"):
+    with pytest.raises(StoryError, match=r"did not answer: \d+ s waited \(0 retries, 0.3 s each\)"):
         write_story(family_home, REQUEST, writer="llm", llm=settings(server, timeout_s=0.3, http_retries=0))
+
+
+def test_a_reply_trickling_in_is_given_up_at_the_story_deadline(server, family_home):
+    server.trickle_s = 0.2  # each byte well within the 120 s read timeout: only the deadline ends the wait
+    server.reply(completion(good_draft(family_home).model_dump_json()))
+    started = time.monotonic()
+    with pytest.raises(StoryError, match=r"within its deadline, 1.5 s for every try together"):
+        write_story(family_home, REQUEST, writer="llm", llm=settings(server, deadline_s=1.5))
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html><body>Welcome to nginx</body></html>", b"not json", b"[1, 2]", {}, {"choices": []}],
+    ids=["html", "text", "a-list", "empty-object", "no-choices"],
+)
+def test_a_reply_that_is_no_chat_completion_is_named_as_such(server, family_home, body):
+    server.reply(body, headers={"Content-Type": "text/html"} if isinstance(body, bytes) else {})
+    with pytest.raises(StoryError, match="not with a chat completion.*OPENAI_BASE_URL"):
+        write_story(family_home, REQUEST, writer="llm", llm=settings(server))
 
 
 def test_a_refusal_is_reported_as_a_refusal(server, family_home):

@@ -310,3 +310,21 @@ def test_grey_with_alpha_is_laid_over_white(tmp_path):
     grey.paste((100, 255), (0, 0, 100, 300))
     loaded = photos.load_photo(save(grey, tmp_path / "grey.png"))
     assert loaded.getpixel((10, 10)) == (100, 100, 100) and loaded.getpixel((250, 10)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("image.jpg", "image.jpg"),
+        ("..", "photo"),
+        ("", "photo"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\IMG 1.JPG", "IMG 1.JPG"),
+        ("a\x00b\n.png", "ab.png"),
+        ("名" * 300 + ".heic", "名" * 55 + ".heic"),
+    ],
+)
+def test_uploads_are_stored_under_a_safe_name(sent, stored, tmp_path):
+    name = photos.upload_file_name(sent)
+    assert name == stored
+    (tmp_path / name).write_bytes(b"x")  # a name every file system takes

@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from storybook import registry
+from storybook import photos, registry
 from storybook.errors import CharacterError, InvalidNameError, PhotoError
 from storybook.tiny_model import build_tokenizer
 
@@ -65,7 +65,7 @@ def test_failure_while_preparing_leaves_nothing_behind(tmp_path, sample_photos, 
             raise OSError("disk full")
         return image
 
-    monkeypatch.setattr(registry, "prepare_photo", fail_on_third)
+    monkeypatch.setattr(photos, "prepare_photo", fail_on_third)
     with pytest.raises(OSError):
         add(tmp_path, "Mia", sample_photos)
     assert list((tmp_path / "characters").iterdir()) == []  # not even the hidden folder it was built in
@@ -102,3 +102,24 @@ def test_missing_character_names_the_known_ones(tmp_path, sample_photos):
     add(tmp_path, "Mia", sample_photos)
     with pytest.raises(CharacterError, match="Mia"):
         registry.load_character(tmp_path, "Nobody")
+
+
+def test_a_long_name_is_found_again_and_listing_never_recurses(tmp_path, sample_photos):
+    name = "Mia " + "a" * 59 + " Rose"  # its slug is cut at 64 characters, right after a dash
+    character = add(tmp_path, name, sample_photos)
+    assert registry.load_character(tmp_path, name).slug == character.slug == registry.slugify(character.slug)
+    assert [c.name for c in registry.list_characters(tmp_path)] == [name]
+    add(tmp_path, "Leo", sample_photos)  # adding after such a name still works
+    (tmp_path / "characters" / "odd-").mkdir()
+    (tmp_path / "characters" / "odd-" / "character.json").write_text("{}")
+    with pytest.warns(UserWarning, match="not a valid character file"):
+        assert len(registry.list_characters(tmp_path)) == 2
+    with pytest.raises(CharacterError, match="No character named 'Nobody'"):
+        registry.load_character(tmp_path, "Nobody")
+
+
+@pytest.mark.parametrize("noun", ["", "   ", "../toddler", "a/b", "toddler2", "x" * 41])
+def test_a_class_noun_that_is_no_word_is_refused_when_added(tmp_path, sample_photos, noun):
+    with pytest.raises(CharacterError, match="class noun"):
+        add(tmp_path, "Mia", sample_photos, class_noun=noun)
+    assert not (tmp_path / "characters" / "mia").exists()

@@ -249,3 +249,27 @@ def test_a_character_trained_again_is_drawn_with_its_new_identity(home, trained_
     ):
         assert np.array_equal(pixels(folder, new.image), pixels(fresh, reference.image))
         assert (old.image == new.image) == ("rex" not in new.characters)
+
+
+def test_a_setting_that_makes_the_render_fail_is_never_kept_and_no_page_loses_its_picture(studio, tmp_path):
+    from storybook.errors import BookError
+
+    folder = new_book(studio)
+    render_book(studio, folder)
+    drawn = (folder / "book.json").read_text()
+    for settings, error in [
+        ({"model": str(tmp_path / "no-model-here")}, ModelError),
+        ({"width": 12}, BookError),
+        ({"guidance": float("nan")}, BookError),
+        ({"steps": 10, "bogus": 1}, BookError),  # unknown fields are errors, as in spec files
+    ]:
+        with pytest.raises(error):
+            render_book(studio, folder, settings=settings)
+        assert (folder / "book.json").read_text() == drawn, settings  # nothing kept, no picture detached
+    with pytest.raises(BookError, match="no page 99: its pages are 1-8, and 0 is the cover"):
+        render_book(studio, folder, only=[99])
+
+    report, _ = render_book(studio, folder, settings={"width": 64})
+    assert report.drawn == 9 and load_book(folder).render.width == 64  # kept once drawn with
+    assert render_book(studio, folder, settings={"width": None})[0].drawn == 0  # back to the model's own size
+    assert load_book(folder).render.width is None

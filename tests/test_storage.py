@@ -40,3 +40,9 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["book.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("name", ["a" * 63 + " b", "Mia " * 30, "x" * 64 + "-y", "---Mia---"])
+def test_a_slug_is_its_own_slug_and_never_ends_in_a_dash(name):
+    slug = slugify(name)
+    assert len(slug) <= 64 and not slug.endswith("-") and slugify(slug) == slug

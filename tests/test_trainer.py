@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from storybook import registry
+from storybook import losses, registry
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.identity import KOHYA_FILE, LORA_FILE, load_identity, read_identity
 from storybook.tiny_model import build_tokenizer
@@ -89,6 +89,9 @@ def test_lora_on_convolutions_saves_conv_weights_that_load_and_change_the_pictur
     pipeline = fresh_pipeline(home)
     load_identity(pipeline, folder, adapter_name="mia")
     assert "conv1" in str(pipeline.unet.peft_config["mia"].target_modules)
+    trained_b = {name: p for name, p in pipeline.unet.named_parameters() if ".lora_B.mia." in name}
+    assert any("attn2.to_k" in name for name in trained_b) and any("conv1" in name for name in trained_b)
+    assert all(p.abs().sum() > 0 for p in trained_b.values())  # every layer loaded (lora_B starts at zero)
     assert not np.allclose(before, render(pipeline, mia.instance_prompt), atol=1e-3)
 
 
@@ -107,10 +110,11 @@ def test_interrupted_training_resumes_to_the_same_weights(home, mia):
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000013"]
     with pytest.raises(TrainingError, match="--resume"):  # a fresh run must not silently discard the checkpoint
         train_identity(home, "Mia", "lora", overrides=settings, show_progress=False)
-    with pytest.raises(TrainingError, match="other settings"):
+    with pytest.raises(TrainingError, match=r"other settings were given: rank 8 \(the run has 4\)\. Leave them out"):
         train_identity(home, "Mia", "lora", overrides={**settings, "rank": 8}, resume=True, show_progress=False)
 
-    resumed = train_identity(home, "Mia", "lora", overrides=settings, resume=True, show_progress=False)
+    # The printed resume command gives no settings: they come from the checkpoint (20 steps, not the default 60).
+    resumed = train_identity(home, "Mia", "lora", resume=True, show_progress=False)
     assert resumed.loss_history == pytest.approx(uninterrupted.loss_history, rel=1e-4)
     weights = load_file(folder / "identity" / LORA_FILE)
     assert weights.keys() == expected.keys()
@@ -174,3 +178,29 @@ def test_mixed_precision_on_the_cpu_is_refused_before_any_work(home, mia):
     with pytest.raises(TrainingError, match="GPU"):
         train_identity(home, "Mia", "lora", overrides={**FAST, "mixed_precision": "fp16"}, show_progress=False)
     assert not (home / "cache" / "class-images").exists()
+
+
+def test_settings_that_cannot_train_are_refused_and_a_diverging_run_saves_nothing(home, mia, monkeypatch):
+    for bad in (
+        {"learning_rate": float("inf")},
+        {"learning_rate": 50.0},
+        {"snr_gamma": -1.0},
+        {"offset_noise": float("nan")},
+    ):
+        with pytest.raises(TrainingError, match="Invalid training settings"):
+            train_identity(home, "Mia", "lora", overrides={**FAST, **bad}, show_progress=False)
+    assert not (home / "cache" / "class-images").exists()  # refused before any work
+
+    real_loss, calls = losses.prior_preservation_loss, []
+
+    def nan_from_step_8(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) >= 8 else loss
+
+    monkeypatch.setattr(losses, "prior_preservation_loss", nan_from_step_8)
+    with pytest.raises(TrainingError, match=r"diverged at step 8 .* the last good checkpoint \(step-000005\) is kept"):
+        train_identity(home, "Mia", "lora", overrides={**FAST, "checkpoint_every": 5}, show_progress=False)
+    folder = registry.character_dir(home, "Mia")
+    assert not (folder / "identity").exists() and not (folder / ".identity-partial").exists()
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000005"]
