@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from storybook.errors import CharacterError, describe_problems
 from storybook.identifier import choose_token
-from storybook.storage import InsidePath, atomic_write_text, slugify
+from storybook.storage import InsidePath, atomic_write_text, contained, slugify
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -77,14 +77,14 @@ def identity_folder(home: Path, name: str) -> Path:
 
 def prepared_photo_paths(home: Path, character: Character) -> list[Path]:
     """The character's prepared crops. Raises CharacterError when character.json points outside its folder."""
-    folder = character_dir(home, character.slug).resolve()
-    paths = [(folder / record.prepared).resolve() for record in character.photos]
-    if outside := [str(path) for path in paths if not path.is_relative_to(folder)]:
+    folder = character_dir(home, character.slug)
+    paths = [contained(folder, record.prepared) for record in character.photos]
+    if outside := [record.prepared for record, path in zip(character.photos, paths, strict=True) if path is None]:
         raise CharacterError(
             f"{folder / 'character.json'} points outside the character's folder ({', '.join(outside)}); remove and "
             "add the character again."
         )
-    return paths
+    return [path for path in paths if path is not None]
 
 
 def identity_records(home: Path, name: str) -> list[Path]:

@@ -123,3 +123,20 @@ def test_a_class_noun_that_is_no_word_is_refused_when_added(tmp_path, sample_pho
     with pytest.raises(CharacterError, match="class noun"):
         add(tmp_path, "Mia", sample_photos, class_noun=noun)
     assert not (tmp_path / "characters" / "mia").exists()
+
+
+def test_crop_paths_in_character_json_stay_inside_the_characters_folder(tmp_path, sample_photos):
+    character = add(tmp_path, "Mia", sample_photos)
+    folder = registry.character_dir(tmp_path, "Mia")
+    record = json.loads((folder / "character.json").read_text())
+    record["photos"][0]["prepared"] = "../../other-child/prepared/00.png"
+    (folder / "character.json").write_text(json.dumps(record))
+    with pytest.raises(CharacterError, match="not a path inside its folder"):
+        registry.load_character(tmp_path, "Mia")
+    (folder / "prepared" / "00.png").unlink()
+    (folder / "prepared" / "00.png").symlink_to(sample_photos[0])  # a crop that is a link out of the folder
+    with pytest.raises(CharacterError, match="points outside the character's folder \\(prepared/00.png\\)"):
+        registry.prepared_photo_paths(tmp_path, character)
+    assert (
+        len(registry.prepared_photo_paths(tmp_path, character.model_copy(update={"photos": character.photos[1:]}))) == 4
+    )
