@@ -1,5 +1,6 @@
 """Story: write a story (LLM or offline writer), then edit, add, remove and reorder its pages."""
 
+import hashlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -77,11 +78,12 @@ def page_editor(folder: Path, book: Book) -> None:
 
 
 def front_editor(folder: Path, book: Book) -> None:
-    """The title (also on the cover) and the dedication, editable."""
+    """The title (also on the cover) and the dedication, editable; changed elsewhere (the CLI), they show anew."""
+    saved = hashlib.sha256(f"{book.title}\n{book.dedication}".encode()).hexdigest()[:8]  # new widgets when changed
     with st.form(f"front-{folder.name}"):
-        title = st.text_input("Title", book.title, max_chars=MAX_TITLE, key=f"title-{folder.name}")
+        title = st.text_input("Title", book.title, max_chars=MAX_TITLE, key=f"title-{folder.name}-{saved}")
         dedication = st.text_area(
-            "Dedication", book.dedication, max_chars=MAX_DEDICATION, key=f"dedication-{folder.name}"
+            "Dedication", book.dedication, max_chars=MAX_DEDICATION, key=f"dedication-{folder.name}-{saved}"
         )
         if st.form_submit_button("Save title and dedication"):
             apply_edit(folder, partial(book_edits.edit_front, title=title, dedication=dedication))

@@ -1,5 +1,6 @@
 """The app's main flows with Streamlit's AppTest on the tiny model, each page in turn, asserting on files and state."""
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -70,6 +71,13 @@ def test_write_a_story_then_edit_move_and_refuse_a_bad_edit(family_home, monkeyp
     at.button(key=f"save-{folder.name}-{second.seed}").click().run()
     assert any("knife" in error.value for error in at.error)
     assert (folder / "book.json").read_text() == before
+
+    book = load_book(folder)
+    saved = hashlib.sha256(f"{book.title}\n{book.dedication}".encode()).hexdigest()[:8]
+    at.text_input(key=f"title-{folder.name}-{saved}").input("Mia ∘ and the Bath")
+    at.button[[b.label for b in at.button].index("Save title and dedication")].click().run()
+    assert load_book(folder).title == load_book(folder).cover.text == "Mia ∘ and the Bath"  # the cover says it too
+    assert any("the title has '∘'" in warning.value for warning in at.warning)  # a glyph Andika lacks
 
 
 def wait_for_job(home, kind, target, timeout=180):
