@@ -1,5 +1,10 @@
 """One exception hierarchy: every message says what happened and what to do next."""
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class StorybookError(Exception):
     """Base of all errors the CLI and the app show to a user without a traceback."""
@@ -50,6 +55,6 @@ class LabError(StorybookError):
     """A consistency-lab run that cannot start: an unknown method, or a work folder already used."""
 
 
-def describe_problems(error) -> str:
-    """A pydantic ValidationError as 'field: what is wrong; ...', each bad field once, without pydantic's links."""
+def describe_problems(error: "ValidationError") -> str:
+    """A pydantic ValidationError as 'field: what is wrong; ...', without pydantic's links and input echoes."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
