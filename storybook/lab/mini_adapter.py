@@ -8,9 +8,10 @@ diffusers' `load_ip_adapter` as it loads a real adapter:
    seen, the held-out combinations never are.
 2. The adapter (image projection to 4 context tokens, to_k_ip / to_v_ip per cross-attention layer, initialised from
    to_k / to_v) and the whole UNet learn together to draw a story scene of a toddler from its caption and the image
-   embedding of one of its registration photos. The image condition is dropped a quarter of the time (a zero
-   embedding, which is also what classifier-free guidance uses), so text-only generation keeps working; the text
-   encoder and VAE stay as they are.
+   embedding of one of its registration photos. The image condition is dropped a quarter of the time: half of those
+   as a zero embedding (what classifier-free guidance draws its negative with), half with the image branch off (a
+   zero IP-Adapter mask: the same as scale 0, how pages without an image prompt are drawn), so text-only generation
+   keeps working. The text encoder and VAE stay as they are.
 """
 
 import random
@@ -33,7 +34,7 @@ from storybook.models import MINI_MODEL_FOLDER
 
 ENCODER_SIZE = 64  # pixels the image encoder sees (CLIP's processor resizes and centre-crops to it)
 IMAGE_EMBED_DIM = 64
-IMAGE_DROP_SHARE = 0.25  # of training scenes drawn without their image condition
+IMAGE_DROP_SHARE = 0.25  # of training scenes drawn without their image condition (half zero embedding, half off)
 IDENTITY_FIELDS = {**world.ATTRIBUTES, **world.SIGNATURE}
 PHOTO_SIDE = 256  # registration photos are drawn as the registry receives them
 
@@ -113,6 +114,16 @@ def encode_pairs(
     return torch.cat(latents), torch.cat(embeddings), scenes
 
 
+def image_condition(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How each training sample sees its image, from uniform `draws` in [0, 1): (the embedding's multiplier, the
+    IP-Adapter mask value). `IMAGE_DROP_SHARE` of the samples drop the image, half as a zero embedding with the
+    branch on (what classifier-free guidance draws its negative with), half with the branch off (a zero mask: the
+    same as scale 0, how a page without an image prompt is drawn)."""
+    zero_embedding = draws < IMAGE_DROP_SHARE / 2
+    branch_off = (draws >= IMAGE_DROP_SHARE / 2) & (draws < IMAGE_DROP_SHARE)
+    return (~zero_embedding).float(), (~branch_off).float()
+
+
 def train_mini_adapter(
     out: Path,
     adapter_out: Path,
@@ -185,7 +196,7 @@ def train_mini_adapter(
             group["lr"] = learning_rate * warmup_cosine(step, 100, unet_steps)
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
         captions = [training_caption(scenes[i], rng) for i in indices]
-        keep_image = torch.tensor([rng.random() >= IMAGE_DROP_SHARE for _ in indices], dtype=torch.float32)
+        keep_image, branch_on = image_condition(torch.tensor([rng.random() for _ in indices]))
         token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         with torch.no_grad():
             text = text_encoder(token_ids.input_ids)[0]
@@ -194,7 +205,14 @@ def train_mini_adapter(
         noise = torch.randn(batch.shape, generator=generator)
         timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator)
         noisy = scheduler.add_noise(batch, noise, timesteps)
-        prediction = unet(noisy, timesteps, text, added_cond_kwargs={"image_embeds": [image]}).sample
+        masks = branch_on[:, None, None, None].expand(-1, 1, *batch.shape[2:])  # (B, 1 image, 16, 16)
+        prediction = unet(
+            noisy,
+            timesteps,
+            text,
+            added_cond_kwargs={"image_embeds": [image]},
+            cross_attention_kwargs={"ip_adapter_masks": [masks]},
+        ).sample
         loss = F.mse_loss(prediction, scheduler.get_velocity(batch, noise, timesteps))
         optimizer.zero_grad()
         loss.backward()
