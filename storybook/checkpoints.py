@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from storybook.errors import TrainingError
+from storybook.storage import build_folder
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -37,33 +38,27 @@ def save_checkpoint(
     target = root / f"step-{step:06d}"
     if target.exists():
         return target
-    partial = root / f".partial-{step:06d}"
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        partial.mkdir(parents=True)
-        weights = {
-            f"{prefix}.{name}": parameter.detach().cpu().contiguous()
-            for prefix, model in models.items()
-            for name, parameter in model.named_parameters()
-            if parameter.requires_grad
-        }
-        save_file(weights, partial / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(rng_state, partial / "rng.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), partial / "scaler.pt")
-        (partial / "state.json").write_text(json.dumps({**state, "step": step}))
-        partial.rename(target)
-    except BaseException as error:
-        shutil.rmtree(partial, ignore_errors=True)  # never leave half a checkpoint behind
-        if isinstance(error, (OSError, SafetensorError)):  # safetensors reports a full disk as its own error
-            kept = latest_checkpoint(root)
-            raise TrainingError(
-                f"Could not save the checkpoint of step {step} ({getattr(error, 'strerror', None) or error}); "
-                + (f"the last one ({kept.name}) is kept. " if kept else "")
-                + "Free some disk space, then train again with --resume (or --restart)."
-            ) from None
-        raise
+        with build_folder(target, replace=False) as partial:
+            weights = {
+                f"{prefix}.{name}": parameter.detach().cpu().contiguous()
+                for prefix, model in models.items()
+                for name, parameter in model.named_parameters()
+                if parameter.requires_grad
+            }
+            save_file(weights, partial / "trainable.safetensors")
+            torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+            torch.save(rng_state, partial / "rng.pt")
+            if scaler is not None:
+                torch.save(scaler.state_dict(), partial / "scaler.pt")
+            (partial / "state.json").write_text(json.dumps({**state, "step": step}))
+    except (OSError, SafetensorError) as error:  # the half-written folder is gone; safetensors has its own disk error
+        kept = latest_checkpoint(root)
+        raise TrainingError(
+            f"Could not save the checkpoint of step {step} ({getattr(error, 'strerror', None) or error}); "
+            + (f"the last one ({kept.name}) is kept. " if kept else "")
+            + "Free some disk space, then train again with --resume (or --restart)."
+        ) from None
     for older in root.glob("step-*"):
         if older != target:
             shutil.rmtree(older)

@@ -1,12 +1,13 @@
 """Prior-preservation class images: generated once by the base model, cached per (model, class noun), reused."""
 
+import io
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
-from storybook.storage import slugify
+from storybook.storage import atomic_write_bytes, slugify
 
 BATCH = 4  # small batches: generating class images is where SD 1.5 training used to run out of memory
 
@@ -42,8 +43,8 @@ def ensure_class_images(
                 generator=[torch.Generator("cpu").manual_seed(index) for index in batch],
             ).images
             for index, image in zip(batch, images, strict=True):
-                partial = paths[index].with_suffix(".tmp.png")
-                image.save(partial)
-                partial.replace(paths[index])
+                png = io.BytesIO()
+                image.save(png, format="PNG")
+                atomic_write_bytes(paths[index], png.getvalue())
             progress.update(len(batch))
     return paths

@@ -3,8 +3,6 @@
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,7 +10,7 @@ from diffusers import DiffusionPipeline
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from storybook.errors import ModelError
-from storybook.storage import MINI_MODEL, atomic_write_text
+from storybook.storage import MINI_MODEL, atomic_write_text, build_folder
 from storybook.tiny_model import make_tiny
 
 TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, built under <home>/models/tiny on first use
@@ -25,11 +23,8 @@ def tiny_model_path(home: Path) -> Path:
     """The folder of the embedded tiny model under `home`, built (about 30 s on a CPU) when missing."""
     folder = home / "models" / TINY_MODEL
     if not (folder / "model_index.json").exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tiny-"))
-        make_tiny(building)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(building, folder)
+        with build_folder(folder) as building:
+            make_tiny(building)
     return folder
 
 

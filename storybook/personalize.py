@@ -2,7 +2,6 @@
 no training), or a LoRA with an image prompt. Everything lands in the character's identity/ folder."""
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from storybook.image_prompt import (
     write_image_prompt,
 )
 from storybook.registry import character_dir, identity_folder, load_character
-from storybook.storage import default_model, replace_folder
+from storybook.storage import build_folder, default_model
 from storybook.train_config import IdentityMethod
 
 RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # on storybook-mini: no worse than any measured, ready in 0.2 s
@@ -86,14 +85,11 @@ def build_identity(
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
     with identity_lock(folder, character.name):
+        for stale in folder.glob(".identity-building-*"):  # left by a build that was killed (the lock is ours)
+            shutil.rmtree(stale, ignore_errors=True)
         if method == "ip-adapter":
-            built = Path(tempfile.mkdtemp(dir=folder, prefix=".identity-building-"))
-            try:
+            with build_folder(identity_folder(home, character.slug)) as built:
                 record = write_image_prompt(home, built, character, model, image_adapter, image_scale)
-            except BaseException:
-                shutil.rmtree(built, ignore_errors=True)
-                raise
-            replace_folder(built, identity_folder(home, character.slug))
             shutil.rmtree(folder / "samples", ignore_errors=True)  # sample grids of an earlier trained identity
             return None, record
         from storybook.trainer import train_identity

@@ -6,10 +6,8 @@ samples/ (validation grids), checkpoints/ (while training).
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 import unicodedata
 import warnings
 from collections.abc import Sequence
@@ -21,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from storybook.errors import CharacterError, describe_problems
 from storybook.identifier import choose_token
-from storybook.storage import InsidePath, atomic_write_text, contained, slugify
+from storybook.storage import InsidePath, atomic_write_text, build_folder, contained, slugify
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -181,40 +179,41 @@ def add_character(
     taken = {character.token for character in list_characters(home)}
     token = choose_token(tokenizer, seed_text=slug, taken=taken, avoid=f"{class_noun} {name}")
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".adding-{slug}-"))
     try:
-        (building / "photos").mkdir()
-        (building / "prepared").mkdir()
-        records = []
-        for index, (path, image) in enumerate(zip(photo_paths, images, strict=True)):
-            original = Path(path).read_bytes()
-            suffix = Path(path).suffix.lower()
-            stored = f"photos/{index:02d}" + (suffix if SUFFIX_PATTERN.fullmatch(suffix) else "")
-            (building / stored).write_bytes(original)
-            prepared = f"prepared/{index:02d}.png"
-            prepare_photo(image, min(PREPARED_MAX_SIDE, min(image.size))).save(building / prepared)
-            records.append(
-                PhotoRecord(
-                    original_name=Path(path).name,
-                    stored=stored,
-                    prepared=prepared,
-                    sha256=hashlib.sha256(original).hexdigest(),
+        with build_folder(folder, replace=False) as building:
+            (building / "photos").mkdir()
+            (building / "prepared").mkdir()
+            records = []
+            for index, (path, image) in enumerate(zip(photo_paths, images, strict=True)):
+                original = Path(path).read_bytes()
+                suffix = Path(path).suffix.lower()
+                stored = f"photos/{index:02d}" + (suffix if SUFFIX_PATTERN.fullmatch(suffix) else "")
+                (building / stored).write_bytes(original)
+                prepared = f"prepared/{index:02d}.png"
+                prepare_photo(image, min(PREPARED_MAX_SIDE, min(image.size))).save(building / prepared)
+                records.append(
+                    PhotoRecord(
+                        original_name=Path(path).name,
+                        stored=stored,
+                        prepared=prepared,
+                        sha256=hashlib.sha256(original).hexdigest(),
+                    )
                 )
+            character = Character(
+                name=name.strip(),
+                slug=slug,
+                class_noun=class_noun,
+                description=description,
+                token=token,
+                photos=records,
+                created_at=datetime.now(timezone.utc),
             )
-        character = Character(
-            name=name.strip(),
-            slug=slug,
-            class_noun=class_noun,
-            description=description,
-            token=token,
-            photos=records,
-            created_at=datetime.now(timezone.utc),
-        )
-        (building / "character.json").write_text(character.model_dump_json(indent=2))
-        os.rename(building, folder)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+            (building / "character.json").write_text(character.model_dump_json(indent=2))
+    except OSError:
+        if folder.exists():  # another add of the same name finished first
+            raise CharacterError(
+                f"A character named {name!r} already exists; pick another name or remove it first."
+            ) from None
         raise
     return character
 

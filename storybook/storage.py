@@ -5,6 +5,8 @@ import re
 import shutil
 import tempfile
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
@@ -139,5 +141,29 @@ def replace_folder(built: Path, target: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
     if target.exists():
         target.rename(previous)
-    built.rename(target)
+    try:
+        built.rename(target)
+    except BaseException:
+        if previous.exists():
+            previous.rename(target)  # the old version back in place: never neither
+        raise
     shutil.rmtree(previous, ignore_errors=True)
+
+
+@contextmanager
+def build_folder(target: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty hidden folder beside `target` to build in; when the block ends without an error, move it to
+    `target` (replacing what is there, see `replace_folder`; with `replace=False` a non-empty `target` is an OSError
+    and is left as it was). On any error, Ctrl-C included, the half-built folder is removed: a reader of `target`
+    only ever sees a complete version."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-building-"))
+    try:
+        yield building
+        if replace:
+            replace_folder(building, target)
+        else:
+            os.rename(building, target)  # refuses a non-empty target, so two builders never merge
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise

@@ -34,7 +34,7 @@ from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_lora_identity
 from storybook.models import SDXL_PIPELINES, load_pipeline, model_fingerprint, parse_device
 from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
-from storybook.storage import atomic_write_text, default_model, replace_folder
+from storybook.storage import atomic_write_text, build_folder, default_model
 from storybook.train_config import Method, TrainingConfig, resolve_config, resumed_config
 
 RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
@@ -415,38 +415,34 @@ def train_identity(
             raise TrainingError(diverged_message(character, method, step, checkpoint_root))
         unet = accelerator.unwrap_model(unet)
         text_encoder = accelerator.unwrap_model(text_encoder) if config.train_text_encoder else None
-        identity_folder = folder / "identity"
-        partial = folder / ".identity-partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        if method == "lora":
-            files = save_lora_identity(partial, unet, text_encoder, export_kohya)
-        else:
-            files = save_dreambooth_identity(partial, unet, text_encoder)
-        metadata = IdentityMetadata(
-            character=character.slug,
-            token=character.token,
-            class_noun=character.class_noun,
-            method=method,
-            base_model=model,
-            base_model_fingerprint=fingerprint,
-            cross_attention_dim=unet.config.cross_attention_dim,
-            resolution=resolution,
-            config=config,
-            steps_done=step,
-            final_loss=loss_history[-1],
-            loss_history=loss_history,
-            photo_loss_before=photo_loss_before,
-            photo_loss_after=photo_loss_after,
-            wall_time_s=time.perf_counter() - started,
-            photo_sha256=[record.sha256 for record in character.photos],
-            files=files,
-            created_at=datetime.now(timezone.utc),
-        )
-        atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
-        with accelerator.autocast():
-            save_samples(pipeline, character, folder / "samples" / "final.png")
-        replace_folder(partial, identity_folder)
+        with build_folder(folder / "identity") as partial:
+            if method == "lora":
+                files = save_lora_identity(partial, unet, text_encoder, export_kohya)
+            else:
+                files = save_dreambooth_identity(partial, unet, text_encoder)
+            metadata = IdentityMetadata(
+                character=character.slug,
+                token=character.token,
+                class_noun=character.class_noun,
+                method=method,
+                base_model=model,
+                base_model_fingerprint=fingerprint,
+                cross_attention_dim=unet.config.cross_attention_dim,
+                resolution=resolution,
+                config=config,
+                steps_done=step,
+                final_loss=loss_history[-1],
+                loss_history=loss_history,
+                photo_loss_before=photo_loss_before,
+                photo_loss_after=photo_loss_after,
+                wall_time_s=time.perf_counter() - started,
+                photo_sha256=[record.sha256 for record in character.photos],
+                files=files,
+                created_at=datetime.now(timezone.utc),
+            )
+            atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
+            with accelerator.autocast():
+                save_samples(pipeline, character, folder / "samples" / "final.png")
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         return metadata
 

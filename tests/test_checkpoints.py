@@ -34,7 +34,7 @@ def test_only_the_newest_complete_checkpoint_is_kept_and_found(tmp_path):
     rng = torch.Generator().get_state()
     save_checkpoint(tmp_path, 10, {"unet": model}, optimizer, None, rng, {})
     save_checkpoint(tmp_path, 20, {"unet": model}, optimizer, None, rng, {})
-    (tmp_path / ".partial-000030").mkdir()  # a write that crashed half-way
+    (tmp_path / ".step-000030-building-x1y2").mkdir()  # a write killed half-way
     assert latest_checkpoint(tmp_path) == tmp_path / "step-000020"
     assert not (tmp_path / "step-000010").exists()
     assert latest_checkpoint(tmp_path / "missing") is None

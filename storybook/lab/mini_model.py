@@ -8,6 +8,7 @@ storybook/weights/storybook-mini (see README, "storybook-mini").
 """
 
 import copy
+import io
 import math
 import random
 import time
@@ -20,6 +21,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from safetensors.torch import load_file, save_file
 
 from storybook.lab import world
+from storybook.storage import atomic_write_bytes
 from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT
 from storybook.tiny_model import PROMPT_WORDS, assemble_pipeline, build_text_encoder, build_tokenizer
 
@@ -189,9 +191,10 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 def save_state(path: Path, state: dict) -> None:
-    """Save a training checkpoint with `torch.save`, atomically (written beside, then renamed)."""
-    torch.save(state, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    """Save a training checkpoint with `torch.save`, atomically (see `storage.atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def train_mini(
