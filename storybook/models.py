@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -148,28 +149,57 @@ def model_folder(model_path: str) -> Path:
     return Path(snapshot_download(model_path, local_files_only=True, allow_patterns=["model_index.json", "unet/*"]))
 
 
+def unet_weight_files(model_path: str) -> list[Path]:
+    """The UNet weight files `from_pretrained` loads (no variant): diffusion_pytorch_model.safetensors or its shards,
+    else the .bin ones. Variants downloaded beside them (fp16, ema) are not what is loaded, so they are not counted."""
+    unet = model_folder(model_path) / "unet"
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (unet / name).is_file():
+            return [unet / name]
+        index = unet / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise ModelError(f"{index} is damaged ({error}); download the model again.") from None
+            if not all(isinstance(shard, str) and Path(shard).name == shard not in ("", ".", "..") for shard in shards):
+                raise ModelError(f"{index} names shards outside unet/; download the model again.")
+            return [unet / shard for shard in shards]
+    raise ModelError(f"{model_path} has no UNet weights under unet/: is the download complete?")
+
+
 def model_fingerprint(model_path: str, home: Path) -> str:
-    """SHA-256 (first 16 hex digits) of the UNet weights of `model_path`; cached per file size and mtime under home."""
-    weight_files = sorted((model_folder(model_path) / "unet").glob("*.safetensors")) or sorted(
-        (model_folder(model_path) / "unet").glob("*.bin")
-    )
-    if not weight_files:
-        raise ModelError(f"{model_path} has no UNet weights under unet/: is the download complete?")
-    return files_fingerprint(weight_files, home)
+    """The first 16 hex digits of the SHA-256 of the UNet weights `model_path` loads (of the files' hashes, in order,
+    when it is sharded); see `files_fingerprint`."""
+    return files_fingerprint(unet_weight_files(model_path), home)
 
 
 def files_fingerprint(paths: list[Path], home: Path) -> str:
-    """SHA-256 (first 16 hex digits) of the files' contents in order, cached under home per path, size and mtime, so
-    that gigabytes of weights are hashed once."""
-    cache_file = home / "cache" / "model-fingerprints.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    key = "|".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in paths)
+    """The first 16 hex digits of the SHA-256 of one file, or of its files' SHA-256s in order (see `content_hash`)."""
+    hashes = [content_hash(path, home) for path in paths]
+    if len(hashes) == 1:
+        return hashes[0][:16]
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
+
+
+def content_hash(path: Path, home: Path) -> str:
+    """The SHA-256 of the file at `path`: the hub cache's blob name when `path` links to one (the hub names each
+    large file's blob by it, so nothing is read), else computed once and cached under home per path, size and
+    mtime, so that gigabytes of weights are hashed once."""
+    target = path.resolve()
+    if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
+        return target.name
+    cache_file = home / "cache" / "file-hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    except ValueError:
+        cache = {}  # a damaged cache is only a cache: hash again
+    key = f"{target}:{target.stat().st_size}:{target.stat().st_mtime_ns}"
     if key not in cache:
         digest = hashlib.sha256()
-        for path in paths:
-            with path.open("rb") as weights:
-                while chunk := weights.read(1 << 24):
-                    digest.update(chunk)
-        cache[key] = digest.hexdigest()[:16]
+        with target.open("rb") as weights:
+            while chunk := weights.read(1 << 24):
+                digest.update(chunk)
+        cache[key] = digest.hexdigest()
         atomic_write_text(cache_file, json.dumps(cache, indent=1))
     return cache[key]

@@ -63,4 +63,36 @@ def test_fingerprint_is_stable_and_cached(home):
     path = resolve_model("tiny", home)
     first = model_fingerprint(path, home)
     assert len(first) == 16 and model_fingerprint(path, home) == first
-    assert (home / "cache" / "model-fingerprints.json").exists()
+    assert (home / "cache" / "file-hashes.json").exists()
+
+
+def test_fingerprint_counts_only_the_weights_loaded_and_reads_hub_blob_names(tmp_path, home):
+    import hashlib
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("tiny", home), model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    before = model_fingerprint(str(model), home)
+    assert before == hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    (model / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a variant downloaded beside")
+    assert model_fingerprint(str(model), home) == before  # not loaded, so not counted
+
+    # The hub cache: snapshots link to blobs named by their SHA-256, so nothing is read (the blob here is a stub).
+    blobs, snapshot = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc"
+    blobs.mkdir(parents=True)
+    shutil.copytree(model, snapshot)
+    blob = blobs / ("7" * 64)
+    blob.write_bytes(b"not hashed")
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").symlink_to(blob)
+    assert model_fingerprint(str(snapshot), home) == "7" * 16
+
+    (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    index = model / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text('{"weight_map": {"a": "../../secret.safetensors"}}')
+    with pytest.raises(ModelError, match="outside unet/"):
+        model_fingerprint(str(model), home)
+    index.write_text("{ half")
+    with pytest.raises(ModelError, match="damaged"):
+        model_fingerprint(str(model), home)
