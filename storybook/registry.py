@@ -145,7 +145,7 @@ def list_characters(home: Path) -> list[Character]:
     root = characters_root(home)
     characters = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if (folder / "character.json").is_file():
+        if not folder.name.startswith(".") and (folder / "character.json").is_file():  # not one being built
             try:
                 characters.append(read_character(folder / "character.json"))
             except CharacterError as error:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -114,6 +115,9 @@ def test_a_long_name_is_found_again_and_listing_never_recurses(tmp_path, sample_
     (tmp_path / "characters" / "odd-" / "character.json").write_text("{}")
     with pytest.warns(UserWarning, match="not a valid character file"):
         assert len(registry.list_characters(tmp_path)) == 2
+    shutil.copytree(tmp_path / "characters" / "leo", tmp_path / "characters" / ".leo-building-x1")  # killed at the move
+    with pytest.warns(UserWarning, match="not a valid character file"):
+        assert sorted(c.name for c in registry.list_characters(tmp_path)) == sorted([name, "Leo"])
     with pytest.raises(CharacterError, match="No character named 'Nobody'"):
         registry.load_character(tmp_path, "Nobody")
 
