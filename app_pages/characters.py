@@ -9,9 +9,9 @@ from app_pages.common import cached_tokenizer, home, show_job
 from storybook import registry
 from storybook.errors import PhotoError, StorybookError
 from storybook.jobs import Progress, is_running, start_job
-from storybook.personalize import IdentityMethod, recommended_method
 from storybook.photos import upload_file_name
 from storybook.storage import default_model
+from storybook.training.personalize import IdentityMethod, recommended_method
 
 
 def add_character_form(root: Path) -> None:
@@ -50,13 +50,16 @@ METHODS: dict[str, IdentityMethod] = {
     "From the photos (ready in seconds)": "ip-adapter",
     "Trained on the photos (LoRA, minutes)": "lora",
     "Both": "lora+ip-adapter",
+    "A new word for it (Textual Inversion, minutes)": "textual-inversion",
+    "AUTOMATIC1111 hypernetwork (minutes)": "hypernetwork",
+    "A new word and a LoRA (pivotal tuning, minutes)": "pivotal",
 }
 
 
 def train(root: Path, slug: str, method: IdentityMethod, steps: int | None) -> None:
     """Start building `slug`'s identity by `method` as a background job (resuming a training run that was stopped)."""
-    from storybook.personalize import build_identity
-    from storybook.trainer import StepReport
+    from storybook.training.loop import StepReport
+    from storybook.training.personalize import build_identity
 
     resume = (registry.character_dir(root, slug) / "checkpoints").is_dir()
 

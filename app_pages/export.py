@@ -7,8 +7,8 @@ import streamlit as st
 
 from app_pages.common import choose_book, home
 from storybook.book import book_file
-from storybook.book_pdf import Layout, Profile, Trim, export_book
 from storybook.errors import StorybookError
+from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 
 
 def export_form(folder: Path, root: Path) -> None:

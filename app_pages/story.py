@@ -9,11 +9,12 @@ import streamlit as st
 from pydantic import ValidationError
 
 from app_pages.common import choose_book, home
-from storybook import book_edits, registry
+from storybook import registry
 from storybook.book import MAX_DEDICATION, MAX_PAGES, MAX_TITLE, MIN_PAGES, Book, load_book, save_book
 from storybook.errors import StorybookError, describe_problems
-from storybook.fonts import glyph_warnings
-from storybook.story import StoryRequest, default_writer, write_story
+from storybook.printing.fonts import glyph_warnings
+from storybook.story import book_edits
+from storybook.story.stage import StoryRequest, default_writer, write_story
 
 
 def write_story_form(root: Path) -> None:

@@ -19,8 +19,8 @@ from storybook.lab.benchmark import benchmark_toddlers, draw_all, register
 from storybook.lab.evaluator import labels_of, load_evaluator
 from storybook.lab.metrics import identity_consistency
 from storybook.models import MINI_MODEL
-from storybook.personalize import build_identity
 from storybook.renderer import Renderer
+from storybook.training.personalize import build_identity
 
 FIELDS = ["setting", *world.ATTRIBUTES, *world.SIGNATURE]
 

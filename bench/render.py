@@ -112,9 +112,9 @@ def prepare_book(root: Path, model: str, steps: int, train_steps: int) -> Path:
     from storybook.registry import add_character
     from storybook.render_book import with_settings
     from storybook.sample_photos import write_sample_photos
-    from storybook.story import StoryRequest, write_story
+    from storybook.story.stage import StoryRequest, write_story
     from storybook.tiny_model import build_tokenizer
-    from storybook.trainer import train_identity
+    from storybook.training.loop import train_identity
 
     photos = write_sample_photos(root / "photos")
     quick = {"steps": train_steps, "num_class_images": 4, "class_image_steps": 4, "checkpoint_every": train_steps + 1}

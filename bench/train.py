@@ -103,7 +103,7 @@ def run_one(spec: dict) -> dict:
     from storybook.registry import add_character, character_dir
     from storybook.sample_photos import write_sample_photos
     from storybook.tiny_model import build_tokenizer
-    from storybook.trainer import StepReport, train_identity
+    from storybook.training.loop import StepReport, train_identity
 
     home = Path(spec["home"])
     home.mkdir(parents=True)

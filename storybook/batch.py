@@ -16,12 +16,12 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from storybook.book import BOOK_FILE, RenderSettings, books_root, load_book, save_book
-from storybook.book_pdf import Layout, Profile, Trim, export_book
 from storybook.errors import BookError, StorybookError
+from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.render_book import render_book, with_settings
 from storybook.renderer import Renderer
 from storybook.storage import atomic_write_text, slugify
-from storybook.story import StoryRequest, Writer, compose_story, default_writer
+from storybook.story.stage import StoryRequest, Writer, compose_story, default_writer
 
 SPEC_COPY = "spec.json"
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from tqdm import tqdm
 
-from storybook import book_edits, registry
+from storybook import registry
 from storybook.book import (
     BOOK_FILE,
     MAX_PAGES,
@@ -29,13 +29,14 @@ from storybook.book import (
     load_book,
     save_book,
 )
-from storybook.book_pdf import Layout, Profile, Trim, export_book
 from storybook.errors import BookError, ModelError, PhotoError, StorybookError, describe_problems
-from storybook.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
-from storybook.print_pictures import X4_UPSCALER, Upscaler
+from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
+from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
 from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, default_model, slugify
-from storybook.story import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
-from storybook.train_config import IdentityMethod
+from storybook.story import book_edits
+from storybook.story.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
+from storybook.story.stage import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
+from storybook.training.config import IdentityMethod
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 app = typer.Typer(help="Make personalised picture books from a few photos of a child.", no_args_is_help=True)
@@ -212,8 +213,8 @@ def character_show(name: str) -> None:
     """Show a character's record and its identity: training metadata, image prompt."""
 
     def show():
-        from storybook.identity import IdentityMetadata
         from storybook.image_prompt import ImagePrompt
+        from storybook.training.identity import IdentityMetadata
 
         character = registry.load_character(state["home"], name)
         console.print_json(character.model_dump_json())
@@ -240,8 +241,9 @@ def character_train(
     method: Annotated[
         IdentityMethod,
         typer.Option(
-            help="lora (small file), dreambooth (full fine-tune), ip-adapter (the photos as an image prompt: ready in "
-            "seconds, no training) or lora+ip-adapter."
+            help="lora (small file), dreambooth (full fine-tune), textual-inversion (a new word's embedding, a few "
+            "KB), hypernetwork (A1111's), pivotal (Textual Inversion + LoRA), ip-adapter (the photos as an image "
+            "prompt: ready in seconds, no training) or lora+ip-adapter."
         ),
     ] = "lora",
     model: ModelOption = None,
@@ -251,6 +253,16 @@ def character_train(
     lora_convolutions: Annotated[
         bool | None,
         typer.Option("--lora-convolutions/--no-lora-convolutions", help="LoRA on the UNet's convolutions too."),
+    ] = None,
+    vectors: Annotated[
+        int | None, typer.Option(help="Textual Inversion: embedding vectors learned for the identifier (1-4).")
+    ] = None,
+    captions: Annotated[
+        str | None,
+        typer.Option(
+            help="identifier ('a photo of zorv toddler', default) or class ('a photo of toddler', as the "
+            "hypernetwork paper trained: the identity then changes every toddler drawn)."
+        ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
@@ -288,6 +300,8 @@ def character_train(
         "learning_rate": lr,
         "rank": rank,
         "lora_convolutions": lora_convolutions,
+        "num_vectors": vectors,
+        "captions": captions,
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "prior_preservation": prior_preservation,
@@ -304,7 +318,7 @@ def character_train(
 
     def train():
         from storybook.image_prompt import AdapterSource
-        from storybook.personalize import build_identity
+        from storybook.training.personalize import build_identity
 
         adapter = None
         if ip_adapter:
@@ -420,8 +434,9 @@ def story_show(book: Annotated[str, typer.Argument(help="A book name under books
 
 
 def warn_about_glyphs(book: Book) -> None:
-    """Say which of the book's texts have characters its font lacks, and how they will print (see storybook.fonts)."""
-    from storybook.fonts import glyph_warnings
+    """Say which of the book's texts have characters its font lacks, and how they will print (see
+    storybook.printing.fonts)."""
+    from storybook.printing.fonts import glyph_warnings
 
     for warning in glyph_warnings(book):
         say_warning(warning)
@@ -669,8 +684,8 @@ def demo() -> None:
     def run_demo():
         from storybook.lab.world import DEMO_TODDLER, write_photos
         from storybook.models import load_tokenizer
-        from storybook.personalize import build_identity, recommended_method
         from storybook.render_book import with_settings
+        from storybook.training.personalize import build_identity, recommended_method
 
         home = state["home"]
         console.print(f"Data root: {home}")

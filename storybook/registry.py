@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from storybook.errors import CharacterError, describe_problems
 from storybook.identifier import choose_token
@@ -48,7 +48,7 @@ class Character(BaseModel):
     slug: str
     class_noun: str
     description: str = ""
-    token: str
+    token: str = Field(pattern=r"^[a-z]{2,32}$")  # a made-up word (identifier.py); names files of some identities
     photos: list[PhotoRecord]
     created_at: datetime
 
@@ -69,7 +69,7 @@ def character_dir(home: Path, name: str) -> Path:
 
 
 def identity_folder(home: Path, name: str) -> Path:
-    """The folder of character `name`'s trained identity (see storybook.identity)."""
+    """The folder of character `name`'s trained identity (see storybook.training.identity)."""
     return character_dir(home, name) / "identity"
 
 

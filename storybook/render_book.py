@@ -19,11 +19,11 @@ from pydantic import ValidationError
 
 from storybook import registry
 from storybook.book import Book, Candidate, Page, RenderSettings, book_file, load_book, save_book
-from storybook.book_edits import cover_page
 from storybook.errors import BookError, ModelError, describe_problems
 from storybook.renderer import ImageJob, Renderer, dreambooth_character
 from storybook.storage import atomic_write_bytes, slugify
-from storybook.train_config import SMALL_MODEL_PARAMETERS
+from storybook.story.book_edits import cover_page
+from storybook.training.config import SMALL_MODEL_PARAMETERS
 
 IMAGES_DIR = "images"
 KEY_VERSION = 1  # bump when the renderer changes what a key's picture looks like

@@ -21,7 +21,6 @@ from PIL import Image
 
 from storybook.book import RenderSettings, Scheduler
 from storybook.errors import ModelError
-from storybook.identity import load_identity, read_identity
 from storybook.image_prompt import (
     AdapterSource,
     adapter_fingerprint,
@@ -31,6 +30,8 @@ from storybook.image_prompt import (
 )
 from storybook.models import load_pipeline, model_fingerprint
 from storybook.registry import identity_folder, identity_hash
+from storybook.training.identity import IdentityMetadata, read_identity
+from storybook.training.methods import METHODS, load_identity, unload_identity
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -51,7 +52,8 @@ class ImageJob:
 
 
 def has_weights(home: Path, slug: str) -> bool:
-    """Whether the character's identity has trained weights (LoRA or DreamBooth), not only an image prompt."""
+    """Whether the character's identity has trained weights (LoRA, DreamBooth, Textual Inversion), not only an image
+    prompt."""
     return (identity_folder(home, slug) / "identity.json").is_file()
 
 
@@ -92,7 +94,7 @@ class Renderer:
         self.scheduler_name: Scheduler = "model"
         self.base_fingerprint = model_fingerprint(self.model_path, home)
         self.fingerprint = self.base_fingerprint  # what every picture depends on: the base and its DreamBooth UNet
-        self.adapters: dict[str, str] = {}  # LoRA identities loaded: slug -> identity hash
+        self.trained: dict[str, tuple[str, IdentityMetadata]] = {}  # trained identities loaded: slug -> (hash, record)
         self.image_adapter: AdapterSource | None = None  # the IP-Adapter loaded, once a character needs it
         self.image_prompts: dict[str, tuple[dict[str, torch.Tensor], float]] = {}  # slug -> (embeds, scale)
         self.no_image: dict[str, torch.Tensor] = {}  # a zero embedding of the loaded adapter's shape
@@ -101,6 +103,11 @@ class Renderer:
         if dreambooth:
             load_identity(self.pipeline, identity_folder(home, dreambooth), dreambooth, self.base_fingerprint)
             self.fingerprint += "+" + self.dreambooth_hash
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """The identities loaded with a LoRA adapter, switched on per page: slug -> identity hash."""
+        return {slug: digest for slug, (digest, record) in self.trained.items() if METHODS[record.method].lora_adapter}
 
     @property
     def device(self) -> torch.device:
@@ -129,8 +136,9 @@ class Renderer:
         return (self.model, self.dreambooth, self.dreambooth_hash) == (model, dreambooth, current)
 
     def load_identities(self, slugs: list[str]) -> None:
-        """Load the identity of each character in `slugs`: a LoRA as an adapter named by its slug, an image prompt's
-        embedding (and its IP-Adapter); an identity loaded already is kept (one trained again is reloaded).
+        """Load the identity of each character in `slugs`: trained weights the way their method loads (a LoRA as an
+        adapter named by its slug, Textual Inversion as its identifier's embeddings), an image prompt's embedding (and
+        its IP-Adapter); an identity loaded already is kept (one trained again is reloaded).
 
         Raises ModelError when the characters' image prompts need different IP-Adapters (one per book).
         """
@@ -161,21 +169,22 @@ class Renderer:
         for slug in slugs:
             if slug == self.dreambooth:
                 continue
-            if not has_weights(self.home, slug):
-                if slug in self.adapters:  # built again as an image prompt alone: its old LoRA must not draw
-                    self.pipeline.delete_adapters(slug)
-                    del self.adapters[slug]
+            loaded = self.trained.get(slug)
+            current = identity_hash(self.home, slug) if has_weights(self.home, slug) else None
+            if loaded is not None and loaded[0] == current:
                 continue
-            trained = identity_hash(self.home, slug)
-            if self.adapters.get(slug) == trained:
+            if loaded is not None:  # trained again, or built again as an image prompt alone: the old one must go
+                unload_identity(self.pipeline, loaded[1], slug)
+                del self.trained[slug]
+            if current is None:
                 continue
             metadata = read_identity(identity_folder(self.home, slug))
             if metadata.method == "dreambooth":
                 raise ModelError(f"{slug} is a DreamBooth identity; create the renderer with dreambooth={slug!r}.")
-            if slug in self.adapters:
-                self.pipeline.delete_adapters(slug)
-            load_identity(self.pipeline, identity_folder(self.home, slug), slug, self.base_fingerprint)
-            self.adapters[slug] = trained
+            self.trained[slug] = (
+                current,
+                load_identity(self.pipeline, identity_folder(self.home, slug), slug, self.base_fingerprint),
+            )
 
     def use_image_adapter(self, adapter: AdapterSource) -> None:
         """Load `adapter` into the pipeline with diffusers' `load_ip_adapter` (weights only: embeddings are computed
@@ -207,7 +216,11 @@ class Renderer:
         self.scheduler_name = name
 
     def activate(self, characters: tuple[str, ...], weights: dict[str, float]) -> None:
-        """Turn on the adapters of `characters` (weight from `weights`, default 1.0) and every other adapter off."""
+        """Turn on the identities of `characters` that act on every page they are loaded in (LoRAs, hypernetworks),
+        at their weight from `weights` (default 1.0), and every other one off."""
+        for slug, (_, record) in self.trained.items():
+            if set_strength := METHODS[record.method].set_strength:
+                set_strength(self.pipeline, slug, weights.get(slug, 1.0) if slug in characters else 0.0)
         active = [slug for slug in characters if slug in self.adapters]
         if not self.adapters:
             return

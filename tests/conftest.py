@@ -68,7 +68,7 @@ def family_home(tmp_path) -> Path:
 def trained_characters(tmp_path_factory, tiny_models_dir, sample_photos) -> Path:
     """A `characters/` folder with two LoRA identities trained on the tiny model: Mia (toddler) and Rex (dog)."""
     from storybook.tiny_model import build_tokenizer
-    from storybook.trainer import train_identity
+    from storybook.training.loop import train_identity
 
     root = tmp_path_factory.mktemp("trained-home")
     (root / "models").symlink_to(tiny_models_dir, target_is_directory=True)
@@ -132,7 +132,7 @@ def drawn_book(family_home):
 
     from storybook.book import save_book
     from storybook.render_book import save_png
-    from storybook.story import StoryRequest, write_story
+    from storybook.story.stage import StoryRequest, write_story
 
     request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="bedtime", pages=8, pronouns="she", seed=5)
     folder, book = write_story(family_home, request, "offline")

@@ -7,7 +7,7 @@ import pytest
 
 from storybook.book import BOOK_FILE, book_dir, create_book, load_book, save_book
 from storybook.errors import BookError
-from storybook.story import StoryRequest, write_story
+from storybook.story.stage import StoryRequest, write_story
 
 
 @pytest.fixture

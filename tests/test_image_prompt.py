@@ -17,12 +17,12 @@ from storybook.cli import app
 from storybook.errors import ModelError
 from storybook.image_prompt import AdapterSource, load_image_embeds, read_image_prompt
 from storybook.models import tiny_model_path
-from storybook.personalize import build_identity
 from storybook.registry import identity_hash
 from storybook.render_book import render_book, with_settings
 from storybook.renderer import ImageJob, Renderer, region_masks
-from storybook.story import StoryRequest, write_story
+from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
+from storybook.training.personalize import build_identity
 
 SETTINGS = RenderSettings(steps=6)
 

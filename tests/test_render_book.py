@@ -14,11 +14,12 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from storybook import book_edits, registry
+from storybook import registry
 from storybook.book import load_book, save_book
 from storybook.errors import ModelError
 from storybook.render_book import IMAGES_DIR, render_book, with_settings
-from storybook.story import StoryRequest, write_story
+from storybook.story import book_edits
+from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -195,8 +196,8 @@ def test_untrained_characters_and_long_prompts_are_reported(home, trained_charac
 
 
 def test_edits_made_during_a_render_are_kept_and_an_interrupted_rerender_never_mixes_settings(studio, tmp_path):
-    from storybook.book_pdf import export_book
     from storybook.errors import BookError
+    from storybook.printing.book_pdf import export_book
 
     folder = new_book(studio)
     mia = load_book(folder).character("mia").phrase
@@ -226,7 +227,7 @@ def test_edits_made_during_a_render_are_kept_and_an_interrupted_rerender_never_m
 
 
 def test_a_character_trained_again_is_drawn_with_its_new_identity(home, trained_characters):
-    from storybook.trainer import train_identity
+    from storybook.training.loop import train_identity
 
     shutil.copytree(trained_characters, home / "characters")
     folder = new_book(home)
@@ -238,6 +239,33 @@ def test_a_character_trained_again_is_drawn_with_its_new_identity(home, trained_
 
     report, _ = render_book(home, folder, renderer=renderer)  # the same loaded renderer
     assert report.drawn == len(with_rex)
+    again = load_book(folder)
+    fresh = folder.with_name("fresh")
+    shutil.copytree(folder, fresh)
+    shutil.rmtree(fresh / IMAGES_DIR)
+    render_book(home, fresh)  # a newly loaded renderer
+    references = load_book(fresh)
+    for old, new, reference in zip(
+        [book.cover, *book.pages], [again.cover, *again.pages], [references.cover, *references.pages], strict=True
+    ):
+        assert np.array_equal(pixels(folder, new.image), pixels(fresh, reference.image))
+        assert (old.image == new.image) == ("rex" not in new.characters)
+
+
+def test_a_textual_inversion_identity_replaces_a_lora_in_a_loaded_renderer_and_draws_only_its_pages(
+    home, trained_characters
+):
+    from storybook.training.loop import train_identity
+
+    shutil.copytree(trained_characters, home / "characters")
+    folder = new_book(home)
+    _, renderer = render_book(home, folder)
+    book = load_book(folder)
+    for seed in (1, 2):  # Rex's LoRA replaced by Textual Inversion, then that trained again
+        train_identity(home, "Rex", "textual-inversion", overrides={"steps": 6, "seed": seed}, show_progress=False)
+        render_book(home, folder, renderer=renderer)
+    assert renderer.adapters.keys() == {"mia"} and renderer.trained["rex"][1].method == "textual-inversion"
+
     again = load_book(folder)
     fresh = folder.with_name("fresh")
     shutil.copytree(folder, fresh)

@@ -11,7 +11,7 @@ from storybook import registry
 from storybook.book import load_book, save_book
 from storybook.jobs import read_job
 from storybook.render_book import with_settings
-from storybook.story import StoryRequest, write_story
+from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
 
 APP = str(Path(__file__).parents[1] / "streamlit_app.py")

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from storybook.book import RenderSettings
-from storybook.class_images import class_image_dir, ensure_class_images
 from storybook.errors import LabError
 from storybook.lab import world
 from storybook.lab.evaluator import Evaluator, load_evaluator
@@ -28,24 +27,38 @@ from storybook.lab.metrics import (
     prompt_fidelity,
 )
 from storybook.models import MINI_MODEL, load_pipeline, load_tokenizer, model_fingerprint
-from storybook.personalize import IdentityMethod, build_identity
 from storybook.registry import add_character, identity_folder
 from storybook.renderer import ImageJob, Renderer
-from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT
-from storybook.train_config import resolve_config
+from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
+from storybook.training.class_images import class_image_dir, ensure_class_images
+from storybook.training.methods import resolve_config
+from storybook.training.personalize import IdentityMethod, build_identity
 
-# Name -> (identity method, prior preservation); None: no identity, the base model with the text description only.
-METHODS: dict[str, tuple[IdentityMethod, bool] | None] = {
+# Name -> (identity method, the settings it trains with); None: no identity, the base model with the text description
+# only. Prior preservation where the method uses class images; the hypernetwork as the founding paper trained it (the
+# photos captioned with the class noun alone) and with the identifier.
+METHODS: dict[str, tuple[IdentityMethod, dict] | None] = {
     "description only": None,
-    "LoRA + prior": ("lora", True),
-    "LoRA, no prior": ("lora", False),
-    "DreamBooth + prior": ("dreambooth", True),
-    "DreamBooth, no prior": ("dreambooth", False),
-    "IP-Adapter": ("ip-adapter", False),
-    "LoRA + IP-Adapter": ("lora+ip-adapter", True),
+    "LoRA + prior": ("lora", {"prior_preservation": True}),
+    "LoRA, no prior": ("lora", {"prior_preservation": False}),
+    "DreamBooth + prior": ("dreambooth", {"prior_preservation": True}),
+    "DreamBooth, no prior": ("dreambooth", {"prior_preservation": False}),
+    "IP-Adapter": ("ip-adapter", {}),
+    "LoRA + IP-Adapter": ("lora+ip-adapter", {"prior_preservation": True}),
+    "Textual Inversion": ("textual-inversion", {}),
+    "Hypernetwork (paper's captions)": ("hypernetwork", {"captions": "class"}),
+    "Hypernetwork, identifier": ("hypernetwork", {"captions": "identifier"}),
+    "Pivotal tuning + prior": ("pivotal", {"prior_preservation": True}),
 }
 CEILING = "VAE round trip (ceiling)"  # the true pictures through the base model's VAE, read by the evaluator
-TRAINED = {"lora": "lora", "dreambooth": "dreambooth", "lora+ip-adapter": "lora"}  # what each method trains
+TRAINED = {  # what each method trains
+    "lora": "lora",
+    "dreambooth": "dreambooth",
+    "lora+ip-adapter": "lora",
+    "textual-inversion": "textual-inversion",
+    "hypernetwork": "hypernetwork",
+    "pivotal": "pivotal",
+}
 PHOTOS_PER_CHARACTER = 5
 
 
@@ -133,7 +146,9 @@ def run_benchmark(
     training = {key: value for key, value in (training or {}).items() if value is not None}
     evaluator = evaluator or load_evaluator()
     settings = RenderSettings(model=model, steps=steps)
-    prior_methods = {TRAINED[m[0]] for m in map(METHODS.get, methods) if m and m[1] and m[0] in TRAINED}
+    prior_methods = {
+        TRAINED[m[0]] for m in map(METHODS.get, methods) if m and m[1].get("prior_preservation") and m[0] in TRAINED
+    }
     if prior_methods:
         prepare_class_images(home, model, training, prior_methods)
     base = Renderer(home, model)
@@ -154,7 +169,7 @@ def run_benchmark(
                 slug = f"kid{number}-{name.lower().replace(' ', '').replace(',', '').replace('+', '-')}"
                 subject = f"{register(home, slug, toddler, model)} toddler with {toddler.description}"
                 trained = time.perf_counter()
-                overrides = training | {"prior_preservation": method[1]}
+                overrides = training | method[1]
                 build_identity(home, slug, method[0], model, overrides, None, image_scale, show_progress=False)
                 train_s = time.perf_counter() - trained
                 artifact_mb = (

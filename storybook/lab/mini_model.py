@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from storybook.lab import world
 from storybook.storage import atomic_write_bytes
-from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT
+from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
 from storybook.tiny_model import PROMPT_WORDS, assemble_pipeline, build_text_encoder, build_tokenizer
 
 RESOLUTION = 64  # pixels; the VAE divides by 4, so the UNet works on 16x16 latents

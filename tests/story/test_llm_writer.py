@@ -9,10 +9,10 @@ import pytest
 
 from storybook.book import load_book
 from storybook.errors import StoryError
-from storybook.llm_writer import LLMSettings, render_prompt
-from storybook.offline_writer import write_offline
-from storybook.story import StoryRequest, load_cast, write_story
-from storybook.story_brief import StoryBrief, StoryDraft
+from storybook.story.brief import StoryBrief, StoryDraft
+from storybook.story.llm_writer import LLMSettings, render_prompt
+from storybook.story.offline_writer import write_offline
+from storybook.story.stage import StoryRequest, load_cast, write_story
 
 REQUEST = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="a cozy bedtime", pages=8, seed=5)
 

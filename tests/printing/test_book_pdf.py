@@ -13,10 +13,10 @@ from pypdf import PdfReader
 from reportlab.pdfbase import pdfmetrics
 
 from storybook.book import load_book, save_book
-from storybook.book_pdf import BODY_PT, INCH, SAFE_MARGIN, TRIM_SIZES, export_book, fit_text
 from storybook.errors import BookError, ModelError, OutputError
-from storybook.fonts import register_fonts
-from storybook.print_pictures import PrintPictures
+from storybook.printing.book_pdf import BODY_PT, INCH, SAFE_MARGIN, TRIM_SIZES, export_book, fit_text
+from storybook.printing.fonts import register_fonts
+from storybook.printing.print_pictures import PrintPictures
 from storybook.registry import identity_hash
 
 

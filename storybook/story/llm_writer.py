@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from storybook.errors import StoryError
 from storybook.storage import TEMPLATES_DIR
-from storybook.story_brief import StoryBrief, StoryDraft
+from storybook.story.brief import StoryBrief, StoryDraft
 
 if TYPE_CHECKING:
     import openai

@@ -2,8 +2,8 @@
 
 import pytest
 
-from storybook.story import StoryRequest, write_story
-from storybook.story_checks import check_book, compose_prompt, count_words, mentions
+from storybook.story.checks import check_book, compose_prompt, count_words, mentions
+from storybook.story.stage import StoryRequest, write_story
 
 
 @pytest.fixture

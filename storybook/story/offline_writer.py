@@ -23,8 +23,8 @@ import jinja2
 
 from storybook.errors import StoryError
 from storybook.storage import TEMPLATES_DIR
-from storybook.story_brief import DraftPage, StoryBrief, StoryDraft
-from storybook.story_checks import mentions
+from storybook.story.brief import DraftPage, StoryBrief, StoryDraft
+from storybook.story.checks import mentions
 
 # theme template name -> words in a theme that pick it
 THEMES = {

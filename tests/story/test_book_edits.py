@@ -2,9 +2,9 @@
 
 import pytest
 
-from storybook.book_edits import add_page, edit_page, move_page, remove_page
 from storybook.errors import BookError
-from storybook.story import StoryRequest, write_story
+from storybook.story.book_edits import add_page, edit_page, move_page, remove_page
+from storybook.story.stage import StoryRequest, write_story
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import pytest
 import reportlab
 from pypdf import PdfReader
 
-from storybook import fonts
 from storybook.book import load_book, save_book
-from storybook.book_pdf import export_book
 from storybook.errors import BookError
+from storybook.printing import fonts
+from storybook.printing.book_pdf import export_book
 
 VERA = Path(reportlab.__file__).parent / "fonts" / "Vera.ttf"  # has '∘' (U+2218), which Andika lacks
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from storybook.errors import ModelError, TrainingError
-from storybook.identity import IdentityMetadata
 from storybook.image_prompt import (
     MINI_ADAPTER_SCALE,
     MINI_ADAPTER_SOURCE,
@@ -21,7 +20,8 @@ from storybook.image_prompt import (
 )
 from storybook.registry import character_dir, identity_folder, load_character
 from storybook.storage import build_folder, default_model
-from storybook.train_config import IdentityMethod
+from storybook.training.config import IdentityMethod, Method
+from storybook.training.identity import IdentityMetadata
 
 RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # on storybook-mini: no worse than any measured, ready in 0.2 s
 USER_ADAPTER_SCALE = 0.6  # a common starting strength for an IP-Adapter beside a text prompt
@@ -92,9 +92,9 @@ def build_identity(
                 record = write_image_prompt(home, built, character, model, image_adapter, image_scale)
             shutil.rmtree(folder / "samples", ignore_errors=True)  # sample grids of an earlier trained identity
             return None, record
-        from storybook.trainer import train_identity
+        from storybook.training.loop import train_identity
 
-        trained = "dreambooth" if method == "dreambooth" else "lora"
+        trained: Method = "lora" if method == "lora+ip-adapter" else method
         metadata = train_identity(
             home, character.slug, trained, model, overrides, command_method=method, **training_options
         )

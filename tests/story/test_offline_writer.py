@@ -3,9 +3,9 @@
 import pytest
 
 from storybook.errors import StoryError
-from storybook.offline_writer import THEMES, match_theme, write_offline
-from storybook.story import StoryRequest, check_draft, load_cast
-from storybook.story_brief import StoryBrief
+from storybook.story.brief import StoryBrief
+from storybook.story.offline_writer import THEMES, match_theme, write_offline
+from storybook.story.stage import StoryRequest, check_draft, load_cast
 
 
 def brief_for(family_home, theme: str, pages: int, characters: list[str], pronouns: str = "she") -> StoryBrief:

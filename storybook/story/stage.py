@@ -26,13 +26,13 @@ from storybook.book import (
     age_band,
     create_book,
 )
-from storybook.book_edits import cover_page
 from storybook.errors import StoryError
-from storybook.llm_writer import LLMSettings, write_with_llm
-from storybook.offline_writer import write_offline
 from storybook.storage import slugify
-from storybook.story_brief import StoryBrief, StoryDraft
-from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_book, check_own_words, compose_prompt
+from storybook.story.book_edits import cover_page
+from storybook.story.brief import StoryBrief, StoryDraft
+from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT, check_book, check_own_words, compose_prompt
+from storybook.story.llm_writer import LLMSettings, write_with_llm
+from storybook.story.offline_writer import write_offline
 
 DEFAULT_STYLE = "soft watercolor picture book illustration"
 Writer = Literal["llm", "offline"]

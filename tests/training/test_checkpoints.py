@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from storybook.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from storybook.errors import TrainingError
+from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 
 
 def make_run(seed: int):

@@ -5,8 +5,8 @@ from filelock import FileLock
 
 from storybook import registry
 from storybook.errors import TrainingError
-from storybook.personalize import build_identity
 from storybook.tiny_model import build_tokenizer
+from storybook.training.personalize import build_identity
 
 
 def test_a_second_build_of_the_same_character_is_refused_while_one_runs(home, sample_photos):

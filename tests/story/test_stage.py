@@ -5,7 +5,7 @@ import pytest
 from storybook import registry
 from storybook.book import load_book
 from storybook.errors import CharacterError, StoryError
-from storybook.story import StoryRequest, default_writer, load_cast, write_story
+from storybook.story.stage import StoryRequest, default_writer, load_cast, write_story
 
 
 def test_the_writer_is_the_llm_only_when_one_is_configured(monkeypatch):

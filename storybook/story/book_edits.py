@@ -8,7 +8,7 @@ A page whose picture no longer matches its words (new scene, prompt or seed) los
 
 from storybook.book import MAX_PAGES, MIN_PAGES, Book, Page
 from storybook.errors import BookError
-from storybook.story_checks import DEFAULT_NEGATIVE_PROMPT, check_front, check_page, compose_prompt, mentions
+from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT, check_front, check_page, compose_prompt, mentions
 
 
 def page_index(book: Book, number: int) -> int:

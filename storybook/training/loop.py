@@ -1,7 +1,6 @@
-"""Identity training: DreamBooth (full UNet fine-tune) or DreamBooth-LoRA, with prior preservation.
-
-One loop, visible steps: sample cached latents of the photos (and of the class images), add noise, predict it,
-weight the loss, step; checkpoint every N steps and on Ctrl-C; save the identity at the end. Every random draw comes
+"""Identity training, one loop for every method: sample cached latents of the photos (and of the class images), add
+noise, predict it, weight the loss, step; checkpoint every N steps and on Ctrl-C; save the identity at the end. What
+trains, how it is saved and how it loads is the method's part (storybook/training/methods/). Every random draw comes
 from one CPU generator whose state is checkpointed, so a resumed run reaches the same weights as an unbroken one.
 """
 
@@ -16,34 +15,30 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.training_utils import cast_training_params
-from peft import LoraConfig
 from PIL import Image
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from storybook import losses
-from storybook.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
-from storybook.class_images import class_image_dir, class_prompt, ensure_class_images
 from storybook.errors import TrainingError, TrainingInterrupted
-from storybook.identity import IdentityMetadata, save_dreambooth_identity, save_lora_identity
 from storybook.models import SDXL_PIPELINES, load_pipeline, model_fingerprint, parse_device
 from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
-from storybook.storage import atomic_write_text, build_folder, default_model
-from storybook.train_config import Method, TrainingConfig, resolve_config, resumed_config
+from storybook.storage import build_folder, default_model
+from storybook.training import losses
+from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from storybook.training.class_images import class_image_dir, class_prompt, ensure_class_images
+from storybook.training.config import Method, TrainingConfig, resumed_config
+from storybook.training.identity import RECORD, IdentityMetadata
+from storybook.training.latents import LatentSource, images_tensor
+from storybook.training.methods import METHODS, resolve_config
+from storybook.training.methods.base import SaveRequest
 
 RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
-UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-# With `lora_convolutions`: the ResNets' 3x3 convolutions and the transformers' projections and feed-forward too, where
-# a small UNet keeps most of its weights (kohya's LoCon); diffusers and A1111 load these keys as well.
-UNET_CONV_LORA_TARGETS = ["conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-ENCODE_BATCH = 8  # images per VAE call when caching latents
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # frozen weights, by precision
 
 
 @dataclass
@@ -62,44 +57,9 @@ def validation_prompts(character: Character) -> list[str]:
     return [character.instance_prompt, f"a {subject} at the beach", f"a {subject} reading a book in bed"]
 
 
-def images_tensor(paths: list[Path], resolution: int) -> torch.Tensor:
-    """Image files resized to `resolution`, in [-1, 1]; shape (N, 3, R, R)."""
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB").resize((resolution, resolution), Image.LANCZOS), np.float32)
-        images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1)
-    return torch.stack(images)
-
-
-class LatentSource:
-    """Latents of a fixed image set: the VAE posterior is computed once (cached) or on every draw (not cached)."""
-
-    def __init__(self, vae, pixels: torch.Tensor, cache: bool):
-        self.vae, self.pixels, self.cache = vae, pixels, cache
-        self.scale = vae.config.scaling_factor
-        if cache:
-            self.mean, self.std = self._posterior(pixels)
-
-    def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        means, stds = [], []
-        with torch.no_grad():
-            for chunk in pixels.split(ENCODE_BATCH):  # 200 class images at 512 px in one batch would not fit a GPU
-                posterior = self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist
-                means.append(posterior.mean.float())
-                stds.append(posterior.std.float())
-        return torch.cat(means), torch.cat(stds)  # (N, 4, h, w) each
-
-    def means(self) -> torch.Tensor:
-        """The posterior means of every image, scaled for the UNet; (N, 4, h, w)."""
-        return (self.mean if self.cache else self._posterior(self.pixels)[0]) * self.scale
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Draw `batch_size` latents (indices and posterior noise from `generator`), scaled for the UNet."""
-        indices = torch.randint(len(self.pixels), (batch_size,), generator=generator)
-        mean, std = (self.mean[indices], self.std[indices]) if self.cache else self._posterior(self.pixels[indices])
-        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
-        return (mean + std * noise) * self.scale
+def photo_caption(character: Character, config: TrainingConfig) -> str:
+    """The caption the photos train under: with the identifier ('a photo of zorv toddler'), or the class noun alone."""
+    return character.instance_prompt if config.captions == "identifier" else class_prompt(character.class_noun)
 
 
 def encode_prompt(pipeline: DiffusionPipeline, prompt: str, batch_size: int) -> torch.Tensor:
@@ -181,6 +141,105 @@ def diverged_message(character: Character, method: Method, step: int, checkpoint
     )
 
 
+def run_settings(
+    character: Character,
+    method: Method,
+    model: str,
+    fingerprint: str,
+    checkpoint: Path | None,
+    unet_parameters: int,
+    overrides: dict | None,
+    resume: bool,
+    restart: bool,
+) -> tuple[TrainingConfig, dict | None]:
+    """The settings of this run, and the checkpoint's saved state when it resumes (else None).
+
+    Raises TrainingError for a resume without checkpoint, an unfinished run given neither `resume` nor `restart`, or a
+    checkpoint of another base model, damaged, or past the steps asked for.
+    """
+    if resume and checkpoint is None:
+        raise TrainingError(f"No checkpoint to resume for {character.name}; train without --resume.")
+    if checkpoint is not None and not (resume or restart):
+        raise TrainingError(
+            f"{character.name} has an unfinished training run ({checkpoint.name}): continue it with --resume, "
+            "or start over with --restart."
+        )
+    if not resume:
+        return resolve_config(method, unet_parameters, overrides), None
+    state = read_state(checkpoint, RESUME_KEYS)
+    if state["base"] != fingerprint:
+        raise TrainingError(
+            f"{checkpoint} was made with another base model than {model}; resume with that model's --model, or "
+            "start over with --restart."
+        )
+    try:
+        saved_config = TrainingConfig.model_validate(state["config"])
+    except ValidationError:
+        raise TrainingError(
+            f"{checkpoint} is damaged (its settings cannot be read); start over with --restart."
+        ) from None
+    config = resumed_config(saved_config, method, overrides)
+    if state["step"] > config.steps:
+        raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
+    return config, state
+
+
+@dataclass
+class Batches:
+    """What one optimiser step's loss is computed from: the photos' latents and captions, and with prior preservation
+    the class images' (the second half of each batch)."""
+
+    pipeline: DiffusionPipeline
+    character: Character
+    config: TrainingConfig
+    instance_latents: LatentSource
+    class_latents: LatentSource | None
+    cached_embeddings: torch.Tensor | None = None  # set while the text encoder's output does not change
+
+    def embeddings(self) -> torch.Tensor:
+        """(B or 2B, 77, D): the instance caption, then the class caption when preserving the prior."""
+        if self.cached_embeddings is not None:
+            return self.cached_embeddings
+        instance = encode_prompt(self.pipeline, photo_caption(self.character, self.config), self.config.batch_size)
+        if self.class_latents is None:
+            return instance
+        class_caption = class_prompt(self.character.class_noun)
+        return torch.cat([instance, encode_prompt(self.pipeline, class_caption, self.config.batch_size)])
+
+    def latents(self, generator: torch.Generator) -> torch.Tensor:
+        """(B or 2B, 4, h, w): photos' latents, then class images' when preserving the prior."""
+        latents = self.instance_latents.sample(self.config.batch_size, generator)
+        if self.class_latents is not None:
+            latents = torch.cat([latents, self.class_latents.sample(self.config.batch_size, generator)])
+        return latents
+
+
+def batch_loss(
+    unet, batches: Batches, scheduler: DDPMScheduler, generator: torch.Generator, accelerator: Accelerator
+) -> torch.Tensor:
+    """The denoising loss of one batch: noised latents, the UNet's prediction, Min-SNR weights, and DreamBooth's prior
+    preservation when there are class images."""
+    config = batches.config
+    latents = batches.latents(generator).to(accelerator.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    noise = losses.offset_noise(noise, config.offset_noise, generator)
+    timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    timesteps = timesteps.to(latents.device)
+    embeddings = batches.embeddings()
+    with accelerator.autocast():
+        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embeddings).sample
+    target = losses.diffusion_target(scheduler, latents, noise, timesteps)
+    weights = losses.min_snr_weights(scheduler, timesteps, config.snr_gamma)
+    if batches.class_latents is None:
+        return losses.weighted_mse(prediction, target, weights)
+    b = config.batch_size
+    return losses.prior_preservation_loss(
+        losses.weighted_mse(prediction[:b], target[:b], weights[:b]),
+        losses.weighted_mse(prediction[b:], target[b:], weights[b:]),
+        config.prior_loss_weight,
+    )
+
+
 def train_identity(
     home: Path,
     name: str,
@@ -195,14 +254,13 @@ def train_identity(
     on_step: Callable[[StepReport], None] | None = None,
     command_method: str | None = None,
 ) -> IdentityMetadata:
-    """Train the identity of character `name` on base `model` and save it under its identity/ folder.
+    """Train the identity of character `name` by `method` on base `model` and save it under its identity/ folder.
 
     `overrides` replaces the method's defaults (`resolve_config`, e.g. {"steps": 200}). Returns the saved metadata.
     `resume` continues the last checkpoint; `restart` discards it. `command_method` is the --method the resume
     command printed after Ctrl-C names (default `method`; 'lora+ip-adapter' trains a 'lora'). Raises TrainingError
-    for impossible settings,
-    resume mismatches or an unfinished run given neither, TrainingInterrupted after Ctrl-C (with a checkpoint
-    saved), and ModelError when the base model cannot be loaded.
+    for impossible settings, resume mismatches or an unfinished run given neither, TrainingInterrupted after Ctrl-C
+    (with a checkpoint saved), and ModelError when the base model cannot be loaded.
     """
     requested = parse_device(device) if device else None
     if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):
@@ -211,6 +269,7 @@ def train_identity(
             f"CUDA_VISIBLE_DEVICES={requested.index} and --device cuda."
         )
     resolve_config(method, 0, overrides)  # the values given are checked before any model loads
+    part = METHODS[method]
     model = model or default_model()
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
@@ -220,40 +279,17 @@ def train_identity(
     pipeline, model_path = load_pipeline(model, home, device=device, dtype="fp32")
     if type(pipeline).__name__ in SDXL_PIPELINES:
         raise TrainingError("Identity training supports Stable Diffusion 1.x/2.x base models for now, not SDXL.")
-    unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
-    unet_parameters = sum(p.numel() for p in unet.parameters())
     fingerprint = model_fingerprint(model_path, home)
     checkpoint = latest_checkpoint(checkpoint_root)
-    if resume and checkpoint is None:
-        raise TrainingError(f"No checkpoint to resume for {character.name}; train without --resume.")
-    if checkpoint is not None and not (resume or restart):
-        raise TrainingError(
-            f"{character.name} has an unfinished training run ({checkpoint.name}): continue it with --resume, "
-            "or start over with --restart."
-        )
-    state = read_state(checkpoint, RESUME_KEYS) if resume else None
-    if state is None:
-        config = resolve_config(method, unet_parameters, overrides)
-    else:
-        if state["base"] != fingerprint:
-            raise TrainingError(
-                f"{checkpoint} was made with another base model than {model}; resume with that model's --model, or "
-                "start over with --restart."
-            )
-        try:
-            saved_config = TrainingConfig.model_validate(state["config"])
-        except ValidationError:
-            raise TrainingError(
-                f"{checkpoint} is damaged (its settings cannot be read); start over with --restart."
-            ) from None
-        config = resumed_config(saved_config, method, overrides)
-        if state["step"] > config.steps:
-            raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
+    unet_parameters = sum(p.numel() for p in pipeline.unet.parameters())
+    config, state = run_settings(
+        character, method, model, fingerprint, checkpoint, unet_parameters, overrides, resume, restart
+    )
     if config.mixed_precision != "no" and pipeline.device.type == "cpu":
         raise TrainingError("Mixed precision needs a GPU; on the CPU train with --mixed-precision no.")
     accelerator = make_accelerator(config.mixed_precision, cpu=pipeline.device.type == "cpu")
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-    resolution = unet.config.sample_size * pipeline.vae_scale_factor
+    resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
 
     # Class images come from the untouched base model, so generate them before any weight changes.
     class_latents = None
@@ -267,67 +303,33 @@ def train_identity(
             config.class_image_steps,
             show_progress,
         )
-        class_latents = LatentSource(vae, images_tensor(class_paths, resolution), config.cache_latents)
-    instance_latents = LatentSource(
-        vae, images_tensor(prepared_photo_paths(home, character), resolution), config.cache_latents
+        class_latents = LatentSource(pipeline.vae, images_tensor(class_paths, resolution), config.cache_latents)
+    photos = images_tensor(prepared_photo_paths(home, character), resolution)
+    batches = Batches(
+        pipeline, character, config, LatentSource(pipeline.vae, photos, config.cache_latents), class_latents
     )
 
-    # Decide what trains: LoRA adapters on attention, or the whole UNet; the text encoder optionally. Frozen weights
-    # run in the mixed-precision dtype to save memory; trained ones stay fp32.
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
-    frozen_models = [vae] + ([] if config.train_text_encoder else [text_encoder]) + ([unet] if method == "lora" else [])
-    if weight_dtype != torch.float32:
-        for frozen in frozen_models:
-            frozen.to(dtype=weight_dtype)
-    vae.requires_grad_(False)
-    text_encoder.requires_grad_(config.train_text_encoder and method == "dreambooth")
-    torch.manual_seed(config.seed)  # LoRA's initial A matrices
-    if method == "lora":
-        unet.requires_grad_(False)
-        targets = UNET_LORA_TARGETS + (UNET_CONV_LORA_TARGETS if config.lora_convolutions else [])
-        unet.add_adapter(
-            LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=targets)
-        )
-        if config.train_text_encoder:
-            text_encoder.add_adapter(
-                LoraConfig(
-                    r=config.rank,
-                    lora_alpha=config.rank,
-                    init_lora_weights="gaussian",
-                    target_modules=TEXT_LORA_TARGETS,
-                )
-            )
-    else:
-        unet.requires_grad_(True)
+    # The method decides what trains; frozen weights run in the mixed-precision dtype, trained ones stay fp32.
+    torch.manual_seed(config.seed)  # a LoRA's initial A matrices
+    trainable = part.prepare(pipeline, character, config, WEIGHT_DTYPES[config.mixed_precision])
     if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    trained_models = [unet, text_encoder] if config.train_text_encoder else [unet]
-    cast_training_params(trained_models, dtype=torch.float32)
-    parameters = [p for m in trained_models for p in m.parameters() if p.requires_grad]
+        pipeline.unet.enable_gradient_checkpointing()
+    trained = {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder, **trainable.modules}  # requires_grad ones
+    cast_training_params(list(trained.values()), dtype=torch.float32)
+    parameters = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-2)
-    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-
-    # Text embeddings are fixed while the text encoder is frozen: compute them once.
-    def prompt_embeddings() -> torch.Tensor:
-        """(B or 2B, 77, D): the instance caption, then the class caption when preserving the prior."""
-        instance = encode_prompt(pipeline, character.instance_prompt, config.batch_size)
-        if class_latents is None:
-            return instance
-        return torch.cat([instance, encode_prompt(pipeline, class_prompt(character.class_noun), config.batch_size)])
-
-    cached_embeddings = None
-    if not config.train_text_encoder:
+    unet, _, optimizer = accelerator.prepare(pipeline.unet, pipeline.text_encoder, optimizer)
+    if not trainable.text_changes:
         with torch.no_grad():
-            cached_embeddings = prompt_embeddings()
+            batches.cached_embeddings = batches.embeddings()
 
     def photo_loss() -> float:
         """`fixed_noise_loss` of the character's photos under their caption: falls as the identity is learned."""
         with torch.no_grad(), accelerator.autocast():
-            embeddings = encode_prompt(pipeline, character.instance_prompt, len(character.photos))
-            return fixed_noise_loss(unet, instance_latents.means(), embeddings, noise_scheduler)
+            embeddings = encode_prompt(pipeline, photo_caption(character, config), len(character.photos))
+            return fixed_noise_loss(unet, batches.instance_latents.means(), embeddings, noise_scheduler)
 
     generator = torch.Generator("cpu").manual_seed(config.seed)
-    trained = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder)}
     step, loss_history = 0, []
     if state is not None:
         load_checkpoint(checkpoint, trained, optimizer, accelerator.scaler, generator)
@@ -348,6 +350,9 @@ def train_identity(
         }
         save_checkpoint(checkpoint_root, step, trained, optimizer, accelerator.scaler, rng_state, state)
 
+    def diverged(at_step: int) -> TrainingError:
+        return TrainingError(diverged_message(character, method, at_step, checkpoint_root))
+
     with interrupts_between_steps() as stop_requested:
         progress = tqdm(total=config.steps, initial=step, desc=f"training {character.name}", disable=not show_progress)
         unet.train()
@@ -356,37 +361,15 @@ def train_identity(
             while step < config.steps:
                 step_loss = 0.0
                 for _ in range(config.grad_accum):
-                    latents = instance_latents.sample(config.batch_size, generator)  # (B, 4, h, w)
-                    if class_latents is not None:
-                        latents = torch.cat([latents, class_latents.sample(config.batch_size, generator)])  # (2B, ...)
-                    latents = latents.to(accelerator.device)
-                    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-                    noise = losses.offset_noise(noise, config.offset_noise, generator)
-                    timesteps = torch.randint(
-                        noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator
-                    ).to(latents.device)
-                    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-                    embeddings = cached_embeddings if cached_embeddings is not None else prompt_embeddings()
-                    with accelerator.autocast():
-                        prediction = unet(noisy_latents, timesteps, embeddings).sample
-                    target = losses.diffusion_target(noise_scheduler, latents, noise, timesteps)
-                    weights = losses.min_snr_weights(noise_scheduler, timesteps, config.snr_gamma)
-                    if class_latents is None:
-                        loss = losses.weighted_mse(prediction, target, weights)
-                    else:
-                        b = config.batch_size
-                        loss = losses.prior_preservation_loss(
-                            losses.weighted_mse(prediction[:b], target[:b], weights[:b]),
-                            losses.weighted_mse(prediction[b:], target[b:], weights[b:]),
-                            config.prior_loss_weight,
-                        )
+                    loss = batch_loss(unet, batches, noise_scheduler, generator, accelerator)
                     accelerator.backward(loss / config.grad_accum)
                     step_loss += loss.item() / config.grad_accum
                 if not math.isfinite(step_loss):
-                    raise TrainingError(diverged_message(character, method, step + 1, checkpoint_root))
+                    raise diverged(step + 1)
                 accelerator.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                trainable.after_step()
                 step, rng_state = step + 1, generator.get_state()
                 loss_history.append(step_loss)
                 progress.update(1)
@@ -395,7 +378,7 @@ def train_identity(
                     on_step(StepReport(step, config.steps, step_loss, time.perf_counter() - started))
                 if step % config.checkpoint_every == 0 and step < config.steps:
                     if not all(torch.isfinite(p).all() for p in parameters):  # never checkpoint poisoned weights
-                        raise TrainingError(diverged_message(character, method, step, checkpoint_root))
+                        raise diverged(step)
                     checkpoint_now(rng_state)
                     with accelerator.autocast():
                         save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
@@ -412,14 +395,9 @@ def train_identity(
 
         photo_loss_after = photo_loss()
         if not (math.isfinite(photo_loss_after) and all(torch.isfinite(p).all() for p in parameters)):
-            raise TrainingError(diverged_message(character, method, step, checkpoint_root))
-        unet = accelerator.unwrap_model(unet)
-        text_encoder = accelerator.unwrap_model(text_encoder) if config.train_text_encoder else None
+            raise diverged(step)
         with build_folder(folder / "identity") as partial:
-            if method == "lora":
-                files = save_lora_identity(partial, unet, text_encoder, export_kohya)
-            else:
-                files = save_dreambooth_identity(partial, unet, text_encoder)
+            files = part.save(partial, pipeline, character, config, SaveRequest(model, fingerprint, step, export_kohya))
             metadata = IdentityMetadata(
                 character=character.slug,
                 token=character.token,
@@ -427,7 +405,7 @@ def train_identity(
                 method=method,
                 base_model=model,
                 base_model_fingerprint=fingerprint,
-                cross_attention_dim=unet.config.cross_attention_dim,
+                cross_attention_dim=pipeline.unet.config.cross_attention_dim,
                 resolution=resolution,
                 config=config,
                 steps_done=step,
@@ -440,7 +418,7 @@ def train_identity(
                 files=files,
                 created_at=datetime.now(timezone.utc),
             )
-            atomic_write_text(partial / "identity.json", metadata.model_dump_json(indent=2))
+            (partial / RECORD).write_text(metadata.model_dump_json(indent=2))
             with accelerator.autocast():
                 save_samples(pipeline, character, folder / "samples" / "final.png")
         shutil.rmtree(checkpoint_root, ignore_errors=True)

@@ -19,8 +19,8 @@ from reportlab.pdfgen.canvas import Canvas
 
 from storybook.book import Book, Page, load_book
 from storybook.errors import BookError, CharacterError
-from storybook.fonts import BOLD_FONT, FONT, printable_font, register_fonts
-from storybook.print_pictures import X4_UPSCALER, PrintPictures, Upscaler
+from storybook.printing.fonts import BOLD_FONT, FONT, printable_font, register_fonts
+from storybook.printing.print_pictures import X4_UPSCALER, PrintPictures, Upscaler
 from storybook.registry import identity_hash
 from storybook.storage import user_file_target, write_user_file
 

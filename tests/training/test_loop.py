@@ -6,51 +6,20 @@ import signal
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from storybook import losses, registry
+from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
-from storybook.identity import KOHYA_FILE, LORA_FILE, load_identity, read_identity
 from storybook.tiny_model import build_tokenizer
-from storybook.trainer import make_accelerator, train_identity
+from storybook.training import losses
+from storybook.training.identity import read_identity
+from storybook.training.loop import make_accelerator, train_identity
+from storybook.training.methods import load_identity
+from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
+from tests.training.pictures import fresh_pipeline, photo_colour, render
 
 pytestmark = pytest.mark.slow
 FAST = {"num_class_images": 4, "class_image_steps": 4, "checkpoint_every": 10}
-
-
-@pytest.fixture
-def mia(home, sample_photos):
-    """The sample toddler registered in a fresh data root."""
-    return registry.add_character(home, "Mia", sample_photos, build_tokenizer())
-
-
-def fresh_pipeline(home) -> StableDiffusionPipeline:
-    pipeline = StableDiffusionPipeline.from_pretrained(home / "models" / "tiny")
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def render(pipeline, prompt: str, seeds=(0, 1, 2)) -> np.ndarray:
-    """Images for `prompt` at fixed seeds as floats in [0, 1]; (N, H, W, 3). Without classifier-free guidance: the
-    conditional prediction is what identity training teaches, and guidance 7.5 saturates the tiny model's colours."""
-    images = pipeline(
-        [prompt] * len(seeds),
-        num_inference_steps=10,
-        guidance_scale=1.0,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        output_type="np",
-    ).images
-    return np.asarray(images)
-
-
-def photo_colour(home, character) -> np.ndarray:
-    """Mean RGB of the character's prepared photos, in [0, 1]."""
-    from PIL import Image
-
-    folder = registry.character_dir(home, character.slug)
-    crops = [np.asarray(Image.open(folder / r.prepared).convert("RGB"), np.float32) / 255 for r in character.photos]
-    return np.mean([crop.mean(axis=(0, 1)) for crop in crops], axis=0)
 
 
 def test_lora_learns_the_character_and_loads_into_a_fresh_pipeline(home, mia):

@@ -1,0 +1,88 @@
+"""Identity-training settings: what decides the trained weights, checked. Each method's defaults per model scale live
+in its part (storybook/training/methods/)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from storybook.errors import TrainingError, describe_problems
+
+Method = Literal["lora", "dreambooth", "textual-inversion", "hypernetwork", "pivotal"]  # what the trainer trains
+IdentityMethod = Literal[  # how an identity is built: a trained method, an image prompt, or both
+    "lora", "dreambooth", "textual-inversion", "hypernetwork", "pivotal", "ip-adapter", "lora+ip-adapter"
+]
+ModelScale = Literal["tiny", "mini", "real"]  # which defaults a base model gets, by the size of its UNet
+TINY_MODEL_PARAMETERS = 3_000_000  # UNets below this (the tiny model, 1.4 M) get the tiny model's defaults
+SMALL_MODEL_PARAMETERS = 50_000_000  # UNets below this (storybook-mini, 5.8 M) get the ones measured on storybook-mini
+MAX_LEARNING_RATE = 0.1  # ten times the tiny model's LoRA rate; real models train at 1e-6..1e-4
+
+
+class TrainingConfig(BaseModel):
+    """Everything that decides the trained weights; saved with each checkpoint and identity. Every number is finite
+    and in a range where training can work (a rate above MAX_LEARNING_RATE only makes NaN weights)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    method: Method
+    steps: int = Field(gt=0, le=100_000)
+    learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
+    rank: int = Field(4, gt=0, le=256)  # LoRA only; alpha = rank, as in diffusers' train_dreambooth_lora.py
+    lora_convolutions: bool = False  # LoRA also on the UNet's ResNet convolutions and projections (LoCon)
+    num_vectors: int = Field(
+        1, ge=1, le=4
+    )  # Textual Inversion and pivotal tuning: new token embeddings learned for the identifier
+    # The photos' caption: "a photo of zorv toddler", or the class noun alone as the hypernetwork paper trained
+    # ("a photo of toddler": the identity then changes every toddler drawn).
+    captions: Literal["identifier", "class"] = "identifier"
+    batch_size: int = Field(1, gt=0, le=256)
+    grad_accum: int = Field(1, gt=0, le=256)
+    prior_preservation: bool = True
+    prior_loss_weight: float = Field(1.0, ge=0, le=100)
+    num_class_images: int = Field(100, ge=0, le=10_000)
+    class_image_steps: int = Field(25, gt=0, le=200)
+    train_text_encoder: bool = False
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    snr_gamma: float | None = Field(None, gt=0, le=100)  # 5.0 is kohya's and the Min-SNR paper's choice
+    offset_noise: float = Field(0.0, ge=-1, le=1)  # ~0.1 in kohya's sd-scripts
+    seed: int = 0
+    checkpoint_every: int = Field(100, gt=0)
+    cache_latents: bool = True
+
+
+def model_scale(unet_parameters: int) -> ModelScale:
+    """Which defaults a UNet of `unet_parameters` gets: the tiny model's, storybook-mini's, or real models'."""
+    if unet_parameters < TINY_MODEL_PARAMETERS:
+        return "tiny"
+    if unet_parameters < SMALL_MODEL_PARAMETERS:
+        return "mini"
+    return "real"
+
+
+def checked_config(settings: dict) -> TrainingConfig:
+    """`settings` as a TrainingConfig. Raises TrainingError naming the bad setting (e.g. steps=0)."""
+    try:
+        return TrainingConfig.model_validate(settings)
+    except ValidationError as error:
+        raise TrainingError(f"Invalid training settings ({describe_problems(error)}).") from None
+
+
+def resumed_config(saved: TrainingConfig, method: Method, overrides: dict | None = None) -> TrainingConfig:
+    """The settings a resumed run goes on with: the checkpoint's own, with more `steps` if given.
+
+    A setting given again with the same value is fine; one that differs is refused, by name: the run would no longer
+    be the one that was started. Raises TrainingError.
+    """
+    given = (overrides or {}) | {"method": method}
+    wanted = checked_config(saved.model_dump() | given)
+    changed = [
+        f"{key} {getattr(wanted, key)} (the run has {getattr(saved, key)})"
+        for key in given
+        if key != "steps" and getattr(wanted, key) != getattr(saved, key)
+    ]
+    if changed:
+        raise TrainingError(
+            f"--resume goes on with the settings the run started with, and other settings were given: "
+            f"{', '.join(changed)}. Leave them out, or start over with them using --restart."
+        )
+    return wanted

@@ -1,0 +1,46 @@
+"""Trained identities on disk: identity.json (what was trained, from what, how, and how well) beside the method's
+weights. How each method writes and loads its weights is in its part (storybook/training/methods/)."""
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from storybook.errors import ModelError
+from storybook.training.config import Method, TrainingConfig
+
+SCHEMA_VERSION = 1
+RECORD = "identity.json"
+
+
+class IdentityMetadata(BaseModel):
+    """identity.json: what was trained, from what, how, and how well."""
+
+    schema_version: int = SCHEMA_VERSION
+    character: str
+    token: str
+    class_noun: str
+    method: Method
+    base_model: str
+    base_model_fingerprint: str
+    cross_attention_dim: int
+    resolution: int
+    config: TrainingConfig
+    steps_done: int
+    final_loss: float
+    loss_history: list[float]
+    photo_loss_before: float  # fixed-noise denoising loss of the photos under their caption, before training
+    photo_loss_after: float  # the same after training: lower means the identity was learned
+    wall_time_s: float
+    photo_sha256: list[str]
+    files: list[str]
+    created_at: datetime
+
+
+def read_identity(folder: Path) -> IdentityMetadata:
+    """Read identity.json from `folder`. Raises ModelError when the character has no trained identity."""
+    record = folder / RECORD
+    if not record.is_file():
+        raise ModelError(f"No trained identity in {folder}: run `storybook character train NAME` first.")
+    return IdentityMetadata.model_validate(json.loads(record.read_text()))

@@ -1,0 +1,61 @@
+"""Identity methods as parts of one trainer: each module says what it trains, how it saves, how it loads into a
+pipeline for rendering, and its default settings per model scale."""
+
+import warnings
+from pathlib import Path
+
+from diffusers import DiffusionPipeline
+
+from storybook.errors import ModelError
+from storybook.training.config import Method, TrainingConfig, checked_config, model_scale
+from storybook.training.identity import IdentityMetadata, read_identity
+from storybook.training.methods import dreambooth, hypernetwork, lora, pivotal, textual_inversion
+from storybook.training.methods.base import MethodPart
+
+METHODS: dict[Method, MethodPart] = {
+    part.name: part for part in (lora.PART, dreambooth.PART, textual_inversion.PART, hypernetwork.PART, pivotal.PART)
+}
+
+
+def default_config(method: Method, unet_parameters: int) -> TrainingConfig:
+    """The default settings of `method` for a UNet of `unet_parameters` (see `model_scale`)."""
+    return TrainingConfig(method=method, **METHODS[method].defaults[model_scale(unet_parameters)])
+
+
+def resolve_config(method: Method, unet_parameters: int, overrides: dict | None = None) -> TrainingConfig:
+    """`default_config` with `overrides` (e.g. {"steps": 200}) applied and checked.
+
+    Raises TrainingError naming the bad setting (e.g. steps=0).
+    """
+    return checked_config(default_config(method, unet_parameters).model_dump() | (overrides or {}))
+
+
+def load_identity(
+    pipeline: DiffusionPipeline, folder: Path, adapter_name: str, base_fingerprint: str | None = None
+) -> IdentityMetadata:
+    """Load the trained identity in `folder` into `pipeline` the way its method loads (a LoRA as adapter
+    `adapter_name`, DreamBooth by swapping weights, Textual Inversion as new token embeddings, a hypernetwork as hooks
+    at strength 0 until the renderer sets it, pivotal tuning as embeddings and a LoRA).
+
+    Raises ModelError when the identity was trained for a base model of another shape; warns when it was trained on
+    a different checkpoint of the same shape (it usually still works, less faithfully).
+    """
+    metadata = read_identity(folder)
+    if metadata.cross_attention_dim != pipeline.unet.config.cross_attention_dim:
+        raise ModelError(
+            f"The identity of {metadata.character} was trained on {metadata.base_model} "
+            f"(cross-attention {metadata.cross_attention_dim}), which does not fit this base model "
+            f"(cross-attention {pipeline.unet.config.cross_attention_dim}). Train it again on this model."
+        )
+    if base_fingerprint and base_fingerprint != metadata.base_model_fingerprint:
+        warnings.warn(
+            f"{metadata.character} was trained on another checkpoint ({metadata.base_model}); likeness may suffer.",
+            stacklevel=2,
+        )
+    METHODS[metadata.method].load(pipeline, folder, metadata, adapter_name)
+    return metadata
+
+
+def unload_identity(pipeline: DiffusionPipeline, metadata: IdentityMetadata, adapter_name: str) -> None:
+    """Take an identity loaded by `load_identity` out of `pipeline` again."""
+    METHODS[metadata.method].unload(pipeline, metadata, adapter_name)

@@ -1,0 +1,57 @@
+"""What every identity method provides to the trainer and the renderer."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from storybook.registry import Character
+from storybook.training.config import Method, ModelScale, TrainingConfig
+from storybook.training.identity import IdentityMetadata
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What `prepare` set up to train in a pipeline (its trained parameters are those with requires_grad)."""
+
+    text_changes: bool  # the text encoder's output changes as it trains: prompt embeddings cannot be cached
+    after_step: Callable[[], None] = field(default=lambda: None)  # run after each optimiser step
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)  # trained modules outside the pipeline's
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    """Everything a method may write into an identity beside its weights."""
+
+    base_model: str
+    base_fingerprint: str
+    steps_done: int
+    export_kohya: bool  # LoRA: also write kohya's key names for A1111 and ComfyUI
+
+
+@dataclass(frozen=True)
+class MethodPart:
+    """One identity method: its default settings per model scale, what it trains (`prepare`, called with the
+    pipeline's frozen weights' dtype), how it writes its files into an identity folder (`save`, returning their names)
+    and how it loads into and leaves a rendering pipeline (`load`, `unload`, `set_strength`, given the adapter
+    name)."""
+
+    name: Method
+    defaults: dict[ModelScale, dict]
+    prepare: Callable[[DiffusionPipeline, Character, TrainingConfig, torch.dtype], Trainable]
+    save: Callable[[Path, DiffusionPipeline, Character, TrainingConfig, SaveRequest], list[str]]
+    load: Callable[[DiffusionPipeline, Path, IdentityMetadata, str], None]
+    unload: Callable[[DiffusionPipeline, IdentityMetadata, str], None]
+    # How strongly a loaded identity draws on the next pages (0: not at all), for methods that act on every page
+    # they are loaded in; None where the renderer need not switch it (a LoRA is switched with the others at once).
+    set_strength: Callable[[DiffusionPipeline, str, float], None] | None = None
+    lora_adapter: bool = False  # loads a LoRA adapter named after the character, which the renderer switches per page
+
+
+def freeze(module: torch.nn.Module, dtype: torch.dtype | None = None) -> None:
+    """Stop `module` from training and, with `dtype`, cast it (frozen weights may run in half precision)."""
+    module.requires_grad_(False)
+    if dtype is not None and next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)

@@ -1,0 +1,99 @@
+"""Textual Inversion on the tiny model: the identifier learns the photos, the class noun is untouched, and the A1111
+file draws what the diffusers file draws."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from storybook import registry
+from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.training.identity import read_identity
+from storybook.training.loop import train_identity
+from storybook.training.methods import load_identity, unload_identity
+from storybook.training.methods.textual_inversion import EMBEDS_FILE
+from tests.training.pictures import colour_distance, fresh_pipeline, photo_colour, render
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_identifier_learns_the_photos_and_the_a1111_file_draws_the_same(home, mia):
+    before = render(fresh_pipeline(home), mia.instance_prompt)
+    metadata = train_identity(home, "Mia", "textual-inversion", overrides={"num_vectors": 2}, show_progress=False)
+    assert metadata.photo_loss_after < 0.97 * metadata.photo_loss_before
+    folder = registry.character_dir(home, "Mia") / "identity"
+    a1111_file = folder / f"{mia.token}.pt"
+    assert read_identity(folder).files == [EMBEDS_FILE, a1111_file.name]
+    assert load_file(folder / EMBEDS_FILE)[mia.token].shape == (2, 32)  # two vectors of the tiny text encoder's width
+
+    pipeline = fresh_pipeline(home)
+    load_identity(pipeline, folder, adapter_name="mia")
+    assert pipeline.tokenizer.tokenize(mia.token) == [mia.token]  # its own token now
+    after = render(pipeline, mia.instance_prompt)
+    target = photo_colour(home, mia)
+    assert colour_distance(after, target) < colour_distance(before, target)  # toward the photos' colours
+    class_only = f"a photo of {mia.class_noun}"
+    np.testing.assert_array_equal(render(pipeline, class_only), render(fresh_pipeline(home), class_only))
+
+    a1111 = torch.load(a1111_file, weights_only=True)  # plain tensors and numbers: no code runs on load
+    assert a1111["string_to_param"]["*"].shape == (2, 32) and a1111["name"] == mia.token
+    assert a1111["step"] == metadata.steps_done and a1111["sd_checkpoint_name"] == "tiny"
+    webui = fresh_pipeline(home)
+    webui.load_textual_inversion(str(a1111_file))  # diffusers' A1111 path: the token is the file's name
+    np.testing.assert_array_equal(render(webui, mia.instance_prompt), after)
+
+    unload_identity(pipeline, metadata, "mia")
+    np.testing.assert_array_equal(render(pipeline, mia.instance_prompt), before)
+
+
+def test_an_interrupted_run_resumes_to_the_same_embedding(home, mia):
+    settings = {"steps": 12, "checkpoint_every": 5}
+    train_identity(home, "Mia", "textual-inversion", overrides=settings, show_progress=False)
+    folder = registry.character_dir(home, "Mia")
+    expected = load_file(folder / "identity" / EMBEDS_FILE)[mia.token]
+
+    def stop_at_step_7(report):
+        if report.step == 7:
+            raise KeyboardInterrupt  # as Ctrl-C does between steps
+
+    with pytest.raises(TrainingInterrupted):
+        train_identity(
+            home,
+            "Mia",
+            "textual-inversion",
+            overrides=settings,
+            restart=True,
+            show_progress=False,
+            on_step=stop_at_step_7,
+        )
+    train_identity(home, "Mia", "textual-inversion", resume=True, show_progress=False)
+    torch.testing.assert_close(load_file(folder / "identity" / EMBEDS_FILE)[mia.token], expected)
+
+
+def test_an_identifier_the_tokenizer_already_has_is_refused_before_training(home, mia):
+    character = registry.load_character(home, "Mia")
+    registry.save_character(home, character.model_copy(update={"token": "bedr"}))
+    with pytest.raises(TrainingError, match="already a word of this model's tokenizer"):
+        train_identity(home, "Mia", "textual-inversion", show_progress=False)
+
+
+def test_pivotal_tuning_trains_the_embeddings_and_a_lora_and_loads_both(home, mia):
+    before = render(fresh_pipeline(home), mia.instance_prompt)
+    metadata = train_identity(
+        home, "Mia", "pivotal", overrides={"num_class_images": 4, "class_image_steps": 4}, show_progress=False
+    )
+    assert metadata.photo_loss_after < 0.9 * metadata.photo_loss_before
+    folder = registry.character_dir(home, "Mia") / "identity"
+    assert metadata.files == [EMBEDS_FILE, f"{mia.token}.pt", "pytorch_lora_weights.safetensors"]
+
+    pipeline = fresh_pipeline(home)
+    load_identity(pipeline, folder, adapter_name="mia")
+    assert pipeline.tokenizer.tokenize(mia.token) == [mia.token] and "mia" in pipeline.unet.peft_config
+    after = render(pipeline, mia.instance_prompt)
+    target = photo_colour(home, mia)
+    assert colour_distance(after, target) < colour_distance(before, target)
+    pipeline.disable_lora()  # the embeddings alone differ from the base, and from both together
+    embeddings_only = render(pipeline, mia.instance_prompt)
+    assert not np.allclose(embeddings_only, before, atol=1e-3) and not np.allclose(embeddings_only, after, atol=1e-3)
+    unload_identity(pipeline, metadata, "mia")
+    np.testing.assert_array_equal(render(pipeline, mia.instance_prompt), before)
