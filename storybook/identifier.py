@@ -35,13 +35,17 @@ def choose_token(tokenizer: "PreTrainedTokenizerBase", seed_text: str, taken: se
     """Pick the identifier for a new character: not an English word, not already an entry of the tokenizer's vocabulary
     (Textual Inversion adds it as a token of its own), as few tokenizer pieces as possible.
 
-    `taken` holds the tokens of the registry's other characters and `avoid` text (class noun, name) the token must
-    not occur in. The choice is deterministic for `seed_text`.
+    `taken` holds the tokens of the registry's other characters, which the token must neither contain nor occur in
+    (added tokens match inside words), and `avoid` text (class noun, name) the token must not occur in. The choice is
+    deterministic for `seed_text`.
     """
     vocabulary = tokenizer.get_vocab()
     usable = [
         token
         for token in candidate_tokens(seed_text)
-        if token not in taken and token not in vocabulary and token not in avoid.lower() and not is_english_word(token)
+        if not any(token in other or other in token for other in taken)  # 'zor' would also match inside 'zorv'
+        and token not in vocabulary
+        and token not in avoid.lower()
+        and not is_english_word(token)
     ]
     return min(usable, key=lambda token: len(tokenizer.tokenize(token)))

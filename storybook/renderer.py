@@ -283,6 +283,7 @@ class Renderer:
     def tokens_over_limit(self, prompt: str) -> int:
         """How many of `prompt`'s tokens CLIP cuts off (0 when it fits its 77-token window)."""
         tokenizer = self.pipeline.tokenizer
+        prompt = self.pipeline.maybe_convert_prompt(prompt, tokenizer)  # a multi-vector identifier takes several
         return max(0, len(tokenizer.tokenize(prompt)) + 2 - tokenizer.model_max_length)  # + start and end tokens
 
 

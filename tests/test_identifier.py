@@ -23,3 +23,12 @@ def test_token_avoids_the_class_noun_and_name():
     token = choose_token(tokenizer, "x", taken=set())
     assert choose_token(tokenizer, "x", taken=set(), avoid=f"toddler {token}") != token
     assert is_english_word("toddler") and not is_english_word("zqxv")
+
+
+def test_token_is_no_entry_of_the_vocabulary_and_no_part_of_another_character_s_token():
+    tokenizer = build_tokenizer()
+    token = choose_token(tokenizer, "mia", taken=set())
+    assert token not in tokenizer.get_vocab()  # Textual Inversion adds it as a token of its own
+    for taken in ({token[:3]}, {token + "z"}):  # added tokens match inside words: 'zor' would draw inside 'zorv'
+        other = choose_token(tokenizer, "mia", taken=taken)
+        assert not any(other in t or t in other for t in taken)

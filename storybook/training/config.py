@@ -3,7 +3,7 @@ in its part (storybook/training/methods/)."""
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from storybook.errors import TrainingError, describe_problems
 
@@ -48,6 +48,13 @@ class TrainingConfig(BaseModel):
     seed: int = 0
     checkpoint_every: int = Field(100, gt=0)
     cache_latents: bool = True
+
+    @model_validator(mode="after")
+    def identifier_in_captions(self) -> "TrainingConfig":
+        """Methods that learn the identifier's own embedding need it in the captions (else they learn nothing)."""
+        if self.captions == "class" and self.method in ("textual-inversion", "pivotal"):
+            raise ValueError(f"{self.method} learns the identifier's embedding, so its captions must name it")
+        return self
 
 
 def model_scale(unet_parameters: int) -> ModelScale:

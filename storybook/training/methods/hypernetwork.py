@@ -8,6 +8,7 @@ A1111 and ComfyUI's hypernetwork loader read; files the webui wrote load here to
 layers' `to_k` / `to_v` rather than an attention processor, so that it composes with IP-Adapter's processors.
 """
 
+import inspect
 import pickle
 import weakref
 from collections import OrderedDict
@@ -26,17 +27,21 @@ from storybook.training.identity import IdentityMetadata
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
 
 LAYER_STRUCTURE = (1, 2, 1)  # the webui's default: widths of the MLP's layers in multiples of the context width
-ACTIVATION = "linear"  # the webui's default; also read: relu, leakyrelu, elu, swish, tanh, sigmoid, softsign, mish
-ACTIVATIONS = {
+ACTIVATION = "linear"  # the webui's default
+# What the webui builds for each activation name: its own seven, then every class in torch.nn.modules.activation by its
+# lower-cased name (ComfyUI knows linear, relu, leakyrelu, elu, swish, tanh, sigmoid, softsign, mish).
+ACTIVATIONS: dict[str, type[nn.Module] | None] = {
+    name.lower(): cls
+    for name, cls in inspect.getmembers(torch.nn.modules.activation, inspect.isclass)
+    if cls.__module__ == "torch.nn.modules.activation"
+} | {
     "linear": None,
     "relu": nn.ReLU,
     "leakyrelu": nn.LeakyReLU,
     "elu": nn.ELU,
-    "swish": nn.Hardswish,  # what the webui and ComfyUI build for "swish"
+    "swish": nn.Hardswish,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
-    "softsign": nn.Softsign,
-    "mish": nn.Mish,
 }
 INIT_STD = 0.01  # the webui's "Normal" initialisation: weights N(0, 0.01), biases 0
 
@@ -69,7 +74,8 @@ DEFAULTS = {
 
 
 class HypernetworkModule(nn.Module):
-    """One residual MLP on contexts of width `width`: x + mlp(x) * strength, its layers numbered as the webui's."""
+    """One residual MLP on contexts of width `width`: x + mlp(x) * strength, its layers built and numbered as the
+    webui's (per step: Linear, the activation, LayerNorm, Dropout where `dropout[step + 1]` > 0)."""
 
     def __init__(
         self,
@@ -78,6 +84,7 @@ class HypernetworkModule(nn.Module):
         activation: str = ACTIVATION,
         layer_norm: bool = False,
         activate_output: bool = False,
+        dropout: tuple[float, ...] | None = None,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -89,11 +96,20 @@ class HypernetworkModule(nn.Module):
                 layers.append(ACTIVATIONS[activation]())
             if layer_norm:
                 layers.append(nn.LayerNorm(size))
+            if dropout is not None and dropout[index + 1] > 0:
+                layers.append(nn.Dropout(p=dropout[index + 1]))
         self.linear = nn.Sequential(*layers)
 
     def forward(self, context: torch.Tensor, strength: float) -> torch.Tensor:
         """The transformed context; (B, tokens, width) -> the same shape."""
         return context + self.linear(context) * strength
+
+
+def webui_dropout(structure: tuple[float, ...], use_dropout: bool, last_layer_dropout: bool) -> tuple[float, ...]:
+    """The dropout per layer the webui assumes for a file without `dropout_structure` (its parse_dropout_structure)."""
+    if not use_dropout:
+        return (0.0,) * len(structure)
+    return (0.0, *[0.3] * (len(structure) - 3), 0.3 if last_layer_dropout else 0.0, 0.0)
 
 
 class Hypernetwork(nn.Module):
@@ -224,18 +240,32 @@ def read_hypernetwork(path: Path) -> Hypernetwork:
         ) from None
     if not isinstance(contents, dict) or not any(isinstance(key, int) for key in contents):
         raise ModelError(f"{path} is not a hypernetwork file (no per-width weights).")
-    structure = tuple(float(size) for size in contents.get("layer_structure") or LAYER_STRUCTURE)
+    try:
+        structure = tuple(float(size) for size in contents.get("layer_structure") or LAYER_STRUCTURE)
+        dropout = tuple(float(p) for p in contents.get("dropout_structure") or ()) or webui_dropout(
+            structure, bool(contents.get("use_dropout", False)), bool(contents.get("last_layer_dropout", False))
+        )
+    except (TypeError, ValueError):
+        raise ModelError(f"{path} is damaged: its layer or dropout structure is not a list of numbers.") from None
+    if len(structure) < 2 or structure[0] != 1 or structure[-1] != 1 or len(dropout) != len(structure):
+        raise ModelError(f"{path} is damaged: a layer structure starts and ends with 1, one dropout value per layer.")
+    if not all(0 <= p < 1 for p in dropout):
+        raise ModelError(f"{path} is damaged: dropout values must be from 0 to below 1.")
     activation = contents.get("activation_func") or "linear"
     if activation not in ACTIVATIONS:
-        raise ModelError(f"{path} uses the activation {activation!r}, which storybook does not know.")
+        raise ModelError(f"{path} uses the activation {activation!r}, which the webui does not know either.")
     layer_norm = bool(contents.get("is_layer_norm", False))
     activate_output = bool(contents.get("activate_output", True))  # the webui's default for files without the key
     pairs = {}
     for width, states in ((key, value) for key, value in contents.items() if isinstance(key, int)):
-        pair = (
-            HypernetworkModule(width, structure, activation, layer_norm, activate_output),
-            HypernetworkModule(width, structure, activation, layer_norm, activate_output),
-        )
+        try:
+            pair = tuple(
+                HypernetworkModule(width, structure, activation, layer_norm, activate_output, dropout) for _ in range(2)
+            )
+        except (TypeError, ValueError, RuntimeError) as error:  # an activation that needs arguments, a bad width
+            raise ModelError(f"{path}: cannot build its layers of width {width} ({error}).") from None
+        if not isinstance(states, (tuple, list)) or len(states) != 2 or not all(isinstance(s, dict) for s in states):
+            raise ModelError(f"{path} is damaged: width {width} does not hold a (k, v) pair of weights.")
         for module, state in zip(pair, states, strict=True):
             state = {
                 key.replace("linear1.", "linear.0.").replace("linear2.", "linear.1."): v for key, v in state.items()
@@ -247,7 +277,7 @@ def read_hypernetwork(path: Path) -> Hypernetwork:
                     f"{path}: the weights of width {width} do not fit its layer structure ({error})."
                 ) from None
         pairs[width] = pair
-    return Hypernetwork(pairs, webui_options(structure, activation, layer_norm, activate_output))
+    return Hypernetwork(pairs, webui_options(structure, activation, layer_norm, activate_output)).eval()
 
 
 def load(pipeline: DiffusionPipeline, folder: Path, metadata: IdentityMetadata, adapter_name: str) -> None:

@@ -98,8 +98,8 @@ def train_identifier_embeddings(
 
     def restore_other_rows() -> None:
         """Undo what the optimiser (weight decay included) did to every row but the identifier's."""
-        with torch.no_grad():
-            embeddings[kept] = original[kept]
+        with torch.no_grad():  # the rows were copied in the frozen dtype; the trained matrix may be fp32 since
+            embeddings[kept] = original[kept].to(embeddings.dtype)
 
     return restore_other_rows
 

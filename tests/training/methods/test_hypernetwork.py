@@ -109,6 +109,25 @@ def test_a_file_the_webui_wrote_loads_and_transforms_the_context_as_the_webui_do
     torch.testing.assert_close(network.transform(context, 0), context + out * 0.5)
     assert torch.equal(network.transform(torch.ones(1, 4, 640), 1), torch.ones(1, 4, 640))  # no module of width 640
 
+    # Trained with dropout (no dropout_structure key): the webui puts a Dropout after the first step's ReLU, so the
+    # second Linear is layer 3; at inference dropout does nothing.
+    state = OrderedDict((k, written[320][0][k]) for k in ("linear.0.weight", "linear.0.bias"))
+    state |= {"linear.3.weight": written[320][0]["linear.3.weight"], "linear.3.bias": written[320][0]["linear.3.bias"]}
+    dropped = {
+        320: (state, state),
+        "layer_structure": [1, 2, 1],
+        "activation_func": "relu",
+        "use_dropout": True,
+        "last_layer_dropout": True,
+        "activate_output": False,
+    }
+    torch.save(dropped, tmp_path / "dropout.pt")
+    network = read_hypernetwork(tmp_path / "dropout.pt")
+    context = torch.randn(1, 5, 320, generator=generator)
+    hidden = F.relu(F.linear(context, state["linear.0.weight"], state["linear.0.bias"]))
+    expected = context + F.linear(hidden, state["linear.3.weight"], state["linear.3.bias"])
+    torch.testing.assert_close(network.transform(context, 1), expected)
+
 
 class RunsCode:
     """An object whose unpickling would create a file."""

@@ -4,14 +4,16 @@ file draws what the diffusers file draws."""
 import numpy as np
 import pytest
 import torch
+from diffusers.training_utils import cast_training_params
 from safetensors.torch import load_file
 
 from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.training.config import TrainingConfig
 from storybook.training.identity import read_identity
 from storybook.training.loop import train_identity
 from storybook.training.methods import load_identity, unload_identity
-from storybook.training.methods.textual_inversion import EMBEDS_FILE
+from storybook.training.methods.textual_inversion import EMBEDS_FILE, train_identifier_embeddings
 from tests.training.pictures import colour_distance, fresh_pipeline, photo_colour, render
 
 pytestmark = pytest.mark.slow
@@ -97,3 +99,22 @@ def test_pivotal_tuning_trains_the_embeddings_and_a_lora_and_loads_both(home, mi
     assert not np.allclose(embeddings_only, before, atol=1e-3) and not np.allclose(embeddings_only, after, atol=1e-3)
     unload_identity(pipeline, metadata, "mia")
     np.testing.assert_array_equal(render(pipeline, mia.instance_prompt), before)
+
+
+def test_the_other_rows_are_restored_when_the_trained_matrix_is_cast_to_fp32(home, mia):
+    # Under mixed precision the frozen text encoder runs in half precision and the trained matrix is cast back to fp32.
+    pipeline = fresh_pipeline(home)
+    pipeline.text_encoder.to(torch.bfloat16)
+    config = TrainingConfig(method="pivotal", steps=1, learning_rate=1e-3)
+    restore = train_identifier_embeddings(pipeline, mia, config)
+    cast_training_params([pipeline.text_encoder], dtype=torch.float32)
+    weight = pipeline.text_encoder.get_input_embeddings().weight
+    before = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)  # what an optimiser step with weight decay does to every row
+    restore()
+    new_id = pipeline.tokenizer.convert_tokens_to_ids(mia.token)
+    others = torch.arange(len(weight)) != new_id
+    assert torch.equal(weight[others], before[others]) and torch.equal(weight[new_id], before[new_id] + 1)
+    with pytest.raises(TrainingError, match="captions must name it"):
+        train_identity(home, "Mia", "textual-inversion", overrides={"captions": "class"}, show_progress=False)
