@@ -52,8 +52,7 @@ class ImageJob:
 
 
 def has_weights(home: Path, slug: str) -> bool:
-    """Whether the character's identity has trained weights (LoRA, DreamBooth, Textual Inversion), not only an image
-    prompt."""
+    """Whether the character's identity has trained weights (any trained method), not only an image prompt."""
     return (identity_folder(home, slug) / "identity.json").is_file()
 
 
@@ -137,8 +136,8 @@ class Renderer:
 
     def load_identities(self, slugs: list[str]) -> None:
         """Load the identity of each character in `slugs`: trained weights the way their method loads (a LoRA as an
-        adapter named by its slug, Textual Inversion as its identifier's embeddings), an image prompt's embedding (and
-        its IP-Adapter); an identity loaded already is kept (one trained again is reloaded).
+        adapter named by its slug, Textual Inversion as its identifier's embeddings, a hypernetwork as hooks), an image
+        prompt's embedding (and its IP-Adapter); an identity loaded already is kept (one trained again is reloaded).
 
         Raises ModelError when the characters' image prompts need different IP-Adapters (one per book).
         """

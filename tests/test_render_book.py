@@ -226,6 +226,22 @@ def test_edits_made_during_a_render_are_kept_and_an_interrupted_rerender_never_m
         export_book(folder, tmp_path / "mixed.pdf")  # never old pictures beside new ones
 
 
+def assert_drawn_as_a_fresh_renderer_draws(home, folder, before, redrawn: str) -> None:
+    """Every picture of the book in `folder` equals what a newly loaded renderer draws, and exactly the pages with
+    character `redrawn` changed since `before` (the book as it was)."""
+    again = load_book(folder)
+    fresh = folder.with_name("fresh")
+    shutil.copytree(folder, fresh)
+    shutil.rmtree(fresh / IMAGES_DIR)
+    render_book(home, fresh)
+    references = load_book(fresh)
+    for old, new, reference in zip(
+        [before.cover, *before.pages], [again.cover, *again.pages], [references.cover, *references.pages], strict=True
+    ):
+        assert np.array_equal(pixels(folder, new.image), pixels(fresh, reference.image))
+        assert (old.image == new.image) == (redrawn not in new.characters)
+
+
 def test_a_character_trained_again_is_drawn_with_its_new_identity(home, trained_characters):
     from storybook.training.loop import train_identity
 
@@ -239,17 +255,7 @@ def test_a_character_trained_again_is_drawn_with_its_new_identity(home, trained_
 
     report, _ = render_book(home, folder, renderer=renderer)  # the same loaded renderer
     assert report.drawn == len(with_rex)
-    again = load_book(folder)
-    fresh = folder.with_name("fresh")
-    shutil.copytree(folder, fresh)
-    shutil.rmtree(fresh / IMAGES_DIR)
-    render_book(home, fresh)  # a newly loaded renderer
-    references = load_book(fresh)
-    for old, new, reference in zip(
-        [book.cover, *book.pages], [again.cover, *again.pages], [references.cover, *references.pages], strict=True
-    ):
-        assert np.array_equal(pixels(folder, new.image), pixels(fresh, reference.image))
-        assert (old.image == new.image) == ("rex" not in new.characters)
+    assert_drawn_as_a_fresh_renderer_draws(home, folder, book, redrawn="rex")
 
 
 def test_a_textual_inversion_identity_replaces_a_lora_in_a_loaded_renderer_and_draws_only_its_pages(
@@ -265,18 +271,7 @@ def test_a_textual_inversion_identity_replaces_a_lora_in_a_loaded_renderer_and_d
         train_identity(home, "Rex", "textual-inversion", overrides={"steps": 6, "seed": seed}, show_progress=False)
         render_book(home, folder, renderer=renderer)
     assert renderer.adapters.keys() == {"mia"} and renderer.trained["rex"][1].method == "textual-inversion"
-
-    again = load_book(folder)
-    fresh = folder.with_name("fresh")
-    shutil.copytree(folder, fresh)
-    shutil.rmtree(fresh / IMAGES_DIR)
-    render_book(home, fresh)  # a newly loaded renderer
-    references = load_book(fresh)
-    for old, new, reference in zip(
-        [book.cover, *book.pages], [again.cover, *again.pages], [references.cover, *references.pages], strict=True
-    ):
-        assert np.array_equal(pixels(folder, new.image), pixels(fresh, reference.image))
-        assert (old.image == new.image) == ("rex" not in new.characters)
+    assert_drawn_as_a_fresh_renderer_draws(home, folder, book, redrawn="rex")
 
 
 def test_a_setting_that_makes_the_render_fail_is_never_kept_and_no_page_loses_its_picture(studio, tmp_path):
