@@ -185,12 +185,10 @@ def attach(unet: nn.Module, name: str, network: Hypernetwork) -> None:
     ATTACHED.setdefault(unet, {})[name] = Attached(network, handles)
 
 
-def detach(unet: nn.Module, name: str) -> Hypernetwork:
-    """Remove the hypernetwork attached as `name` from `unet`; return it."""
-    attached = ATTACHED.get(unet, {}).pop(name)
-    for handle in attached.hooks:
+def detach(unet: nn.Module, name: str) -> None:
+    """Remove the hypernetwork attached as `name` from `unet`."""
+    for handle in ATTACHED[unet].pop(name).hooks:
         handle.remove()
-    return attached.network
 
 
 def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, dtype: torch.dtype) -> Trainable:
