@@ -1,5 +1,6 @@
 """Characters: add one from uploaded photos, see its crops, train its identity with live progress, remove it."""
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -53,15 +54,17 @@ METHODS: dict[str, IdentityMethod] = {
     "A new word for it (Textual Inversion, minutes)": "textual-inversion",
     "AUTOMATIC1111 hypernetwork (minutes)": "hypernetwork",
     "A new word and a LoRA (pivotal tuning, minutes)": "pivotal",
+    "Pivotal tuning and the photos (minutes)": "pivotal+ip-adapter",
 }
 
 
-def train(root: Path, slug: str, method: IdentityMethod, steps: int | None) -> None:
-    """Start building `slug`'s identity by `method` as a background job (resuming a training run that was stopped)."""
+def train(root: Path, slug: str, method: IdentityMethod, steps: int | None, restart: bool = False) -> None:
+    """Start building `slug`'s identity by `method` as a background job, resuming a training run that was stopped
+    (or, with `restart`, discarding it)."""
     from storybook.training.loop import StepReport
     from storybook.training.personalize import build_identity
 
-    resume = (registry.character_dir(root, slug) / "checkpoints").is_dir()
+    resume = (registry.character_dir(root, slug) / "checkpoints").is_dir() and not restart
 
     def work(progress: Progress) -> str:
         def on_step(report: StepReport) -> None:
@@ -69,7 +72,8 @@ def train(root: Path, slug: str, method: IdentityMethod, steps: int | None) -> N
             progress(report.step, report.total, f"loss {report.loss:.4f}, about {eta:.0f} s left")
 
         overrides = {"steps": steps} if steps else {}
-        options = {"resume": resume, "show_progress": False, "on_step": on_step} if method != "ip-adapter" else {}
+        options = {"resume": resume, "restart": restart, "show_progress": False, "on_step": on_step}
+        options = options if method != "ip-adapter" else {}
         metadata, image_prompt = build_identity(root, slug, method, default_model(), overrides, **options)
         said = []
         if metadata:
@@ -97,15 +101,60 @@ def training_panel(root: Path, slug: str, folder: Path) -> None:
     with st.popover("Expert settings"):
         steps = st.number_input("Training steps (0: the default)", 0, 5000, 0, key=f"steps-{slug}")
     label = "Resume training" if stopped else ("Train again" if trained else "Train")
-    if st.button(label, key=f"train-{slug}", disabled=running):
+    resumed = st.button(label, key=f"train-{slug}", disabled=running)
+    # A stopped run that cannot go on (its captions or settings changed) is discarded here, as --restart does.
+    restarted = stopped and st.button("Start over", key=f"restart-{slug}", disabled=running)
+    if resumed or restarted:
         try:
-            train(root, slug, METHODS[choice], int(steps) or None)
+            train(root, slug, METHODS[choice], int(steps) or None, restart=restarted)
         except StorybookError as error:
             st.error(str(error))
     show_job(root, "train", slug)
     samples = sorted((folder / "samples").glob("*.png"), key=lambda path: path.stat().st_mtime)
     if samples:
         st.image(str(samples[-1]), caption=f"Samples: {samples[-1].stem}", width=288)
+
+
+def captions_form(root: Path, character: registry.Character) -> None:
+    """Each photo's caption, editable, or written by a BLIP captioner the parent names (for the photos without one);
+    the methods that train on captions (the hypernetwork) use them."""
+    slug = character.slug
+    with st.form(f"captions-{slug}"):
+        st.caption("Photo captions: what each photo shows (optional; the hypernetwork trains on them)")
+        texts = {  # keyed by the saved caption too, so a box shows the file's caption again once it changed
+            number: st.text_input(
+                f"Photo {number}", photo.caption, max_chars=registry.MAX_CAPTION, key=caption_key(slug, number, photo)
+            )
+            for number, photo in enumerate(character.photos, 1)
+        }
+        captioner = st.text_input(
+            "Or caption the photos without one with BLIP",
+            placeholder="a weights folder or downloaded hub id",
+            key=f"blip-{slug}",
+        )
+        save, write = st.columns(2)
+        saved = save.form_submit_button("Save captions")
+        written = write.form_submit_button("Caption with BLIP")
+    try:
+        if saved:
+            registry.set_photo_captions(root, slug, texts)
+            st.rerun()
+        if written:
+            if not captioner.strip():
+                st.error("Name the BLIP weights first: a local folder or a downloaded hub id.")
+                return
+            from storybook.captions import caption_character, load_captioner
+
+            with st.spinner("Captioning the photos..."):
+                caption_character(root, slug, load_captioner(captioner.strip()))
+            st.rerun()
+    except StorybookError as error:
+        st.error(str(error))
+
+
+def caption_key(slug: str, number: int, photo: registry.PhotoRecord) -> str:
+    """The widget key of a photo's caption box: new whenever the saved caption changes (BLIP, the CLI, a save)."""
+    return f"caption-{slug}-{number}-{hashlib.sha256(photo.caption.encode()).hexdigest()[:8]}"
 
 
 def character_list(root: Path) -> None:
@@ -128,6 +177,7 @@ def character_list(root: Path) -> None:
             if missing := [crop.name for crop in crops if not crop.is_file()]:
                 st.warning(f"Missing crops: {', '.join(missing)}; remove and add {character.name} again to redo them.")
             st.image([str(crop) for crop in crops if crop.is_file()], width=96)
+            captions_form(root, character)
             training_panel(root, character.slug, folder)
             confirm = st.checkbox(f"Yes, delete {character.name} and all photos", key=f"confirm-{character.slug}")
             training = is_running(root, "train", character.slug)

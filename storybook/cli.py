@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -29,7 +29,7 @@ from storybook.book import (
     load_book,
     save_book,
 )
-from storybook.errors import BookError, ModelError, PhotoError, StorybookError, describe_problems
+from storybook.errors import BookError, CharacterError, ModelError, PhotoError, StorybookError, describe_problems
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
 from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, default_model, slugify
@@ -39,6 +39,9 @@ from storybook.story.stage import DEFAULT_STYLE, StoryRequest, Writer, default_w
 from storybook.training.config import IdentityMethod
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
+if TYPE_CHECKING:
+    from storybook.captions import Captioner
+
 app = typer.Typer(help="Make personalised picture books from a few photos of a child.", no_args_is_help=True)
 character_app = typer.Typer(help="Register, train, inspect and remove characters.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
@@ -59,6 +62,13 @@ ModelOption = Annotated[
         "--model",
         help=f"Base model: storybook-mini, tiny, a local diffusers folder or a hub id (default: ${MODEL_ENV} or "
         "storybook-mini).",
+    ),
+]
+CaptionerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="BLIP captioning weights that caption the photos: a local folder or a downloaded hub id, e.g. "
+        "Salesforce/blip-image-captioning-base (never downloaded here).",
     ),
 ]
 
@@ -150,13 +160,16 @@ def character_add(
     class_noun: Annotated[str, typer.Option(help="What it is: toddler, baby, girl, dog...")] = "toddler",
     description: Annotated[str, typer.Option(help="Appearance in words, e.g. 'curly red hair, yellow raincoat'.")] = "",
     model: ModelOption = None,
+    captioner: CaptionerOption = None,
 ) -> None:
     """Register a character from photos: checks them, keeps the originals, crops them and picks its token."""
 
     def add():
+        from storybook.captions import load_captioner
         from storybook.models import load_tokenizer
 
         paths = photo_files([*(photos or []), *(more_photos or [])])
+        loaded = load_captioner(captioner) if captioner else None  # a missing captioner is said before registering
         character = registry.add_character(
             state["home"],
             name,
@@ -167,6 +180,8 @@ def character_add(
         )
         folder = registry.character_dir(state["home"], character.slug)
         console.print(Text.assemble("Added ", (character.name, "bold"), f" with token '{character.token}' in {folder}"))
+        if loaded:
+            show_captions(caption_photos(character.slug, loaded, replace=False))
         console.print(f"Next: storybook character train {character.slug}")
 
     run(add, loads_models=True)
@@ -186,6 +201,52 @@ def photo_files(items: list[Path]) -> list[Path]:
     if not files:
         raise PhotoError({"--photos": "no photos given: name 3-30 photos or a folder of them (--photos photos/)."})
     return files
+
+
+def caption_photos(name: str, captioner: "Captioner", replace: bool) -> registry.Character:
+    """Caption character `name`'s photos with a loaded BLIP `captioner`, with a spinner; return it."""
+    from storybook.captions import caption_character
+
+    with console.status("Captioning the photos..."):
+        return caption_character(state["home"], name, captioner, replace)
+
+
+def show_captions(character: registry.Character) -> None:
+    """Print each photo's caption."""
+    table = Table("photo", "file", "caption", title=f"{character.name}'s photo captions")
+    for number, photo in enumerate(character.photos, 1):
+        table.add_row(str(number), photo.original_name, photo.caption or "-")
+    console.print(table)
+
+
+@character_app.command("caption")
+def character_caption(
+    name: str,
+    photo: Annotated[int | None, typer.Option(help="The photo (from 1, as listed) whose caption --text sets.")] = None,
+    text: Annotated[str | None, typer.Option(help="Its new caption ('' clears it).")] = None,
+    captioner: CaptionerOption = None,
+    replace: Annotated[
+        bool, typer.Option(help="With --captioner: caption every photo, also those that have a caption.")
+    ] = False,
+) -> None:
+    """Show the captions of a character's photos, write them with BLIP (--captioner), or set one (--photo, --text).
+    Methods that train on captions (the hypernetwork) use them."""
+
+    def caption():
+        from storybook.captions import load_captioner
+
+        if (photo is None) != (text is None):
+            raise CharacterError("Give --photo and --text together, e.g. --photo 2 --text 'a little girl waving'.")
+        if replace and not captioner:
+            raise CharacterError("--replace re-captions with BLIP: give the weights with --captioner too.")
+        character = registry.load_character(state["home"], name)
+        if captioner:
+            character = caption_photos(name, load_captioner(captioner), replace)
+        if photo is not None:
+            character = registry.set_photo_captions(state["home"], name, {photo: text})
+        show_captions(character)
+
+    run(caption, loads_models=bool(captioner))
 
 
 @character_app.command("list")
@@ -243,7 +304,7 @@ def character_train(
         typer.Option(
             help="lora (small file), dreambooth (full fine-tune), textual-inversion (a new word's embedding, a few "
             "KB), hypernetwork (A1111's), pivotal (Textual Inversion + LoRA), ip-adapter (the photos as an image "
-            "prompt: ready in seconds, no training) or lora+ip-adapter."
+            "prompt: ready in seconds, no training), lora+ip-adapter or pivotal+ip-adapter."
         ),
     ] = "lora",
     model: ModelOption = None,
@@ -262,6 +323,24 @@ def character_train(
         typer.Option(
             help="identifier ('a photo of zorv toddler', default) or class ('a photo of toddler', as the "
             "hypernetwork paper trained: the identity then changes every toddler drawn)."
+        ),
+    ] = None,
+    embedding_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Pivotal tuning: train the identifier's embeddings alone for this many steps first (AttnDreamBooth's "
+            "order), then with the LoRA (default 0: together)."
+        ),
+    ] = None,
+    embedding_lr: Annotated[
+        float | None, typer.Option(help="Pivotal tuning: the embeddings' learning rate (default: --lr).")
+    ] = None,
+    photo_captions: Annotated[
+        bool | None,
+        typer.Option(
+            "--photo-captions/--no-photo-captions",
+            help="Train each photo under its own caption too (`storybook character caption`; default: on for the "
+            "hypernetwork, as the webui's [filewords]).",
         ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
@@ -302,6 +381,9 @@ def character_train(
         "lora_convolutions": lora_convolutions,
         "num_vectors": vectors,
         "captions": captions,
+        "photo_captions": photo_captions,
+        "embedding_steps": embedding_steps,
+        "embedding_learning_rate": embedding_lr,
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "prior_preservation": prior_preservation,

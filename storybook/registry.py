@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from storybook.errors import CharacterError, describe_problems
 from storybook.identifier import choose_token
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 IDENTITY_RECORDS = ("identity.json", "image_prompt.json")
-MAX_NAME, MAX_CLASS_NOUN, MAX_DESCRIPTION = 100, 40, 300
+MAX_NAME, MAX_CLASS_NOUN, MAX_DESCRIPTION, MAX_CAPTION = 100, 40, 300, 200
 SUFFIX_PATTERN = re.compile(r"\.[a-z0-9]{1,10}")  # an original keeps its extension when it is a plain one
 PREPARED_MAX_SIDE = 1024  # crops are kept at up to SDXL's size; training resizes them to its model's resolution
 
@@ -38,6 +38,15 @@ class PhotoRecord(BaseModel):
     stored: InsidePath  # relative to the character folder
     prepared: InsidePath
     sha256: str
+    caption: str = Field("", max_length=MAX_CAPTION)  # what the photo shows, e.g. 'a little girl waving' (editable)
+
+    @field_validator("caption")
+    @classmethod
+    def caption_is_clean(cls, caption: str) -> str:
+        """A caption read from character.json reaches training prompts: as `check_caption` leaves it."""
+        if caption != clean_caption(caption) or any(unicodedata.category(c).startswith("C") for c in caption):
+            raise ValueError("a photo caption is one line of words, without control characters or extra spaces")
+        return caption
 
 
 class Character(BaseModel):
@@ -240,6 +249,42 @@ def check_description(description: str) -> str:
             "control characters not allowed), e.g. 'curly red hair, yellow raincoat'."
         )
     return text
+
+
+def clean_caption(caption: str) -> str:
+    """`caption` in Unicode NFC with its whitespace runs (line breaks and tabs too) made single spaces, stripped."""
+    return " ".join(unicodedata.normalize("NFC", caption).split())
+
+
+def check_caption(caption: str, photo: str = "A photo caption") -> str:
+    """`caption` cleaned (`clean_caption`), when it is at most MAX_CAPTION characters without control characters.
+    Raises CharacterError naming `photo` and what is wrong."""
+    text = clean_caption(caption)
+    if len(text) > MAX_CAPTION:
+        raise CharacterError(f"{photo}: a caption is at most {MAX_CAPTION} characters, this one {len(text)}.")
+    if any(unicodedata.category(c).startswith("C") for c in text):
+        raise CharacterError(f"{photo}: a caption is plain text; remove its control or invisible characters.")
+    return text
+
+
+def set_photo_captions(home: Path, name: str, captions: dict[int, str]) -> Character:
+    """Give photos of character `name` new captions ({photo number from 1: caption}; '' clears one) and save
+    character.json (when anything changed); return the updated character. Every caption is checked before anything
+    is written.
+
+    Raises CharacterError for an unknown photo number or a bad caption.
+    """
+    character = load_character(home, name)
+    photos = list(character.photos)
+    for number, caption in captions.items():
+        if not 1 <= number <= len(photos):
+            raise CharacterError(f"{character.name} has photos 1-{len(photos)}, not photo {number}.")
+        text = check_caption(caption, f"Photo {number} of {character.name}")
+        photos[number - 1] = photos[number - 1].model_copy(update={"caption": text})
+    updated = character.model_copy(update={"photos": photos})
+    if updated != character:
+        save_character(home, updated)
+    return updated
 
 
 def remove_character(home: Path, name: str) -> Path:

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import torch
 
 from storybook import registry
 from storybook.models import tiny_model_path
@@ -141,4 +142,27 @@ def drawn_book(family_home):
         page.image = f"images/picture-{number}.png"
         save_png(folder / page.image, Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)))
     save_book(folder, book)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory) -> Path:
+    """A random-weight BLIP captioner in the layout of Salesforce/blip-image-captioning-base (weights, BERT tokenizer
+    with its [DEC] start token, preprocessor_config.json), small widths."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    folder = tmp_path_factory.mktemp("blip")
+    words = "a the little girl boy toddler with red curly hair in yellow shirt standing waving on white wall".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, "[DEC]"]
+    vocab_file = folder.parent / f"{folder.name}-vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(vocab_file), bos_token="[DEC]").save_pretrained(folder)
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    text = small | {"vocab_size": len(vocab), "encoder_hidden_size": 32, "max_position_embeddings": 64}
+    text |= {"bos_token_id": vocab.index("[DEC]"), "sep_token_id": vocab.index("[SEP]"), "pad_token_id": 0}
+    config = BlipConfig(text_config=text, vision_config=small | {"image_size": 64, "patch_size": 16}, projection_dim=32)
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    BlipImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
     return folder

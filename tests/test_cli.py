@@ -25,6 +25,22 @@ def test_character_add_list_show_remove(home, sample_photos):
     assert removed.exit_code == 0 and not (home / "characters" / "mia").exists()
 
 
+def test_photo_captions_written_by_blip_at_registration_then_edited(home, sample_photos, tiny_blip):
+    photos = [arg for path in sample_photos for arg in ("--photos", str(path))]
+    added = invoke(home, "character", "add", "Mia", *photos, "--captioner", str(tiny_blip))
+    assert added.exit_code == 0, added.output
+    assert "Mia's photo captions" in added.output
+    assert all(photo.caption for photo in registry.load_character(home, "Mia").photos)
+
+    edited = invoke(home, "character", "caption", "Mia", "--photo", "2", "--text", "Mia waving at grandma")
+    assert edited.exit_code == 0 and "Mia waving at grandma" in edited.output
+    assert registry.load_character(home, "Mia").photos[1].caption == "Mia waving at grandma"
+    half = invoke(home, "character", "caption", "Mia", "--photo", "2")
+    assert half.exit_code == 1 and "--photo and --text together" in half.output
+    beyond = invoke(home, "character", "caption", "Mia", "--photo", "9", "--text", "a photo")
+    assert beyond.exit_code == 1 and "photos 1-5, not photo 9" in beyond.output
+
+
 def test_errors_are_one_line_messages_with_exit_code_1(home, tmp_path):
     bad = tmp_path / "note.jpg"
     bad.write_text("not a photo")

@@ -137,6 +137,23 @@ def test_lora_and_image_prompt_together(home, sample_photos, tiny_ip_adapter):
     assert renderer.adapters == {} and renderer.image_prompts.keys() == {"mia"}
 
 
+def test_pivotal_tuning_and_image_prompt_together(home, sample_photos, tiny_ip_adapter):
+    character = register(home, sample_photos)
+    quick = {"steps": 4, "num_class_images": 2, "class_image_steps": 2}
+    metadata, record = build_identity(
+        home, "Mia", "pivotal+ip-adapter", overrides=quick, adapter=tiny_ip_adapter, show_progress=False
+    )
+    assert metadata.method == "pivotal" and record.character == "mia"
+    renderer = Renderer(home, "tiny")
+    renderer.load_identities(["mia"])
+    assert renderer.adapters.keys() == {"mia"} and renderer.image_prompts.keys() == {"mia"}
+    assert renderer.pipeline.tokenizer.tokenize(character.token) == [character.token]  # the learned word is in
+    job = ImageJob(f"{character.token} toddler at the beach", "", 3, ("mia",))
+    with_photos = renderer.draw([job], SETTINGS, 6)[0]
+    without = renderer.draw([job], SETTINGS.model_copy(update={"image_scales": {"mia": 0.0}}), 6)[0]
+    assert np.abs(pixels(with_photos) - pixels(without)).mean() > 0.1  # the image prompt draws too
+
+
 def test_an_adapter_that_is_missing_changed_or_for_another_model_is_refused_with_what_to_do(
     home, sample_photos, tiny_ip_adapter, tmp_path
 ):

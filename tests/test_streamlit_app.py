@@ -13,6 +13,7 @@ from storybook.jobs import read_job
 from storybook.render_book import with_settings
 from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
+from storybook.training.identity import read_identity
 
 APP = str(Path(__file__).parents[1] / "streamlit_app.py")
 
@@ -42,6 +43,35 @@ def test_add_character_reports_a_bad_photo_then_registers_and_removes(home, samp
     at.checkbox(key="confirm-mia").check().run()
     at.button(key="remove-mia").click().run()
     assert not (home / "characters" / "mia").exists()
+
+
+def test_the_parent_edits_the_photo_captions_and_blip_fills_in_the_rest(home, sample_photos, tiny_blip, monkeypatch):
+    registry.add_character(home, "Mia", sample_photos, build_tokenizer())
+    at = app(home, monkeypatch)
+
+    def box(number):
+        return next(box for box in at.text_input if box.label == f"Photo {number}")
+
+    def click(label):
+        next(button for button in at.button if button.label == label).click().run()
+
+    box(2).input("Mia waving at grandma")
+    click("Save captions")
+    assert not at.exception and not at.error
+    assert [photo.caption for photo in registry.load_character(home, "Mia").photos][:3] == [
+        "",
+        "Mia waving at grandma",
+        "",
+    ]
+    click("Caption with BLIP")
+    assert any("Name the BLIP weights first" in error.value for error in at.error)
+    next(box for box in at.text_input if box.label.startswith("Or caption")).input(str(tiny_blip))
+    click("Caption with BLIP")
+    captions = [photo.caption for photo in registry.load_character(home, "Mia").photos]
+    assert captions[1] == "Mia waving at grandma" and all(captions)  # the parent's caption is kept
+    assert [box(number).value for number in range(1, 6)] == captions  # the boxes show what was saved
+    click("Save captions")  # saving the boxes as shown changes nothing
+    assert [photo.caption for photo in registry.load_character(home, "Mia").photos] == captions
 
 
 def test_write_a_story_then_edit_move_and_refuse_a_bad_edit(family_home, monkeypatch):
@@ -116,6 +146,32 @@ def test_train_in_the_background_with_progress_cancel_and_resume(home, sample_ph
     at.run()
     assert any("Trained" in message.value for message in at.success)
     assert (folder / "identity" / "identity.json").is_file() and (folder / "samples" / "final.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_stopped_run_whose_captions_changed_cannot_resume_and_starts_over(home, sample_photos, monkeypatch):
+    registry.add_character(home, "Mia", sample_photos, build_tokenizer())
+    at = app(home, monkeypatch)
+    at.radio(key="method-mia").set_value("AUTOMATIC1111 hypernetwork (minutes)")  # it trains on the captions
+    at.number_input(key="steps-mia").set_value(150)
+    at.button(key="train-mia").click().run()
+    deadline = time.time() + 120
+    while read_job(home, "train", "mia").done < 2:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    at.button(key="cancel-train-mia").click().run()
+    assert wait_for_job(home, "train", "mia").status == "cancelled"
+    registry.set_photo_captions(home, "Mia", {1: "Mia waving"})
+    at.run()
+    at.button(key="train-mia").click().run()  # "Resume training"
+    state = wait_for_job(home, "train", "mia")
+    assert state.status == "failed" and "captions of Mia's photos changed" in state.message, state
+
+    at.number_input(key="steps-mia").set_value(20)
+    at.button(key="restart-mia").click().run()
+    state = wait_for_job(home, "train", "mia")
+    assert state.status == "done" and "Trained" in state.message
+    assert read_identity(registry.identity_folder(home, "mia")).captions[0].endswith("Mia waving")
 
 
 def test_on_storybook_mini_a_character_learns_its_look_from_the_photos_in_seconds(home, monkeypatch):

@@ -27,7 +27,7 @@ from storybook.lab.metrics import (
     prompt_fidelity,
 )
 from storybook.models import MINI_MODEL, load_pipeline, load_tokenizer, model_fingerprint
-from storybook.registry import add_character, identity_folder
+from storybook.registry import add_character, identity_folder, set_photo_captions
 from storybook.renderer import ImageJob, Renderer
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
 from storybook.training.class_images import class_image_dir, ensure_class_images
@@ -49,6 +49,8 @@ METHODS: dict[str, tuple[IdentityMethod, dict] | None] = {
     "Hypernetwork (paper's captions)": ("hypernetwork", {"captions": "class"}),
     "Hypernetwork, identifier": ("hypernetwork", {"captions": "identifier"}),
     "Pivotal tuning + prior": ("pivotal", {"prior_preservation": True}),
+    "Pivotal tuning + prior, 600 steps": ("pivotal", {"prior_preservation": True, "steps": 600}),
+    "Pivotal tuning + IP-Adapter": ("pivotal+ip-adapter", {"prior_preservation": True}),
 }
 CEILING = "VAE round trip (ceiling)"  # the true pictures through the base model's VAE, read by the evaluator
 TRAINED = {  # what each method trains
@@ -58,6 +60,7 @@ TRAINED = {  # what each method trains
     "textual-inversion": "textual-inversion",
     "hypernetwork": "hypernetwork",
     "pivotal": "pivotal",
+    "pivotal+ip-adapter": "pivotal",
 }
 PHOTOS_PER_CHARACTER = 5
 
@@ -90,9 +93,12 @@ def benchmark_toddlers(count: int, seed: int = 0) -> list[world.Toddler]:
 
 
 def register(home: Path, name: str, toddler: world.Toddler, model: str) -> str:
-    """Render the toddler's registration photos and register it as `name`; return its identifier token."""
+    """Render the toddler's registration photos and register it as `name` with the world's true photo captions (a
+    perfect captioner; the methods that train on captions use them); return its identifier token."""
     paths = world.write_photos(home / "photos" / name, toddler, PHOTOS_PER_CHARACTER)
     character = add_character(home, name, paths, load_tokenizer(model, home), "toddler", toddler.description)
+    captions = {index + 1: world.photo_caption(toddler, index) for index in range(PHOTOS_PER_CHARACTER)}
+    set_photo_captions(home, character.slug, captions)
     return character.token
 
 
@@ -169,7 +175,7 @@ def run_benchmark(
                 slug = f"kid{number}-{name.lower().replace(' ', '').replace(',', '').replace('+', '-')}"
                 subject = f"{register(home, slug, toddler, model)} toddler with {toddler.description}"
                 trained = time.perf_counter()
-                overrides = training | method[1]
+                overrides = method[1] | training  # the row's settings, and what --train-steps/--train-lr say
                 build_identity(home, slug, method[0], model, overrides, None, image_scale, show_progress=False)
                 train_s = time.perf_counter() - trained
                 artifact_mb = (

@@ -220,6 +220,13 @@ def write_photos(folder: Path, toddler: Toddler, count: int = 5, side: int = 256
     return paths
 
 
+def photo_caption(toddler: Toddler, index: int) -> str:
+    """What a perfect captioner says of registration photo `index`, as BLIP would caption a photo (no 'a photo of'):
+    'a toddler with curly red hair and light skin in a yellow shirt, waving on a plain background'."""
+    scene = photo_scene(toddler, index)
+    return f"a toddler with {toddler.description}, {scene.pose} {SETTING_PHRASES[PLAIN]}"
+
+
 def caption(scene: Scene, describe: bool = True) -> str:
     """The caption of a scene in the story stage's style; `describe=False` leaves out the attributes.
 

@@ -9,7 +9,14 @@ from storybook.errors import TrainingError, describe_problems
 
 Method = Literal["lora", "dreambooth", "textual-inversion", "hypernetwork", "pivotal"]  # what the trainer trains
 IdentityMethod = Literal[  # how an identity is built: a trained method, an image prompt, or both
-    "lora", "dreambooth", "textual-inversion", "hypernetwork", "pivotal", "ip-adapter", "lora+ip-adapter"
+    "lora",
+    "dreambooth",
+    "textual-inversion",
+    "hypernetwork",
+    "pivotal",
+    "ip-adapter",
+    "lora+ip-adapter",
+    "pivotal+ip-adapter",
 ]
 ModelScale = Literal["tiny", "mini", "real"]  # which defaults a base model gets, by the size of its UNet
 TINY_MODEL_PARAMETERS = 3_000_000  # UNets below this (the tiny model, 1.4 M) get the tiny model's defaults
@@ -34,6 +41,14 @@ class TrainingConfig(BaseModel):
     # The photos' caption: "a photo of zorv toddler", or the class noun alone as the hypernetwork paper trained
     # ("a photo of toddler": the identity then changes every toddler drawn).
     captions: Literal["identifier", "class"] = "identifier"
+    # Each photo's own caption after that ("a photo of toddler, a little girl waving"), as the webui's [filewords]
+    # templates train; photos without one train on the bare caption. Set by BLIP or the parent (storybook.captions).
+    photo_captions: bool = False
+    # Pivotal tuning: the identifier's embeddings alone for the first `embedding_steps` (AttnDreamBooth's order),
+    # then with the LoRA; 0 trains them together from the start (diffusers' advanced script). Their rate: the
+    # `embedding_learning_rate`, or `learning_rate` when None.
+    embedding_steps: int = Field(0, ge=0, le=100_000)
+    embedding_learning_rate: float | None = Field(None, gt=0, le=MAX_LEARNING_RATE)
     batch_size: int = Field(1, gt=0, le=256)
     grad_accum: int = Field(1, gt=0, le=256)
     prior_preservation: bool = True
@@ -54,6 +69,10 @@ class TrainingConfig(BaseModel):
         """Methods that learn the identifier's own embedding need it in the captions (else they learn nothing)."""
         if self.captions == "class" and self.method in ("textual-inversion", "pivotal"):
             raise ValueError(f"{self.method} learns the identifier's embedding, so its captions must name it")
+        if self.method != "pivotal" and (self.embedding_steps or self.embedding_learning_rate):
+            raise ValueError("embedding_steps and embedding_learning_rate are settings of pivotal tuning only")
+        if self.embedding_steps >= self.steps:
+            raise ValueError(f"embedding_steps ({self.embedding_steps}) must leave steps for the LoRA ({self.steps})")
         return self
 
 

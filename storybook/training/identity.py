@@ -34,6 +34,7 @@ class IdentityMetadata(BaseModel):
     photo_loss_after: float  # the same after training: lower means the identity was learned
     wall_time_s: float
     photo_sha256: list[str]
+    captions: list[str] = []  # the caption each photo trained under (older identities did not record them)
     files: list[str]
     created_at: datetime
 

@@ -41,9 +41,10 @@ class LatentSource:
         """The posterior means of every image, scaled for the UNet; (N, 4, h, w)."""
         return (self.mean if self.cache else self._posterior(self.pixels)[0]) * self.scale
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Draw `batch_size` latents (indices and posterior noise from `generator`), scaled for the UNet."""
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw `batch_size` latents (indices and posterior noise from `generator`), scaled for the UNet; return them
+        and which image each came from."""
         indices = torch.randint(len(self.pixels), (batch_size,), generator=generator)
         mean, std = (self.mean[indices], self.std[indices]) if self.cache else self._posterior(self.pixels[indices])
         noise = torch.randn(mean.shape, generator=generator).to(mean.device)
-        return (mean + std * noise) * self.scale
+        return (mean + std * noise) * self.scale, indices

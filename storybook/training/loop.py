@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,13 +57,16 @@ def validation_prompts(character: Character) -> list[str]:
     return [character.instance_prompt, f"a {subject} at the beach", f"a {subject} reading a book in bed"]
 
 
-def photo_caption(character: Character, config: TrainingConfig) -> str:
-    """The caption the photos train under: with the identifier ('a photo of zorv toddler'), or the class noun alone."""
-    return character.instance_prompt if config.captions == "identifier" else class_prompt(character.class_noun)
+def photo_captions(character: Character, config: TrainingConfig) -> list[str]:
+    """The caption each photo trains under: with the identifier ('a photo of zorv toddler') or the class noun alone
+    ('a photo of toddler'), followed by the photo's own caption where the config trains on them and it has one."""
+    bare = character.instance_prompt if config.captions == "identifier" else class_prompt(character.class_noun)
+    own = [photo.caption if config.photo_captions else "" for photo in character.photos]
+    return [f"{bare}, {caption}" if caption else bare for caption in own]
 
 
-def encode_prompt(pipeline: DiffusionPipeline, prompt: str, batch_size: int) -> torch.Tensor:
-    """Text embeddings of `prompt` repeated `batch_size` times; (B, 77, D)."""
+def encode_prompt(pipeline: DiffusionPipeline, prompt: str | list[str], batch_size: int) -> torch.Tensor:
+    """Text embeddings of `prompt` (or of each prompt in a list) repeated `batch_size` times; (B, 77, D)."""
     embeddings, _ = pipeline.encode_prompt(prompt, pipeline.unet.device, batch_size, False)
     return embeddings
 
@@ -179,6 +182,11 @@ def run_settings(
             f"{checkpoint} is damaged (its settings cannot be read); start over with --restart."
         ) from None
     config = resumed_config(saved_config, method, overrides)
+    if state.get("captions", photo_captions(character, config)) != photo_captions(character, config):
+        raise TrainingError(
+            f"The captions of {character.name}'s photos changed since {checkpoint.name} was saved, so a resumed run "
+            "would learn from both; start over with --restart (or put the captions back and resume)."
+        )
     if state["step"] > config.steps:
         raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
     return config, state
@@ -194,24 +202,42 @@ class Batches:
     config: TrainingConfig
     instance_latents: LatentSource
     class_latents: LatentSource | None
-    cached_embeddings: torch.Tensor | None = None  # set while the text encoder's output does not change
+    cached_embeddings: tuple[torch.Tensor, torch.Tensor | None] | None = None  # while the text encoder is frozen
+    captions: list[str] = field(init=False)  # the caption of each photo (`photo_captions`)
+    distinct: list[str] = field(init=False)  # each caption once, however many photos share it: encoded once
+    caption_of_photo: torch.Tensor = field(init=False)  # (photos,): the index in `distinct` of each photo's caption
 
-    def embeddings(self) -> torch.Tensor:
-        """(B or 2B, 77, D): the instance caption, then the class caption when preserving the prior."""
+    def __post_init__(self) -> None:
+        """Each photo's caption, and which distinct caption it is."""
+        self.captions = photo_captions(self.character, self.config)
+        self.distinct = sorted(set(self.captions))
+        self.caption_of_photo = torch.tensor([self.distinct.index(caption) for caption in self.captions])
+
+    def text_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(distinct captions, 77, D) of the photos' captions, and (1, 77, D) of the class caption (None without
+        prior preservation)."""
         if self.cached_embeddings is not None:
             return self.cached_embeddings
-        instance = encode_prompt(self.pipeline, photo_caption(self.character, self.config), self.config.batch_size)
+        photos = encode_prompt(self.pipeline, self.distinct, 1)
         if self.class_latents is None:
-            return instance
-        class_caption = class_prompt(self.character.class_noun)
-        return torch.cat([instance, encode_prompt(self.pipeline, class_caption, self.config.batch_size)])
+            return photos, None
+        return photos, encode_prompt(self.pipeline, class_prompt(self.character.class_noun), 1)
 
-    def latents(self, generator: torch.Generator) -> torch.Tensor:
-        """(B or 2B, 4, h, w): photos' latents, then class images' when preserving the prior."""
-        latents = self.instance_latents.sample(self.config.batch_size, generator)
+    def photo_embeddings(self, photo_indices: torch.Tensor) -> torch.Tensor:
+        """(len(photo_indices), 77, D): the caption embedding of each photo drawn."""
+        return self.text_embeddings()[0][self.caption_of_photo[photo_indices]]
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: (B or 2B, 4, h, w) latents of photos (then class images when preserving the prior) and their
+        (B or 2B, 77, D) caption embeddings."""
+        latents, photo_indices = self.instance_latents.sample(self.config.batch_size, generator)
+        captions, class_caption = self.text_embeddings()
+        embeddings = captions[self.caption_of_photo[photo_indices]]
         if self.class_latents is not None:
-            latents = torch.cat([latents, self.class_latents.sample(self.config.batch_size, generator)])
-        return latents
+            class_latents, _ = self.class_latents.sample(self.config.batch_size, generator)
+            latents = torch.cat([latents, class_latents])
+            embeddings = torch.cat([embeddings, class_caption.expand(self.config.batch_size, -1, -1)])
+        return latents, embeddings
 
 
 def batch_loss(
@@ -220,12 +246,12 @@ def batch_loss(
     """The denoising loss of one batch: noised latents, the UNet's prediction, Min-SNR weights, and DreamBooth's prior
     preservation when there are class images."""
     config = batches.config
-    latents = batches.latents(generator).to(accelerator.device)
+    latents, embeddings = batches.draw(generator)
+    latents = latents.to(accelerator.device)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     noise = losses.offset_noise(noise, config.offset_noise, generator)
     timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     timesteps = timesteps.to(latents.device)
-    embeddings = batches.embeddings()
     with accelerator.autocast():
         prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embeddings).sample
     target = losses.diffusion_target(scheduler, latents, noise, timesteps)
@@ -258,9 +284,9 @@ def train_identity(
 
     `overrides` replaces the method's defaults (`resolve_config`, e.g. {"steps": 200}). Returns the saved metadata.
     `resume` continues the last checkpoint; `restart` discards it. `command_method` is the --method the resume
-    command printed after Ctrl-C names (default `method`; 'lora+ip-adapter' trains a 'lora'). Raises TrainingError
-    for impossible settings, resume mismatches or an unfinished run given neither, TrainingInterrupted after Ctrl-C
-    (with a checkpoint saved), and ModelError when the base model cannot be loaded.
+    command printed after Ctrl-C names (default `method`; 'lora+ip-adapter' trains a 'lora', 'pivotal+ip-adapter' a
+    'pivotal'). Raises TrainingError for impossible settings, resume mismatches or an unfinished run given neither,
+    TrainingInterrupted after Ctrl-C (with a checkpoint saved), and ModelError when the base model cannot be loaded.
     """
     requested = parse_device(device) if device else None
     if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):
@@ -317,16 +343,21 @@ def train_identity(
     trained = {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder, **trainable.modules}  # requires_grad ones
     cast_training_params(list(trained.values()), dtype=torch.float32)
     parameters = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-2)
+    rates = [trainable.learning_rates.get(p, config.learning_rate) for p in parameters]
+    groups = [
+        {"params": [p for p, r in zip(parameters, rates, strict=True) if r == rate], "lr": rate}
+        for rate in sorted(set(rates))
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=1e-2)
     unet, _, optimizer = accelerator.prepare(pipeline.unet, pipeline.text_encoder, optimizer)
     if not trainable.text_changes:
         with torch.no_grad():
-            batches.cached_embeddings = batches.embeddings()
+            batches.cached_embeddings = batches.text_embeddings()
 
     def photo_loss() -> float:
         """`fixed_noise_loss` of the character's photos under their caption: falls as the identity is learned."""
         with torch.no_grad(), accelerator.autocast():
-            embeddings = encode_prompt(pipeline, photo_caption(character, config), len(character.photos))
+            embeddings = batches.photo_embeddings(torch.arange(len(character.photos)))
             return fixed_noise_loss(unet, batches.instance_latents.means(), embeddings, noise_scheduler)
 
     generator = torch.Generator("cpu").manual_seed(config.seed)
@@ -347,6 +378,7 @@ def train_identity(
             "elapsed_s": time.perf_counter() - started,
             "config": config.model_dump(),
             "base": fingerprint,
+            "captions": batches.captions,
         }
         save_checkpoint(checkpoint_root, step, trained, optimizer, accelerator.scaler, rng_state, state)
 
@@ -366,6 +398,7 @@ def train_identity(
                     step_loss += loss.item() / config.grad_accum
                 if not math.isfinite(step_loss):
                     raise diverged(step + 1)
+                trainable.before_update(step)
                 accelerator.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -415,6 +448,7 @@ def train_identity(
                 photo_loss_after=photo_loss_after,
                 wall_time_s=time.perf_counter() - started,
                 photo_sha256=[record.sha256 for record in character.photos],
+                captions=batches.captions,
                 files=files,
                 created_at=datetime.now(timezone.utc),
             )

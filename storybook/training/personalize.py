@@ -1,5 +1,6 @@
-"""Building a character's identity by any method: trained weights (LoRA, DreamBooth), an image prompt (IP-Adapter,
-no training), or a LoRA with an image prompt. Everything lands in the character's identity/ folder."""
+"""Building a character's identity by any method: trained weights (LoRA, DreamBooth, ...), an image prompt
+(IP-Adapter, no training), or a LoRA or pivotal tuning with an image prompt. Everything lands in the character's
+identity/ folder."""
 
 import shutil
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from storybook.training.config import IdentityMethod, Method
 from storybook.training.identity import IdentityMetadata
 
 RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # on storybook-mini: no worse than any measured, ready in 0.2 s
+TRAINED_WITH_IMAGE_PROMPT: dict[IdentityMethod, Method] = {"lora+ip-adapter": "lora", "pivotal+ip-adapter": "pivotal"}
 USER_ADAPTER_SCALE = 0.6  # a common starting strength for an IP-Adapter beside a text prompt
 
 
@@ -70,7 +72,7 @@ def build_identity(
     """
     model = model or default_model()
     image_adapter = None
-    if method in ("ip-adapter", "lora+ip-adapter"):
+    if method.endswith("ip-adapter"):
         image_adapter = adapter or default_adapter(model)
         if image_adapter is None:
             raise ModelError(
@@ -94,7 +96,7 @@ def build_identity(
             return None, record
         from storybook.training.loop import train_identity
 
-        trained: Method = "lora" if method == "lora+ip-adapter" else method
+        trained = TRAINED_WITH_IMAGE_PROMPT.get(method, method)
         metadata = train_identity(
             home, character.slug, trained, model, overrides, command_method=method, **training_options
         )

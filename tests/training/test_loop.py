@@ -12,8 +12,9 @@ from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.tiny_model import build_tokenizer
 from storybook.training import losses
+from storybook.training.config import checked_config
 from storybook.training.identity import read_identity
-from storybook.training.loop import make_accelerator, train_identity
+from storybook.training.loop import make_accelerator, photo_captions, train_identity
 from storybook.training.methods import load_identity
 from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
 from tests.training.pictures import fresh_pipeline, photo_colour, render
@@ -89,6 +90,34 @@ def test_interrupted_training_resumes_to_the_same_weights(home, mia):
     assert weights.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_each_photo_trains_under_its_own_caption_and_a_changed_caption_stops_a_resume(home, mia):
+    mia = registry.set_photo_captions(home, "Mia", {1: "a little girl waving", 2: "a little girl sitting"})
+    settings = {**FAST, "steps": 6, "checkpoint_every": 3, "prior_preservation": False, "photo_captions": True}
+    bare = mia.instance_prompt
+    assert photo_captions(
+        mia, checked_config({"method": "hypernetwork", **settings, "learning_rate": 1e-3, "captions": "class"})
+    )[:2] == ["a photo of toddler, a little girl waving", "a photo of toddler, a little girl sitting"]
+
+    captioned = train_identity(home, "Mia", "lora", overrides=settings, show_progress=False)
+    assert captioned.captions == [f"{bare}, a little girl waving", f"{bare}, a little girl sitting", *[bare] * 3]
+    plain = train_identity(home, "Mia", "lora", overrides={**settings, "photo_captions": False}, show_progress=False)
+    assert plain.captions == [bare] * 5
+    assert plain.loss_history != captioned.loss_history  # the same draws, other captions: other losses
+
+    def ctrl_c_at_step_3(report):
+        if report.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train_identity(home, "Mia", "lora", overrides=settings, show_progress=False, on_step=ctrl_c_at_step_3)
+    registry.set_photo_captions(home, "Mia", {2: "a little girl jumping"})
+    with pytest.raises(TrainingError, match="captions of Mia's photos changed since step-000003"):
+        train_identity(home, "Mia", "lora", resume=True, show_progress=False)
+    registry.set_photo_captions(home, "Mia", {2: "a little girl sitting"})
+    resumed = train_identity(home, "Mia", "lora", resume=True, show_progress=False)
+    assert resumed.loss_history == pytest.approx(captioned.loss_history, rel=1e-4)
 
 
 def test_resume_without_checkpoint_is_refused(home, mia):

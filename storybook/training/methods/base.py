@@ -19,6 +19,11 @@ class Trainable:
     text_changes: bool  # the text encoder's output changes as it trains: prompt embeddings cannot be cached
     after_step: Callable[[], None] = field(default=lambda: None)  # run after each optimiser step
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)  # trained modules outside the pipeline's
+    # Run between the backward pass and the optimiser step, with the step's number (from 0): a method trained in
+    # stages drops the gradients of what does not train yet (the optimiser skips a parameter without one).
+    before_update: Callable[[int], None] = field(default=lambda step: None)
+    # Parameters that train at another rate than the config's learning_rate (e.g. pivotal tuning's embeddings).
+    learning_rates: dict[torch.nn.Parameter, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,14 @@ ACTIVATIONS: dict[str, type[nn.Module] | None] = {
 }
 INIT_STD = 0.01  # the webui's "Normal" initialisation: weights N(0, 0.01), biases 0
 
-# Published practice: the founding paper and the webui's guides (lr 1e-5, batch 1, ~10,000 steps; no class images).
+# Published practice: the founding paper and the webui's guides (lr 1e-5, batch 1, ~10,000 steps; no class images;
+# the photos' own captions after the prompt, the webui's [filewords]).
 DEFAULTS = {
     "real": {
         "steps": 10_000,
         "learning_rate": 1e-5,
         "prior_preservation": False,
+        "photo_captions": True,
         "num_class_images": 0,
         "checkpoint_every": 500,
     },
@@ -59,6 +61,7 @@ DEFAULTS = {
         "learning_rate": 1e-2,
         "batch_size": 4,
         "prior_preservation": False,
+        "photo_captions": True,
         "num_class_images": 0,
         "checkpoint_every": 20,
     },
@@ -67,6 +70,7 @@ DEFAULTS = {
         "learning_rate": 1e-3,
         "batch_size": 4,
         "prior_preservation": False,
+        "photo_captions": True,
         "num_class_images": 0,
         "checkpoint_every": 100,
     },

@@ -64,14 +64,16 @@ def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingC
     freeze(pipeline.vae, dtype)
     freeze(pipeline.unet, dtype)
     freeze(pipeline.text_encoder)
-    return Trainable(text_changes=True, after_step=train_identifier_embeddings(pipeline, character, config))
+    _, restore_other_rows = train_identifier_embeddings(pipeline, character, config)
+    return Trainable(text_changes=True, after_step=restore_other_rows)
 
 
 def train_identifier_embeddings(
     pipeline: DiffusionPipeline, character: Character, config: TrainingConfig
-) -> Callable[[], None]:
+) -> tuple[torch.nn.Parameter, Callable[[], None]]:
     """Add the identifier's tokens to the tokenizer, start their embeddings at the class noun's mean embedding and make
-    the embedding matrix trainable; return what must run after each optimiser step to keep every other row as it was.
+    the embedding matrix trainable; return the matrix, and what must run after each optimiser step to keep every
+    other row as it was.
 
     Raises TrainingError when the identifier is already a whole entry of this tokenizer's vocabulary.
     """
@@ -101,7 +103,7 @@ def train_identifier_embeddings(
         with torch.no_grad():  # the rows were copied in the frozen dtype; the trained matrix may be fp32 since
             embeddings[kept] = original[kept].to(embeddings.dtype)
 
-    return restore_other_rows
+    return embeddings, restore_other_rows
 
 
 def learned_vectors(pipeline: DiffusionPipeline, token: str, count: int) -> torch.Tensor:

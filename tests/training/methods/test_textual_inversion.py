@@ -1,6 +1,10 @@
 """Textual Inversion on the tiny model: the identifier learns the photos, the class noun is untouched, and the A1111
 file draws what the diffusers file draws."""
 
+import os
+import shutil
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -101,12 +105,48 @@ def test_pivotal_tuning_trains_the_embeddings_and_a_lora_and_loads_both(home, mi
     np.testing.assert_array_equal(render(pipeline, mia.instance_prompt), before)
 
 
+def test_staged_pivotal_tuning_learns_the_embeddings_first_then_the_lora_and_resumes_across_stages(home, mia):
+    settings = {"num_class_images": 4, "class_image_steps": 4, "steps": 12, "checkpoint_every": 3}
+    staged = {**settings, "embedding_steps": 6, "embedding_learning_rate": 5e-2}
+    folder = registry.character_dir(home, "Mia")
+    stopped_at = {}
+
+    def ctrl_c_at(step):
+        def on_step(report):
+            if report.step == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return on_step
+
+    with pytest.raises(TrainingInterrupted):  # stop at the end of the first stage and look at the checkpoint
+        train_identity(home, "Mia", "pivotal", overrides=staged, show_progress=False, on_step=ctrl_c_at(6))
+    weights = load_file(folder / "checkpoints" / "step-000006" / "trainable.safetensors")
+    lora_b = [value for key, value in weights.items() if "lora_B" in key]
+    assert lora_b and all(not value.any() for value in lora_b)  # the LoRA has not moved: its B matrices are zero
+    optimizer = torch.load(folder / "checkpoints" / "step-000006" / "optimizer.pt", weights_only=True)
+    assert sorted(group["lr"] for group in optimizer["param_groups"]) == [5e-3, 5e-2]  # the LoRA's, the embeddings'
+    stopped_at["embedding"] = weights["text_encoder.embeddings.token_embedding.weight"][-1].clone()
+
+    resumed = train_identity(home, "Mia", "pivotal", resume=True, show_progress=False)  # across the stage change
+    shutil.rmtree(folder / "identity")
+    unbroken = train_identity(home, "Mia", "pivotal", overrides=staged, show_progress=False)
+    assert resumed.loss_history == pytest.approx(unbroken.loss_history, rel=1e-4)
+    lora = load_file(folder / "identity" / "pytorch_lora_weights.safetensors")
+    assert any(value.any() for key, value in lora.items() if "lora_B" in key)  # the second stage trained the LoRA
+    learned = load_file(folder / "identity" / EMBEDS_FILE)[mia.token][0]
+    assert not torch.equal(learned, stopped_at["embedding"])  # ...and the embeddings went on learning beside it
+    with pytest.raises(TrainingError, match="embedding_steps .* pivotal tuning only"):
+        train_identity(home, "Mia", "lora", overrides={"embedding_steps": 3}, show_progress=False)
+    with pytest.raises(TrainingError, match="must leave steps for the LoRA"):
+        train_identity(home, "Mia", "pivotal", overrides={"steps": 5, "embedding_steps": 5}, show_progress=False)
+
+
 def test_the_other_rows_are_restored_when_the_trained_matrix_is_cast_to_fp32(home, mia):
     # Under mixed precision the frozen text encoder runs in half precision and the trained matrix is cast back to fp32.
     pipeline = fresh_pipeline(home)
     pipeline.text_encoder.to(torch.bfloat16)
     config = TrainingConfig(method="pivotal", steps=1, learning_rate=1e-3)
-    restore = train_identifier_embeddings(pipeline, mia, config)
+    _, restore = train_identifier_embeddings(pipeline, mia, config)
     cast_training_params([pipeline.text_encoder], dtype=torch.float32)
     weight = pipeline.text_encoder.get_input_embeddings().weight
     before = weight.detach().clone()
