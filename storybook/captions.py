@@ -15,6 +15,7 @@ from storybook.registry import (
     MAX_CAPTION,
     Character,
     check_caption,
+    clean_caption,
     load_character,
     prepared_photo_paths,
     set_photo_captions,
@@ -38,12 +39,12 @@ class Captioner:
         pixels = inputs["pixel_values"].to(self.model.device, self.model.dtype)
         tokens = self.model.generate(pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, num_beams=NUM_BEAMS)
         texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
-        return [check_caption(printable(text)[:MAX_CAPTION], "BLIP's caption") for text in texts]
+        return [check_caption(clean_caption(printable(text))[:MAX_CAPTION], "BLIP's caption") for text in texts]
 
 
 def printable(text: str) -> str:
-    """`text` without control characters, on one line."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    """`text` with a space for each character that is not printable (`check_caption` then joins the runs)."""
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def captioner_root(source: str) -> Path:
