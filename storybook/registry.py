@@ -44,7 +44,7 @@ class PhotoRecord(BaseModel):
     @classmethod
     def caption_is_clean(cls, caption: str) -> str:
         """A caption read from character.json reaches training prompts: as `check_caption` leaves it."""
-        if caption != clean_caption(caption) or any(unicodedata.category(c).startswith("C") for c in caption):
+        if caption != clean_caption(caption) or has_control_characters(caption):
             raise ValueError("a photo caption is one line of words, without control characters or extra spaces")
         return caption
 
@@ -178,7 +178,7 @@ def add_character(
     from storybook.photos import load_photos, prepare_photo  # OpenCV and friends: only when photos come in
 
     slug = slugify(name)
-    if len(name.strip()) > MAX_NAME or any(unicodedata.category(c)[0] == "C" for c in name):
+    if len(name.strip()) > MAX_NAME or has_control_characters(name):
         raise CharacterError(f"A name is one line of at most {MAX_NAME} characters, e.g. 'Mia Rose'.")
     class_noun, description = check_class_noun(class_noun), check_description(description)
     folder = characters_root(home) / slug
@@ -243,12 +243,17 @@ def check_class_noun(class_noun: str) -> str:
 def check_description(description: str) -> str:
     """`description` stripped, when it is one line of at most MAX_DESCRIPTION characters. Raises CharacterError."""
     text = description.strip()
-    if len(text) > MAX_DESCRIPTION or any(unicodedata.category(c).startswith("C") for c in text):
+    if len(text) > MAX_DESCRIPTION or has_control_characters(text):
         raise CharacterError(
             f"The description must be one line of at most {MAX_DESCRIPTION} characters (it is {len(text)}, "
             "control characters not allowed), e.g. 'curly red hair, yellow raincoat'."
         )
     return text
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a control, format or other invisible character (Unicode category C: line breaks too)."""
+    return any(unicodedata.category(c).startswith("C") for c in text)
 
 
 def clean_caption(caption: str) -> str:
@@ -262,7 +267,7 @@ def check_caption(caption: str, photo: str = "A photo caption") -> str:
     text = clean_caption(caption)
     if len(text) > MAX_CAPTION:
         raise CharacterError(f"{photo}: a caption is at most {MAX_CAPTION} characters, this one {len(text)}.")
-    if any(unicodedata.category(c).startswith("C") for c in text):
+    if has_control_characters(text):
         raise CharacterError(f"{photo}: a caption is plain text; remove its control or invisible characters.")
     return text
 

@@ -182,7 +182,8 @@ def run_settings(
             f"{checkpoint} is damaged (its settings cannot be read); start over with --restart."
         ) from None
     config = resumed_config(saved_config, method, overrides)
-    if state.get("captions", photo_captions(character, config)) != photo_captions(character, config):
+    captions = photo_captions(character, config)
+    if state.get("captions", captions) != captions:
         raise TrainingError(
             f"The captions of {character.name}'s photos changed since {checkpoint.name} was saved, so a resumed run "
             "would learn from both; start over with --restart (or put the captions back and resume)."
