@@ -13,5 +13,6 @@ pages = [
     st.Page("app_pages/story.py", title="Story", icon=":material/edit_note:"),
     st.Page("app_pages/preview.py", title="Preview", icon=":material/photo_library:"),
     st.Page("app_pages/export.py", title="Export", icon=":material/picture_as_pdf:"),
+    st.Page("app_pages/settings.py", title="Settings", icon=":material/settings:"),
 ]
 st.navigation(pages).run()

@@ -8,10 +8,10 @@ import streamlit as st
 
 from app_pages.common import cached_tokenizer, home, show_job
 from storybook import registry
+from storybook.config import configured_model, load_config
 from storybook.errors import PhotoError, StorybookError
 from storybook.jobs import Progress, is_running, start_job
 from storybook.photos import upload_file_name
-from storybook.storage import default_model
 from storybook.training.personalize import IdentityMethod, recommended_method
 
 
@@ -35,7 +35,12 @@ def add_character_form(root: Path) -> None:
         try:
             with st.spinner("Checking and cropping the photos..."):
                 character = registry.add_character(
-                    root, name, list(map(Path, paths)), cached_tokenizer(str(root)), class_noun, description
+                    root,
+                    name,
+                    list(map(Path, paths)),
+                    cached_tokenizer(str(root), configured_model(root)),
+                    class_noun,
+                    description,
                 )
         except PhotoError as error:
             for path, problem in error.problems.items():
@@ -74,7 +79,7 @@ def train(root: Path, slug: str, method: IdentityMethod, steps: int | None, rest
         overrides = {"steps": steps} if steps else {}
         options = {"resume": resume, "restart": restart, "show_progress": False, "on_step": on_step}
         options = options if method != "ip-adapter" else {}
-        metadata, image_prompt = build_identity(root, slug, method, default_model(), overrides, **options)
+        metadata, image_prompt = build_identity(root, slug, method, configured_model(root), overrides, **options)
         said = []
         if metadata:
             said.append(
@@ -96,7 +101,7 @@ def training_panel(root: Path, slug: str, folder: Path) -> None:
     trained = registry.is_trained(root, slug)
     stopped = (folder / "checkpoints").is_dir()
     names = list(METHODS)
-    recommended = names[list(METHODS.values()).index(recommended_method(default_model()))]
+    recommended = names[list(METHODS.values()).index(recommended_method(configured_model(root)))]
     choice = st.radio("How to learn the look", names, index=names.index(recommended), key=f"method-{slug}")
     with st.popover("Expert settings"):
         steps = st.number_input("Training steps (0: the default)", 0, 5000, 0, key=f"steps-{slug}")
@@ -192,5 +197,10 @@ def character_list(root: Path) -> None:
 
 root = home()
 st.header("Characters")
+try:
+    load_config(root)  # the model that chooses tokens and trains; a damaged config.json is said once, here
+except StorybookError as error:
+    st.error(f"{error} (the Settings page shows the settings)")
+    st.stop()
 add_character_form(root)
 character_list(root)

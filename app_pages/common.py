@@ -9,7 +9,7 @@ from storybook.book import Book, list_books, load_book
 from storybook.errors import StorybookError
 from storybook.jobs import JobState, cancel_job, read_job
 from storybook.models import load_tokenizer
-from storybook.storage import data_home, default_model
+from storybook.storage import data_home
 
 
 def home() -> Path:
@@ -18,9 +18,9 @@ def home() -> Path:
 
 
 @st.cache_resource
-def cached_tokenizer(root: str):
-    """The default model's tokenizer, loaded once per server."""
-    return load_tokenizer(default_model(), Path(root))
+def cached_tokenizer(root: str, model: str):
+    """The tokenizer of base `model` (the data root's, which characters are trained on), loaded once per server."""
+    return load_tokenizer(model, Path(root))
 
 
 @st.cache_resource

@@ -2,8 +2,9 @@
 
 Methods: the base model with only the text description; DreamBooth-LoRA and full DreamBooth, each with and without
 prior preservation; the IP-Adapter image prompt alone and with a LoRA; the ceiling (true pictures through the VAE).
-Columns: identity consistency, pairwise agreement, prompt fidelity, class drift, training time, artifact size and
-seconds from the photos to the first page (means over the characters). Then pairs of toddlers on one page, with and
+Columns: identity consistency, pairwise agreement, prompt fidelity, class drift, training time, peak memory of the
+identity's build (its own process), artifact size and seconds from the photos to the first page (means over the
+characters). Then pairs of toddlers on one page, with and
 without masks. The same run as `storybook lab run --pairs N`; this script also writes the `## Consistency` section of
 bench/RESULTS.md.
 
@@ -63,7 +64,8 @@ def main() -> None:
     lines = section_header(SECTION, load_before) + [
         f"- Setup: {args.characters} held-out characters x 12 page prompts x {args.seeds} seeds = {pictures} pages "
         f"per method, and as many class-noun-only pictures for drift; {args.steps} denoising steps; "
-        f"{args.pairs} pairs of toddlers x 12 pages x {args.seeds} seeds on one page.",
+        f"{args.pairs} pairs of toddlers x 12 pages x {args.seeds} seeds on one page; peak RSS: of the process "
+        "that builds the identity (spawned for it; on a GPU its VRAM is not counted).",
         f"- {TARGETS}",
         "",
         table,

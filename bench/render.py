@@ -24,7 +24,6 @@ from pathlib import Path
 from train import (
     MARKER,
     build_sd15_shaped,
-    peak_rss_bytes,
     run_in_subprocess,
     sd15_unet,
     section_header,
@@ -80,9 +79,8 @@ def synchronize() -> None:
 def run_one(spec: dict) -> dict:
     """Load the model of `spec` once, then render its book REPEATS times each way (the bare loop, storybook at batch
     1 and 4), in turn, on fresh copies; return each way's median seconds per page and the process's peak memory."""
-    import torch
-
     from storybook.book import load_book
+    from storybook.memory import peak_memory_bytes
     from storybook.render_book import open_renderer, render_book
 
     home, book = Path(spec["home"]), Path(spec["book"])
@@ -102,7 +100,7 @@ def run_one(spec: dict) -> dict:
             synchronize()
             timings[way].append(time.perf_counter() - started)
             assert report.drawn == pages
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak_rss_bytes()
+    peak = peak_memory_bytes()
     return {"s_per_page": {way: statistics.median(t) / pages for way, t in timings.items()}, "peak_bytes": peak}
 
 
@@ -159,6 +157,7 @@ def main() -> None:
     load_before = os.getloadavg()
     import torch
 
+    from storybook.memory import peak_memory_kind
     from storybook.models import tiny_model_path
 
     rows = []
@@ -190,7 +189,7 @@ def main() -> None:
         print("timing an SD-1.5-shaped UNet on the CPU ...", file=sys.stderr)
         rows += sd15_unet_batch_check()
 
-    memory = "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "peak RSS (VmHWM) of the subprocess"
+    memory = f"{peak_memory_kind()} of the subprocess"
     section = "\n".join(
         [
             *section_header(SECTION, load_before),

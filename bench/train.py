@@ -11,8 +11,6 @@ Usage: python bench/train.py [--steps 20]
 import argparse
 import json
 import os
-import re
-import resource
 import shlex
 import signal
 import statistics
@@ -88,18 +86,11 @@ def build_sd15_shaped(folder: Path) -> Path:
     return folder
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process: VmHWM on Linux, else ru_maxrss. (A child's ru_maxrss starts at its
-    parent's size at fork, ~650 MiB here, which would hide the tiny model's runs; VmHWM restarts at exec.)"""
-    status = Path("/proc/self/status")
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.MULTILINE) if status.exists() else None
-    return int(match.group(1)) * 1024 if match else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run_one(spec: dict) -> dict:
     """Train one configuration in this process (a fresh data root) and return its measurements."""
     import torch
 
+    from storybook.memory import peak_memory_bytes
     from storybook.registry import add_character, character_dir
     from storybook.sample_photos import write_sample_photos
     from storybook.tiny_model import build_tokenizer
@@ -128,7 +119,7 @@ def run_one(spec: dict) -> dict:
     identity = character_dir(home, character.slug) / "identity"
     return {
         "s_per_step": statistics.median(intervals),
-        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes(),
+        "peak_bytes": peak_memory_bytes(),
         "artifact_bytes": sum(f.stat().st_size for f in identity.rglob("*") if f.is_file()),
         "wall_s": wall,
         "photo_loss_before": metadata.photo_loss_before,
@@ -222,6 +213,7 @@ def main() -> None:
     load_before = os.getloadavg()  # 1, 5, 15 min: other work on the machine skews CPU timings
     import torch
 
+    from storybook.memory import peak_memory_kind
     from storybook.models import tiny_model_path
 
     cuda = torch.cuda.is_available()
@@ -245,7 +237,7 @@ def main() -> None:
                     print(f"training {label} / {method} / cache {'on' if cache else 'off'} ...", file=sys.stderr)
                     rows.append(table_row(spec, run_in_subprocess(spec)))
 
-    memory = "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM) of the training subprocess"
+    memory = f"{peak_memory_kind()} of the training subprocess"
     section = "\n".join(
         [
             *section_header(SECTION, load_before),

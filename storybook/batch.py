@@ -16,6 +16,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from storybook.book import BOOK_FILE, RenderSettings, books_root, load_book, save_book
+from storybook.config import configured_model
 from storybook.errors import BookError, StorybookError
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.render_book import render_book, with_settings
@@ -126,7 +127,8 @@ def make_one(
         book = compose_story(home, spec, writer)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(spec_copy, json.dumps(record, indent=2))  # first: book.json alone means "not a spec's"
-    fresh_settings = book.model_copy(update={"render": RenderSettings()})  # the spec's settings alone, none left over
+    # The spec's settings alone over the data root's model, none left over from an earlier run
+    fresh_settings = book.model_copy(update={"render": RenderSettings(model=configured_model(home))})
     save_book(folder, with_settings(fresh_settings, spec.render))
     report, renderer = render_book(home, folder, renderer=renderer)
     say(f"{spec_path.name}: {report.drawn} pictures drawn, {report.reused} reused")

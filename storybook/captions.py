@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from storybook.errors import CharacterError, ModelError
-from storybook.models import pick_device
+from storybook.models import local_snapshot, pick_device
 from storybook.registry import (
     MAX_CAPTION,
     Character,
@@ -50,18 +50,14 @@ def printable(text: str) -> str:
 def captioner_root(source: str) -> Path:
     """The local folder of BLIP weights `source` (a folder, or a hub id already in the cache). Raises ModelError
     naming what was looked for when it is not on this machine."""
-    if Path(source).expanduser().is_dir():
-        return Path(source).expanduser().resolve()
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source, local_files_only=True))
-    except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
+    root = local_snapshot(source)
+    if root is None:
         raise ModelError(
             f"The captioner {source!r} is not a local folder and is not in the Hugging Face cache. On a machine with "
             f"network run `hf download {source}` (e.g. Salesforce/blip-image-captioning-base), or pass a local "
             "folder with --captioner."
-        ) from error
+        )
+    return root
 
 
 def load_captioner(source: str, device: str | None = None) -> Captioner:

@@ -29,10 +29,11 @@ from storybook.book import (
     load_book,
     save_book,
 )
+from storybook.config import H94_IMAGE_ENCODER, H94_WEIGHT, Dtype, configured_model
 from storybook.errors import BookError, CharacterError, ModelError, PhotoError, StorybookError, describe_problems
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
-from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, default_model, slugify
+from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, slugify
 from storybook.story import book_edits
 from storybook.story.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
 from storybook.story.stage import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
@@ -60,8 +61,8 @@ ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help=f"Base model: storybook-mini, tiny, a local diffusers folder or a hub id (default: ${MODEL_ENV} or "
-        "storybook-mini).",
+        help="Base model: storybook-mini, tiny, a local diffusers folder or a hub id (default: the data root's "
+        f"config, else ${MODEL_ENV}, else storybook-mini).",
     ),
 ]
 CaptionerOption = Annotated[
@@ -147,6 +148,61 @@ def make_tiny_command(directory: Path) -> None:
     console.print(f"Tiny model written to {make_tiny(directory)}")
 
 
+@app.command("config")
+def config_command(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The base model of this data root: storybook-mini, tiny, a local folder or a downloaded hub id."
+        ),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:1, mps or cpu.")] = None,
+    dtype: Annotated[Dtype | None, typer.Option(help="The weights' dtype when drawing: fp32, fp16 or bf16.")] = None,
+    ip_adapter: Annotated[str | None, typer.Option(help="IP-Adapter: a local folder or downloaded hub id.")] = None,
+    ip_adapter_weight: Annotated[str | None, typer.Option(help="The IP-Adapter's weights file inside it.")] = None,
+    image_encoder: Annotated[str | None, typer.Option(help="The IP-Adapter's image encoder folder inside it.")] = None,
+    upscaler: Annotated[str | None, typer.Option(help="The x4 upscaler for print files: folder or hub id.")] = None,
+    unset: Annotated[
+        list[str] | None, typer.Option(help="Forget a setting, back to its default (repeatable), e.g. --unset device.")
+    ] = None,
+) -> None:
+    """Show or change this data root's settings (config.json): the base model, device, dtype and helper models that
+    every command, the app and batch specs use where no flag names one."""
+
+    def configure():
+        """Apply the settings given (checked first, written atomically), then show them all."""
+        from storybook.config import DataRootConfig, config_path, described_settings, update_config
+
+        given = {
+            "model": model,
+            "device": device,
+            "dtype": dtype,
+            "ip_adapter": ip_adapter,
+            "ip_adapter_weight": ip_adapter_weight,
+            "image_encoder": image_encoder,
+            "upscaler": upscaler,
+        }
+        changes = {key: value for key, value in given.items() if value is not None}
+        for name in unset or []:
+            key = name.replace("-", "_")
+            if key not in DataRootConfig.model_fields:
+                raise ModelError(
+                    f"--unset {name}: no such setting; settings: {', '.join(DataRootConfig.model_fields)}."
+                )
+            if key in changes:
+                raise ModelError(f"{name} is both set and unset: give one or the other.")
+            changes[key] = None
+        if changes:
+            update_config(state["home"], changes)
+            console.print(f"Saved {config_path(state['home'])}")
+        table = Table("setting", "value", "from", title=f"Settings of {state['home']}")
+        for name, value, source in described_settings(state["home"]):
+            table.add_row(name.replace("_", "-"), value, source)
+        console.print(table)
+
+    run(configure, loads_models=bool(model))
+
+
 @character_app.command("add")
 def character_add(
     name: str,
@@ -174,7 +230,7 @@ def character_add(
             state["home"],
             name,
             paths,
-            load_tokenizer(model or default_model(), state["home"]),
+            load_tokenizer(model or configured_model(state["home"]), state["home"]),
             class_noun=class_noun,
             description=description,
         )
@@ -357,17 +413,20 @@ def character_train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     restart: Annotated[bool, typer.Option(help="Discard an unfinished run's checkpoint and start over.")] = False,
     export_kohya: Annotated[bool, typer.Option(help="Also write a kohya/A1111-format LoRA file.")] = False,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, mps or cpu (default: the config's, else the best available).")
+    ] = None,
     ip_adapter: Annotated[
         str | None,
-        typer.Option(help="IP-Adapter: a local folder or downloaded hub id (default: the base model's own)."),
+        typer.Option(
+            help="IP-Adapter: a local folder or downloaded hub id (default: the data root's config, else the base "
+            "model's own)."
+        ),
     ] = None,
-    ip_adapter_weight: Annotated[
-        str, typer.Option(help="The adapter's weights file inside it.")
-    ] = "models/ip-adapter_sd15.safetensors",
-    image_encoder: Annotated[str, typer.Option(help="The adapter's image encoder folder inside it.")] = (
-        "models/image_encoder"
-    ),
+    ip_adapter_weight: Annotated[str, typer.Option(help="The adapter's weights file inside it.")] = H94_WEIGHT,
+    image_encoder: Annotated[
+        str, typer.Option(help="The adapter's image encoder folder inside it.")
+    ] = H94_IMAGE_ENCODER,
     image_scale: Annotated[
         float | None,
         typer.Option(min=0.0, max=4.0, help="Image-prompt strength (default 1 storybook-mini, 0.6 others)."),
@@ -650,8 +709,12 @@ def render(
     candidates: Annotated[int, typer.Option(min=1, max=8, help="Draw N seeds per page to choose from.")] = 1,
     page: Annotated[list[int] | None, typer.Option(help="Only this page (0: the cover); repeatable.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Pictures per pipeline call.")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: the best available).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (default: fp16 on GPUs).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, mps or cpu (default: the config's, else the best available).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="fp32, fp16 or bf16 (default: the config's, else fp16 on GPUs).")
+    ] = None,
 ) -> None:
     """Draw the book's pictures; drawing again redraws only what changed. Settings given are kept in book.json once
     a picture is drawn with them."""
@@ -719,8 +782,15 @@ def export(
     upscaler: Annotated[
         Upscaler, typer.Option(help="auto: the x4 upscaler on a GPU when its weights are here, else lanczos.")
     ] = "auto",
-    upscaler_model: Annotated[str, typer.Option(help="The x4 upscaler: hub id or local folder.")] = X4_UPSCALER,
-    device: Annotated[str | None, typer.Option(help="Where the x4 upscaler runs.")] = None,
+    upscaler_model: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The x4 upscaler: hub id or local folder (default: the data root's config, else {X4_UPSCALER})."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Where the x4 upscaler runs (default: the config's, else the best).")
+    ] = None,
     cover: Annotated[
         bool,
         typer.Option("--cover/--no-cover", help="--no-cover: the interior only (KDP and Lulu take the cover apart)."),

@@ -27,7 +27,7 @@ from transformers import CLIPVisionModelWithProjection
 from transformers.models.clip import CLIPImageProcessorPil
 
 from storybook.errors import ModelError
-from storybook.models import files_fingerprint
+from storybook.models import files_fingerprint, local_snapshot
 from storybook.registry import Character, prepared_photo_paths
 from storybook.storage import atomic_write_text
 
@@ -93,24 +93,14 @@ def adapter_root(adapter: AdapterSource) -> Path:
     """
     if adapter.source == MINI_ADAPTER:
         return MINI_ADAPTER_FOLDER
-    if Path(adapter.source).expanduser().is_dir():
-        return Path(adapter.source).expanduser().resolve()
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(
-                adapter.source,
-                local_files_only=True,
-                allow_patterns=[adapter.weight_name, f"{adapter.image_encoder}/*"],
-            )
-        )
-    except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
+    root = local_snapshot(adapter.source, [adapter.weight_name, f"{adapter.image_encoder}/*"])
+    if root is None:
         raise ModelError(
             f"The IP-Adapter {adapter.source!r} is not a local folder and is not in the Hugging Face cache. On a "
             f"machine with network run `hf download {adapter.source} {adapter.weight_name} --include "
             f"'{adapter.image_encoder}/*'`, or pass a local folder with --ip-adapter."
-        ) from error
+        )
+    return root
 
 
 def adapter_files(adapter: AdapterSource) -> tuple[Path, Path]:

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,6 +50,34 @@ def resolve_model(model: str, home: Path) -> str:
     return model
 
 
+def local_snapshot(source: str, patterns: list[str] | None = None) -> Path | None:
+    """The local folder of `source`: the folder itself, or a hub id's snapshot already in the Hugging Face cache
+    (never downloaded; `patterns` are the files wanted from it). None when it is neither."""
+    if Path(source).expanduser().is_dir():
+        return Path(source).expanduser().resolve()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, local_files_only=True, allow_patterns=patterns))
+    except Exception:  # huggingface_hub raises several kinds for "not in the cache" (and for a malformed id)
+        return None
+
+
+def check_model_on_disk(model: str, home: Path) -> str:
+    """Where base `model`'s pipeline is on this machine (the tiny model is built on first use). Raises ModelError
+    naming what was looked for and how to get it when it is not here."""
+    model_path = resolve_model(model, home)
+    if model in (TINY_MODEL, MINI_MODEL) or Path(model_path).is_dir():
+        return model_path
+    snapshot = local_snapshot(model, ["model_index.json"])
+    if snapshot is None or not (snapshot / "model_index.json").is_file():
+        raise ModelError(
+            f"The base model {model!r} is not a local diffusers folder and is not in the Hugging Face cache. On a "
+            f"machine with network run `hf download {model}`, or give a local folder saved with `save_pretrained`."
+        )
+    return str(snapshot)
+
+
 def load_tokenizer(model: str, home: Path) -> PreTrainedTokenizerBase:
     """The tokenizer of base `model` (to choose identifier tokens), without loading any weights."""
     try:
@@ -58,6 +87,23 @@ def load_tokenizer(model: str, home: Path) -> PreTrainedTokenizerBase:
             f"Could not load the tokenizer of {model!r} ({error}). Pass a local diffusers folder, a downloaded hub "
             "id, or 'tiny'."
         ) from error
+
+
+def unet_parameter_count(model_path: str) -> int | None:
+    """The UNet's parameter count from its config alone (built on the meta device: no weights read, nothing
+    downloaded); None when its config is not on this machine."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    try:
+        with warnings.catch_warnings():  # huggingface_hub's deprecation notes about diffusers' own arguments
+            warnings.simplefilter("ignore")
+            config = UNet2DConditionModel.load_config(model_path, subfolder="unet", local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    return sum(parameter.numel() for parameter in unet.parameters())
 
 
 def model_family(model_path: str) -> str:
@@ -89,7 +135,10 @@ def pick_device(device: str | None = None) -> torch.device:
         chosen = parse_device(device)
         available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
         if not available.get(chosen.type, True):  # other backends (xpu, ...): torch tells when they are missing
-            raise ModelError(f"This machine has no {chosen.type} device; use --device cpu or leave --device out.")
+            raise ModelError(
+                f"This machine has no {chosen.type} device: use --device cpu, or `storybook config --device cpu` when "
+                "the data root's config names it."
+            )
         if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
             raise ModelError(f"There is no {device}: this machine has {torch.cuda.device_count()} CUDA device(s).")
         return chosen
@@ -113,16 +162,20 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
 def load_pipeline(
     model: str, home: Path, device: str | None = None, dtype: str | None = None
 ) -> tuple[DiffusionPipeline, str]:
-    """Load `model` (see `resolve_model`) on the chosen device and dtype; return the pipeline and its resolved path.
+    """Load `model` (see `resolve_model`) on `device` and `dtype`, else those of the data root's config, else the
+    defaults (see `pick_device`, `pick_dtype`); return the pipeline and its resolved path.
 
     Raises ModelError with what was looked for and how to provide it when the weights are not available.
     """
+    from storybook.config import load_config
+
     model_path = resolve_model(model, home)
     model_family(model_path)
-    torch_device = pick_device(device)
+    config = load_config(home)
+    torch_device = pick_device(device or config.device)
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            model_path, dtype=pick_dtype(torch_device, dtype), safety_checker=None
+            model_path, dtype=pick_dtype(torch_device, dtype or config.dtype), safety_checker=None
         )
     except (OSError, ValueError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")

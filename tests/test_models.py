@@ -6,7 +6,14 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from storybook.errors import ModelError
-from storybook.models import load_pipeline, model_family, model_fingerprint, pick_dtype, resolve_model
+from storybook.models import (
+    load_pipeline,
+    model_family,
+    model_fingerprint,
+    pick_dtype,
+    resolve_model,
+    unet_parameter_count,
+)
 
 
 def test_tiny_model_is_a_diffusers_folder_loaded_by_from_pretrained(home):
@@ -19,6 +26,13 @@ def test_tiny_model_is_a_diffusers_folder_loaded_by_from_pretrained(home):
     pipeline, path = load_pipeline("tiny", home)
     assert isinstance(pipeline, StableDiffusionPipeline) and path == str(folder)
     assert model_family(path) == "sd"
+
+
+def test_the_unets_size_is_read_without_its_weights(home):
+    for model in ("tiny", "storybook-mini"):
+        pipeline, model_path = load_pipeline(model, home)
+        assert unet_parameter_count(model_path) == sum(p.numel() for p in pipeline.unet.parameters())
+    assert unet_parameter_count("someone/not-downloaded") is None  # loading says what is missing
 
 
 def test_generation_is_deterministic_for_a_seed(home):

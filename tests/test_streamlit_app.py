@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from storybook import registry
 from storybook.book import load_book, save_book
+from storybook.config import load_config, update_config
 from storybook.jobs import read_job
 from storybook.render_book import with_settings
 from storybook.story.stage import StoryRequest, write_story
@@ -178,7 +179,7 @@ def test_on_storybook_mini_a_character_learns_its_look_from_the_photos_in_second
     from storybook.lab import world
     from storybook.models import load_tokenizer
 
-    monkeypatch.setenv("STORYBOOK_MODEL", "storybook-mini")  # what a parent's app uses
+    update_config(home, {"model": "storybook-mini"})  # what a parent's app uses (it beats $STORYBOOK_MODEL=tiny)
     photos = world.write_photos(home / "photos", world.DEMO_TODDLER)
     registry.add_character(home, "Mia", photos, load_tokenizer("storybook-mini", home))
     at = app(home, monkeypatch)
@@ -188,6 +189,24 @@ def test_on_storybook_mini_a_character_learns_its_look_from_the_photos_in_second
     assert state.status == "done" and "Learned the look from 5 photos" in state.message
     assert (registry.identity_folder(home, "mia") / "image_prompt.json").is_file()
     assert not (registry.character_dir(home, "mia") / "checkpoints").exists()  # nothing was trained
+
+
+def test_the_settings_page_shows_and_changes_the_model_and_refuses_one_not_on_disk(home, monkeypatch):
+    at = app(home, monkeypatch).switch_page("app_pages/settings.py").run()
+    assert not at.exception
+    assert at.table[0].value.loc["model", "value"] == "tiny"  # $STORYBOOK_MODEL (the suite's)
+    assert any("The base model tiny is on this machine" in message.value for message in at.success)
+
+    at.text_input[0].input("someone/not-downloaded")
+    at.selectbox[1].select("bf16")
+    at.button[0].click().run()
+    assert any("hf download someone/not-downloaded" in error.value for error in at.error)
+    assert not (home / "config.json").exists()  # nothing saved
+
+    at.text_input[0].input("storybook-mini")
+    at.button[0].click().run()
+    assert not at.error and load_config(home).model == "storybook-mini" and load_config(home).dtype == "bf16"
+    assert at.table[0].value.loc["model", "from"] == "config.json"
 
 
 @pytest.mark.slow

@@ -6,9 +6,12 @@ shortcut the app does not take. A ceiling row reads the true pictures of the sam
 the base model's VAE: no method that draws through that VAE can read better.
 """
 
+import multiprocessing
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from storybook.lab.metrics import (
     part_match,
     prompt_fidelity,
 )
+from storybook.memory import peak_rss_bytes
 from storybook.models import MINI_MODEL, load_pipeline, load_tokenizer, model_fingerprint
 from storybook.registry import add_character, identity_folder, set_photo_captions
 from storybook.renderer import ImageJob, Renderer
@@ -50,6 +54,10 @@ METHODS: dict[str, tuple[IdentityMethod, dict] | None] = {
     "Hypernetwork, identifier": ("hypernetwork", {"captions": "identifier"}),
     "Pivotal tuning + prior": ("pivotal", {"prior_preservation": True}),
     "Pivotal tuning + prior, 600 steps": ("pivotal", {"prior_preservation": True, "steps": 600}),
+    "Pivotal tuning + prior, staged": (  # AttnDreamBooth's order: 100 steps of embeddings alone, at TI's rate
+        "pivotal",
+        {"prior_preservation": True, "embedding_steps": 100, "embedding_learning_rate": 5e-3},
+    ),
     "Pivotal tuning + IP-Adapter": ("pivotal+ip-adapter", {"prior_preservation": True}),
 }
 CEILING = "VAE round trip (ceiling)"  # the true pictures through the base model's VAE, read by the evaluator
@@ -79,6 +87,7 @@ class MethodResult:
     train_s: float
     artifact_mb: float
     ready_s: float  # from the photos to the first page drawn: registration, identity, one picture
+    peak_mb: float  # peak RSS of the process that built the identity (spawned for it; 0: nothing built)
 
 
 def benchmark_toddlers(count: int, seed: int = 0) -> list[world.Toddler]:
@@ -165,19 +174,20 @@ def run_benchmark(
             if name == CEILING:
                 pages = evaluator.read(vae_round_trips(base, world.page_scenes(toddler, seeds)))
                 # No class pages: the true pictures wear the subject's signature by definition, so drift is not read.
-                scores[name].append((*page_scores(pages, [], toddler, seeds), 0.0, 0.0, 0.0))
+                scores[name].append((*page_scores(pages, [], toddler, seeds), 0.0, 0.0, 0.0, 0.0))
                 continue
             method = METHODS[name]
-            slug, renderer, train_s, artifact_mb = None, base, 0.0, 0.0
+            slug, renderer, train_s, artifact_mb, peak_mb = None, base, 0.0, 0.0, 0.0
             subject = f"a toddler with {toddler.description}"
             started = time.perf_counter()
             if method is not None:  # the story stage writes the token and the parent's description on every page
                 slug = f"kid{number}-{name.lower().replace(' ', '').replace(',', '').replace('+', '-')}"
                 subject = f"{register(home, slug, toddler, model)} toddler with {toddler.description}"
-                trained = time.perf_counter()
                 overrides = method[1] | training  # the row's settings, and what --train-steps/--train-lr say
-                build_identity(home, slug, method[0], model, overrides, None, image_scale, show_progress=False)
-                train_s = time.perf_counter() - trained
+                building = time.perf_counter()
+                train_s, peak = build_identity_in_subprocess(home, slug, method[0], model, overrides, image_scale)
+                started += time.perf_counter() - building - train_s  # the subprocess's start-up is the lab's cost
+                peak_mb = peak / 2**20
                 artifact_mb = (
                     sum(f.stat().st_size for f in identity_folder(home, slug).rglob("*") if f.is_file()) / 2**20
                 )
@@ -195,11 +205,34 @@ def run_benchmark(
             # The class noun alone, with the identity's weights active: an image prompt adds no weights, so it is off.
             no_image = settings.model_copy(update={"image_scales": {slug: 0.0}} if slug else {})
             class_pages = evaluator.read(draw_all(renderer, world.page_prompts("a toddler"), seeds, drawn, no_image))
-            scores[name].append((*page_scores(pages, class_pages, toddler, seeds), train_s, artifact_mb, ready_s))
+            scores[name].append(
+                (*page_scores(pages, class_pages, toddler, seeds), train_s, artifact_mb, ready_s, peak_mb)
+            )
     return [
         MethodResult(name, *(sum(column) / len(column) for column in zip(*scores[name], strict=True)))
         for name in methods
     ]
+
+
+def build_identity_measured(
+    home: Path, slug: str, method: IdentityMethod, model: str, overrides: dict, image_scale: float | None
+) -> tuple[float, int]:
+    """Build `slug`'s identity in this process; return (seconds, the process's peak RSS in bytes)."""
+    started = time.perf_counter()
+    build_identity(home, slug, method, model, overrides, None, image_scale, show_progress=False)
+    return time.perf_counter() - started, peak_rss_bytes()
+
+
+def build_identity_in_subprocess(
+    home: Path, slug: str, method: IdentityMethod, model: str, overrides: dict, image_scale: float | None
+) -> tuple[float, int]:
+    """`build_identity_measured` in a fresh process (spawned, not forked), so that the peak memory is the build's
+    alone: in one long process the peak only grows with each method measured."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(build_identity_measured, home, slug, method, model, overrides, image_scale).result()
+        except BrokenProcessPool:
+            raise LabError(f"Building {slug}'s {method} identity: its process died (out of memory?).") from None
 
 
 def page_scores(pages: list[dict], class_pages: list[dict], toddler: world.Toddler, seeds: int) -> tuple[float, ...]:
@@ -248,14 +281,14 @@ def results_table(results: list[MethodResult]) -> str:
     """The results as a markdown table."""
     lines = [
         "| method | identity consistency | attributes right | signature right | pairwise agreement | prompt fidelity "
-        "| class drift | train s | artifact MB | s to first page |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| class drift | train s | peak RSS MiB | artifact MB | s to first page |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.method} | {r.identity:.0%} | {r.attributes:.0%} | {r.signature:.0%} | {r.agreement:.0%} "
             f"| {r.fidelity:.0%} | {'–' if r.method == CEILING else f'{r.drift:.0%}'} | {r.train_s:.0f} "
-            f"| {r.artifact_mb:.2f} | {r.ready_s:.1f} |"
+            f"| {f'{r.peak_mb:.0f}' if r.peak_mb else '–'} | {r.artifact_mb:.2f} | {r.ready_s:.1f} |"
         )
     return "\n".join(lines)
 

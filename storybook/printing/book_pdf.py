@@ -18,6 +18,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfgen.canvas import Canvas
 
 from storybook.book import Book, Page, load_book
+from storybook.config import DataRootConfig, load_config
 from storybook.errors import BookError, CharacterError
 from storybook.printing.fonts import BOLD_FONT, FONT, printable_font, register_fonts
 from storybook.printing.print_pictures import X4_UPSCALER, PrintPictures, Upscaler
@@ -190,7 +191,7 @@ def export_book(
     trim: Trim = "8.5x8.5",
     layout: Layout = "band",
     upscaler: Upscaler = "auto",
-    upscaler_model: str = X4_UPSCALER,
+    upscaler_model: str | None = None,
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cover: bool = True,
@@ -198,7 +199,8 @@ def export_book(
 ) -> int:
     """Write the book in `folder` as a PDF at `out` (atomically); return its page count. `cover=False` leaves the
     cover page out, for print services that take the cover as a file of its own (KDP, Lulu). With the data root
-    `home`, pages drawn with an identity that has been rebuilt since are refused.
+    `home`, pages drawn with an identity that has been rebuilt since are refused, and its config supplies the x4
+    upscaler and its device where `upscaler_model` and `device` are None (default: X4_UPSCALER, the best device).
 
     Raises BookError when the book has no pages, pages have no picture yet or an outdated one (run `storybook render`
     first), or a text does not fit; OutputError when `out` cannot be written.
@@ -217,7 +219,9 @@ def export_book(
             f"`storybook render {folder}` to draw them with the current one (only they are redrawn)."
         )
     register_fonts()
-    pictures = PrintPictures(folder, upscaler, upscaler_model, device)
+    config = load_config(home) if home is not None else DataRootConfig()
+    upscaler_model = upscaler_model or config.upscaler or X4_UPSCALER
+    pictures = PrintPictures(folder, upscaler, upscaler_model, device or config.device)
     draws: list[tuple[str, Callable[[Canvas, Frame], None]]] = [
         ("the cover", lambda canvas, frame: draw_cover(canvas, frame, book, pictures)),
         ("the dedication", lambda canvas, frame: draw_text(canvas, book.dedication, FONT, frame.safe, (26, 18))),

@@ -61,7 +61,8 @@ class PrintPictures:
             if self.x4 is None and upscaler == "x4":
                 raise ModelError(
                     f"The x4 upscaler {upscaler_model!r} is not on this machine. Download it where there is network "
-                    f"(`hf download {X4_UPSCALER}`), give its folder with --upscaler-model, or use --upscaler lanczos."
+                    f"(`hf download {upscaler_model}`), give its folder with --upscaler-model or `storybook config "
+                    "--upscaler`, or use --upscaler lanczos."
                 )
         model_tag = hashlib.sha256(upscaler_model.encode()).hexdigest()[:8]
         self.method = f"x4-{model_tag}" if self.x4 else "lanczos"  # names the print files: another model, other files

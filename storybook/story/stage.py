@@ -23,9 +23,11 @@ from storybook.book import (
     BookCharacter,
     Page,
     Pronouns,
+    RenderSettings,
     age_band,
     create_book,
 )
+from storybook.config import configured_model
 from storybook.errors import StoryError
 from storybook.storage import slugify
 from storybook.story.book_edits import cover_page
@@ -157,6 +159,7 @@ def compose_story(
     Raises StoryError and CharacterError as `write_story` does.
     """
     writer = writer or default_writer()
+    model = configured_model(home)  # the data root's base model draws the new book (a damaged config: said first)
     if not request.style.strip():
         raise StoryError(f"The style is empty: describe the art of every page, e.g. '{DEFAULT_STYLE}'.")
     cast = load_cast(home, request)
@@ -193,4 +196,5 @@ def compose_story(
         llm = llm or LLMSettings()
         draft = write_with_llm(brief, lambda d: check_draft(d, brief, request), llm)
         writer_name = f"llm:{llm.model}"
-    return make_book(draft, brief, request, writer_name, seed)
+    book = make_book(draft, brief, request, writer_name, seed)
+    return book.model_copy(update={"render": RenderSettings(model=model)})

@@ -24,10 +24,18 @@ from PIL import Image
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
+from storybook.config import configured_model, load_config
 from storybook.errors import TrainingError, TrainingInterrupted
-from storybook.models import SDXL_PIPELINES, load_pipeline, model_fingerprint, parse_device
+from storybook.models import (
+    SDXL_PIPELINES,
+    load_pipeline,
+    model_fingerprint,
+    parse_device,
+    resolve_model,
+    unet_parameter_count,
+)
 from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
-from storybook.storage import build_folder, default_model
+from storybook.storage import build_folder
 from storybook.training import losses
 from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from storybook.training.class_images import class_image_dir, class_prompt, ensure_class_images
@@ -123,9 +131,9 @@ def interrupts_between_steps() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def resume_command(character: Character, method: str, model: str) -> str:
+def resume_command(character: Character, method: str, model: str, home: Path) -> str:
     """The command that continues `character`'s interrupted run (its settings come from the checkpoint)."""
-    model_option = "" if model == default_model() else f" --model {model}"
+    model_option = "" if model == configured_model(home) else f" --model {model}"
     return f"storybook character train {character.slug} --method {method}{model_option} --resume"
 
 
@@ -289,16 +297,18 @@ def train_identity(
     'pivotal'). Raises TrainingError for impossible settings, resume mismatches or an unfinished run given neither,
     TrainingInterrupted after Ctrl-C (with a checkpoint saved), and ModelError when the base model cannot be loaded.
     """
+    device = device or load_config(home).device
     requested = parse_device(device) if device else None
     if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):
         raise TrainingError(
             f"Training runs on the current GPU; to train on {device}, run with "
             f"CUDA_VISIBLE_DEVICES={requested.index} and --device cuda."
         )
-    resolve_config(method, 0, overrides)  # the values given are checked before any model loads
     part = METHODS[method]
-    model = model or default_model()
+    model = model or configured_model(home)
     character = load_character(home, name)
+    if (expected_parameters := unet_parameter_count(resolve_model(model, home))) is not None:
+        resolve_config(method, expected_parameters, overrides)  # the values given are checked before any model loads
     folder = character_dir(home, character.slug)
     checkpoint_root = folder / "checkpoints"
     started = time.perf_counter()
@@ -422,7 +432,7 @@ def train_identity(
             checkpoint_now(rng_state)
             raise TrainingInterrupted(
                 f"Training of {character.name} stopped at step {step}/{config.steps}; a checkpoint was saved. "
-                f"Continue with `{resume_command(character, command_method or method, model)}`."
+                f"Continue with `{resume_command(character, command_method or method, model, home)}`."
             ) from None
         finally:
             progress.close()

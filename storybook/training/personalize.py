@@ -9,6 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from storybook.config import configured_adapter, configured_model
 from storybook.errors import ModelError, TrainingError
 from storybook.image_prompt import (
     MINI_ADAPTER_SCALE,
@@ -20,7 +21,7 @@ from storybook.image_prompt import (
     write_image_prompt,
 )
 from storybook.registry import character_dir, identity_folder, load_character
-from storybook.storage import build_folder, default_model
+from storybook.storage import build_folder
 from storybook.training.config import IdentityMethod, Method
 from storybook.training.identity import IdentityMetadata
 
@@ -67,13 +68,14 @@ def build_identity(
     each None where the method has none.
 
     `overrides` and `training_options` go to the trainer (`train_identity`); `adapter` is the IP-Adapter (default:
-    the base model's own, see `default_adapter`) and `image_scale` its strength. Raises what the trainer raises, and
-    ModelError when an image prompt has no adapter to use.
+    the data root's configured one, else the base model's own, see `default_adapter`) and `image_scale` its
+    strength. Raises what the trainer raises, and ModelError when an image prompt has no adapter to use.
     """
-    model = model or default_model()
+    model = model or configured_model(home)
     image_adapter = None
     if method.endswith("ip-adapter"):
-        image_adapter = adapter or default_adapter(model)
+        configured = configured_adapter(home) if model == configured_model(home) else None  # its model's adapter
+        image_adapter = adapter or configured or default_adapter(model)
         if image_adapter is None:
             raise ModelError(
                 f"{model} has no IP-Adapter of its own: give one with --ip-adapter (a local folder or a downloaded hub "

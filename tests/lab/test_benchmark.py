@@ -38,10 +38,13 @@ def test_a_reduced_benchmark_run_writes_the_table(tmp_path):
     assert 0 < lora["artifact_mb"] < 2  # a LoRA file: a small part of storybook-mini's 22 MB UNet
     assert image_prompt["artifact_mb"] < 0.01 and image_prompt["train_s"] < lora["train_s"]  # an embedding, no training
     assert 0 < image_prompt["ready_s"] < lora["ready_s"]  # from the photos to the first page
+    # Each identity is built in its own process, whose peak holds torch and the model: hundreds of MiB, not GBs.
+    assert description["peak_mb"] == 0 and 200 < image_prompt["peak_mb"] < 4000 and 200 < lora["peak_mb"] < 4000
     assert ceiling["attributes"] >= 0.75  # the true pictures through the VAE read right
     assert [row["variant"] for row in rows[4:]] == ["masks", "no masks"]  # two toddlers on a page
     table = (work / "results.md").read_text()
     assert "| LoRA + prior |" in table and "identity consistency" in table and "| masks |" in table
+    assert "| peak RSS MiB |" in table
     assert (work / "home" / "characters" / "kid0-lora-prior" / "identity" / "identity.json").is_file()
     assert (work / "home" / "characters" / "kid0-ip-adapter" / "identity" / "image_prompt.json").is_file()
     sheets = sorted(path.name for path in (work / "sheets").iterdir())

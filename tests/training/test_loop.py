@@ -178,6 +178,21 @@ def test_mixed_precision_on_the_cpu_is_refused_before_any_work(home, mia):
     assert not (home / "cache" / "class-images").exists()
 
 
+def test_settings_are_checked_before_loading_against_the_defaults_of_the_model_trained(home, mia, monkeypatch):
+    class Loaded(Exception):
+        pass
+
+    def load_pipeline(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr("storybook.training.loop.load_pipeline", load_pipeline)
+    staged = {"embedding_steps": 100}  # pivotal tuning trains 300 steps on storybook-mini, 60 on the tiny model
+    with pytest.raises(Loaded):
+        train_identity(home, "Mia", "pivotal", "storybook-mini", staged, show_progress=False)
+    with pytest.raises(TrainingError, match=r"embedding_steps \(100\) must leave steps for the LoRA \(60\)"):
+        train_identity(home, "Mia", "pivotal", "tiny", staged, show_progress=False)
+
+
 def test_settings_that_cannot_train_are_refused_and_a_diverging_run_saves_nothing(home, mia, monkeypatch):
     for bad in (
         {"learning_rate": float("inf")},

@@ -1,0 +1,155 @@
+"""The data root's own settings (`storybook config`, the app's Settings page): the base model, device, dtype and the
+helper models every command, the app and batch specs use where no flag or spec names one.
+
+Precedence, everywhere: a flag (or a spec's or book's own setting) > the data root's config.json > the default
+($STORYBOOK_MODEL, else storybook-mini; the best device; fp16 on GPUs).
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from storybook.errors import ModelError, describe_problems
+from storybook.registry import has_control_characters
+from storybook.storage import MINI_MODEL, MODEL_ENV, InsidePath, atomic_write_text, default_model
+
+if TYPE_CHECKING:
+    from storybook.image_prompt import AdapterSource
+
+CONFIG_FILE = "config.json"
+H94_WEIGHT = "models/ip-adapter_sd15.safetensors"  # an IP-Adapter's files, as h94/IP-Adapter lays out SD 1.5's
+H94_IMAGE_ENCODER = "models/image_encoder"
+Dtype = Literal["fp32", "fp16", "bf16"]
+
+
+def plain_line(value: str) -> str:
+    """`value` when it is one line without control characters, line separators or surrounding spaces."""
+    if has_control_characters(value) or value != value.strip() or any(c in value for c in "\u2028\u2029"):
+        raise ValueError("must be one line without control characters or surrounding spaces")
+    return value
+
+
+def absolute_if_local(value: str) -> str:
+    """A local folder as an absolute path (the app and every command find it from any working directory); a hub
+    id or alias as it is."""
+    if value in ("tiny", MINI_MODEL):  # the aliases
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() or value.startswith((".", "/", "~")) else value
+
+
+# A base model, IP-Adapter or upscaler: an alias, a hub id or a local folder.
+ModelSource = Annotated[
+    str, Field(min_length=1, max_length=500), AfterValidator(plain_line), AfterValidator(absolute_if_local)
+]
+FileInside = Annotated[InsidePath, Field(max_length=500), AfterValidator(plain_line)]  # a path inside its folder
+
+
+class DataRootConfig(BaseModel):
+    """What config.json holds; None: not set (the default applies). An unknown field is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSource | None = None  # storybook-mini, tiny, a folder or a hub id
+    device: str | None = None  # cuda, cuda:1, mps or cpu
+    dtype: Dtype | None = None  # the weights' dtype when drawing
+    ip_adapter: ModelSource | None = None  # IP-Adapter: storybook-mini, a folder or a hub id
+    ip_adapter_weight: FileInside | None = None  # its weights file, inside it
+    image_encoder: FileInside | None = None  # its image encoder folder, inside it
+    upscaler: ModelSource | None = None  # the x4 upscaler for print files
+
+    @field_validator("device")
+    @classmethod
+    def known_device(cls, value: str | None) -> str | None:
+        """cuda, cuda:N, mps or cpu."""
+        if value is not None and not re.fullmatch(r"cuda(:(0|[1-9][0-9]{0,2}))?|mps|cpu", value, re.ASCII):
+            raise ValueError(f"{value!r} is not a device: use cuda, cuda:1, mps or cpu")
+        return value
+
+
+def config_path(home: Path) -> Path:
+    """Where the data root keeps its settings."""
+    return home / CONFIG_FILE
+
+
+def load_config(home: Path) -> DataRootConfig:
+    """The data root's settings (all unset when it has no config.json). Raises ModelError for a damaged file,
+    saying how to mend it."""
+    path = config_path(home)
+    if not path.exists() and not path.is_symlink():
+        return DataRootConfig()
+    try:
+        return DataRootConfig.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:
+        if isinstance(error, ValidationError):
+            problem = describe_problems(error)
+        elif isinstance(error, json.JSONDecodeError):
+            problem = f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+        else:
+            problem = getattr(error, "strerror", None) or str(error)
+        raise ModelError(
+            f"{path} cannot be read ({problem}): correct it, or delete it (the defaults apply) and set what you need "
+            "with `storybook config`."
+        ) from None
+
+
+def update_config(home: Path, changes: dict) -> DataRootConfig:
+    """Apply `changes` (field -> value; None unsets a field) to the data root's settings, check them and save them
+    atomically; return the result. Raises ModelError for a bad value (nothing is written) and for a base model whose
+    weights are not on this machine."""
+    from storybook.models import check_model_on_disk
+
+    try:
+        config = DataRootConfig.model_validate(load_config(home).model_dump() | changes)
+    except ValidationError as error:
+        raise ModelError(f"Bad setting: {describe_problems(error)}. Nothing was changed.") from None
+    if changes.get("model"):
+        check_model_on_disk(config.model, home)
+    atomic_write_text(config_path(home), config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    return config
+
+
+def configured_model(home: Path) -> str:
+    """The base model of the data root: its config's, else $STORYBOOK_MODEL, else storybook-mini."""
+    return load_config(home).model or default_model()
+
+
+def configured_adapter(home: Path) -> "AdapterSource | None":
+    """The data root's IP-Adapter (with h94/IP-Adapter's SD 1.5 file layout where its paths are not set), or None."""
+    from storybook.image_prompt import MINI_ADAPTER, MINI_ADAPTER_SOURCE, AdapterSource
+
+    config = load_config(home)
+    if config.ip_adapter is None:
+        return None
+    if config.ip_adapter == MINI_ADAPTER and not (config.ip_adapter_weight or config.image_encoder):
+        return MINI_ADAPTER_SOURCE  # storybook-mini's own adapter, in its own layout
+    return AdapterSource(
+        source=config.ip_adapter,
+        weight_name=config.ip_adapter_weight or H94_WEIGHT,
+        image_encoder=config.image_encoder or H94_IMAGE_ENCODER,
+    )
+
+
+def described_settings(home: Path) -> list[tuple[str, str, str]]:
+    """(setting, value in use, where it comes from) for each setting of the data root, for `storybook config` and
+    the app's Settings page."""
+    from storybook.printing.print_pictures import X4_UPSCALER
+
+    config = load_config(home)
+    defaults = {
+        "model": (default_model(), f"${MODEL_ENV}" if os.environ.get(MODEL_ENV) else "default"),
+        "device": ("the best available (cuda, mps, cpu)", "default"),
+        "dtype": ("fp16 on a GPU, fp32 on the CPU", "default"),
+        "ip_adapter": ("the base model's own", "default"),
+        "ip_adapter_weight": (H94_WEIGHT, "default"),
+        "image_encoder": (H94_IMAGE_ENCODER, "default"),
+        "upscaler": (X4_UPSCALER, "default"),
+    }
+    return [
+        (name, value, CONFIG_FILE) if (value := getattr(config, name)) is not None else (name, *defaults[name])
+        for name in DataRootConfig.model_fields
+    ]
