@@ -38,8 +38,11 @@ def absolute_if_local(value: str) -> str:
     id or alias as it is."""
     if value in ("tiny", MINI_MODEL):  # the aliases
         return value
-    path = Path(value).expanduser()
-    return str(path.resolve()) if path.exists() or value.startswith((".", "/", "~")) else value
+    try:
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() or value.startswith((".", "/", "~")) else value
+    except (OSError, RuntimeError) as error:  # a name too long for the file system, an unknown ~user
+        raise ValueError(f"is not a usable path ({error})") from None
 
 
 # A base model, IP-Adapter or upscaler: an alias, a hub id or a local folder.

@@ -43,6 +43,7 @@ def test_config_sets_shows_and_unsets_the_data_roots_settings(home):
         (["--image-encoder", "models/a\u2028b"], "one line"),
         (["--model", "/no/such/folder"], "not a diffusers pipeline folder"),
         (["--model", "someone/not-downloaded"], "hf download someone/not-downloaded"),
+        (["--upscaler", "/" + "x" * 300], "not a usable path"),
         (["--unset", "colour"], "no such setting"),
         (["--device", "cpu", "--unset", "device"], "both set and unset"),
     ],
