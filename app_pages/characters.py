@@ -151,7 +151,7 @@ def captions_form(root: Path, character: registry.Character) -> None:
             from storybook.captions import caption_character, load_captioner
 
             with st.spinner("Captioning the photos..."):
-                caption_character(root, slug, load_captioner(captioner.strip()))
+                caption_character(root, slug, load_captioner(captioner.strip(), load_config(root).device))
             st.rerun()
     except StorybookError as error:
         st.error(str(error))

@@ -29,7 +29,7 @@ from storybook.book import (
     load_book,
     save_book,
 )
-from storybook.config import H94_IMAGE_ENCODER, H94_WEIGHT, Dtype, configured_model
+from storybook.config import H94_IMAGE_ENCODER, H94_WEIGHT, Dtype, configured_model, load_config
 from storybook.errors import BookError, CharacterError, ModelError, PhotoError, StorybookError, describe_problems
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
@@ -225,7 +225,8 @@ def character_add(
         from storybook.models import load_tokenizer
 
         paths = photo_files([*(photos or []), *(more_photos or [])])
-        loaded = load_captioner(captioner) if captioner else None  # a missing captioner is said before registering
+        # A missing captioner is said before registering; it runs on the data root's device.
+        loaded = load_captioner(captioner, load_config(state["home"]).device) if captioner else None
         character = registry.add_character(
             state["home"],
             name,
@@ -297,7 +298,7 @@ def character_caption(
             raise CharacterError("--replace re-captions with BLIP: give the weights with --captioner too.")
         character = registry.load_character(state["home"], name)
         if captioner:
-            character = caption_photos(name, load_captioner(captioner), replace)
+            character = caption_photos(name, load_captioner(captioner, load_config(state["home"]).device), replace)
         if photo is not None:
             character = registry.set_photo_captions(state["home"], name, {photo: text})
         show_captions(character)
@@ -423,10 +424,12 @@ def character_train(
             "model's own)."
         ),
     ] = None,
-    ip_adapter_weight: Annotated[str, typer.Option(help="The adapter's weights file inside it.")] = H94_WEIGHT,
+    ip_adapter_weight: Annotated[
+        str | None, typer.Option(help=f"The --ip-adapter's weights file inside it (default {H94_WEIGHT}).")
+    ] = None,
     image_encoder: Annotated[
-        str, typer.Option(help="The adapter's image encoder folder inside it.")
-    ] = H94_IMAGE_ENCODER,
+        str | None, typer.Option(help=f"The --ip-adapter's image encoder folder in it (default {H94_IMAGE_ENCODER}).")
+    ] = None,
     image_scale: Annotated[
         float | None,
         typer.Option(min=0.0, max=4.0, help="Image-prompt strength (default 1 storybook-mini, 0.6 others)."),
@@ -462,9 +465,18 @@ def character_train(
         from storybook.training.personalize import build_identity
 
         adapter = None
+        if (ip_adapter_weight or image_encoder) and not ip_adapter:
+            raise ModelError(
+                "--ip-adapter-weight and --image-encoder name files inside --ip-adapter: give it too (or set all three "
+                "once with `storybook config`)."
+            )
         if ip_adapter:
             try:
-                adapter = AdapterSource(source=ip_adapter, weight_name=ip_adapter_weight, image_encoder=image_encoder)
+                adapter = AdapterSource(
+                    source=ip_adapter,
+                    weight_name=ip_adapter_weight or H94_WEIGHT,
+                    image_encoder=image_encoder or H94_IMAGE_ENCODER,
+                )
             except ValidationError as error:
                 problems = "; ".join(problem["msg"] for problem in error.errors())
                 raise ModelError(f"Bad IP-Adapter paths: {problems}.") from None

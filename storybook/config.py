@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
+from filelock import FileLock
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from storybook.errors import ModelError, describe_problems
@@ -106,13 +107,15 @@ def update_config(home: Path, changes: dict) -> DataRootConfig:
     weights are not on this machine."""
     from storybook.models import check_model_on_disk
 
-    try:
-        config = DataRootConfig.model_validate(load_config(home).model_dump() | changes)
-    except ValidationError as error:
-        raise ModelError(f"Bad setting: {describe_problems(error)}. Nothing was changed.") from None
-    if changes.get("model"):
-        check_model_on_disk(config.model, home)
-    atomic_write_text(config_path(home), config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(home / f".{CONFIG_FILE}.lock"):  # the CLI and the app saving at once: neither loses the other's
+        try:
+            config = DataRootConfig.model_validate(load_config(home).model_dump() | changes)
+        except ValidationError as error:
+            raise ModelError(f"Bad setting: {describe_problems(error)}. Nothing was changed.") from None
+        if changes.get("model"):
+            check_model_on_disk(config.model, home)
+        atomic_write_text(config_path(home), config.model_dump_json(indent=2, exclude_none=True) + "\n")
     return config
 
 

@@ -17,8 +17,8 @@ from storybook.tiny_model import make_tiny
 
 TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, built under <home>/models/tiny on first use
 MINI_MODEL_FOLDER = Path(__file__).resolve().parent / "weights" / MINI_MODEL
-SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
-SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"} | SDXL_PIPELINES
+SDXL_PIPELINES = {"StableDiffusionXLPipeline"}
+SD_PIPELINES = {"StableDiffusionPipeline"} | SDXL_PIPELINES  # text-to-image: a page is drawn from its prompt
 
 
 def tiny_model_path(home: Path) -> Path:
@@ -107,16 +107,21 @@ def unet_parameter_count(model_path: str) -> int | None:
 
 
 def model_family(model_path: str) -> str:
-    """'sd' (SD 1.x/2.x) or 'sdxl', read from the pipeline's model_index.json.
+    """'sd' (SD 1.x/2.x) or 'sdxl', read from the pipeline's model_index.json (a folder's, or a hub id's in the
+    cache) before any weights load.
 
-    Raises ModelError for pipelines storybook cannot personalise.
+    Raises ModelError for pipelines storybook cannot draw pages with (other families, image-to-image pipelines).
     """
-    index_file = Path(model_path) / "model_index.json"
-    if not index_file.is_file():
+    folder = Path(model_path) if Path(model_path).is_dir() else local_snapshot(model_path, ["model_index.json"])
+    if folder is None or not (folder / "model_index.json").is_file():
         return "sd"  # a hub id not downloaded yet; loading will tell
-    class_name = json.loads(index_file.read_text())["_class_name"]
+    class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
     if class_name not in SD_PIPELINES:
-        raise ModelError(f"{model_path} is a {class_name}; storybook works with Stable Diffusion 1.x/2.x and SDXL.")
+        raise ModelError(
+            f"{model_path} is a {class_name}; storybook draws pages from their prompts with Stable Diffusion 1.x/2.x "
+            "and SDXL text-to-image pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline), not "
+            "image-to-image ones such as the SDXL refiner. Give the base model's folder or hub id."
+        )
     return "sdxl" if class_name in SDXL_PIPELINES else "sd"
 
 

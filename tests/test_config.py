@@ -126,3 +126,8 @@ def test_export_uses_the_configured_upscaler(drawn_book, tmp_path):
     update_config(home, {"upscaler": str(tmp_path / "my-upscaler")})
     result = cli(home, "export", str(folder), "--out", str(tmp_path / "book.pdf"), "--upscaler", "x4")
     assert result.exit_code == 1 and "my-upscaler" in result.output  # looked for where config.json said
+
+
+def test_adapter_file_flags_without_the_adapter_are_refused(home):
+    result = cli(home, "character", "train", "Mia", "--method", "ip-adapter", "--image-encoder", "encoder")
+    assert result.exit_code == 1 and "give it too" in result.output

@@ -63,6 +63,10 @@ def test_other_pipelines_are_refused(tmp_path):
         model_family(str(tmp_path))
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     assert model_family(str(tmp_path)) == "sdxl"
+    # The SDXL refiner: refused from its model_index.json, before any weights load (the folder has none to load).
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    with pytest.raises(ModelError, match="StableDiffusionXLImg2ImgPipeline; .* not image-to-image"):
+        load_pipeline(str(tmp_path), tmp_path)
 
 
 def test_dtype_defaults_follow_the_device():
