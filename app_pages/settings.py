@@ -43,6 +43,12 @@ def settings_form(root: Path, config: DataRootConfig) -> None:
         ip_adapter_weight = st.text_input("Its weights file", config.ip_adapter_weight or "")
         image_encoder = st.text_input("Its image encoder folder", config.image_encoder or "")
         upscaler = st.text_input("x4 upscaler for print files (folder or hub id)", config.upscaler or "")
+        safety_checker = st.text_input(
+            "Safety checker every picture passes",
+            config.safety_checker or "",
+            help="A StableDiffusionSafetyChecker folder or downloaded hub id (SDXL ships none: "
+            "CompVis/stable-diffusion-safety-checker), or off. Empty: the base model's own.",
+        )
         if not st.form_submit_button("Save"):
             return
     entered = {
@@ -53,6 +59,7 @@ def settings_form(root: Path, config: DataRootConfig) -> None:
         "ip_adapter_weight": ip_adapter_weight.strip() or None,
         "image_encoder": image_encoder.strip() or None,
         "upscaler": upscaler.strip() or None,
+        "safety_checker": safety_checker.strip() or None,
     }
     # Only what the parent changed: a value set meanwhile by `storybook config` stays as it is.
     changes = {name: value for name, value in entered.items() if value != getattr(config, name)}

@@ -77,8 +77,9 @@ def synchronize() -> None:
 
 
 def run_one(spec: dict) -> dict:
-    """Load the model of `spec` once, then render its book REPEATS times each way (the bare loop, storybook at batch
-    1 and 4), in turn, on fresh copies; return each way's median seconds per page and the process's peak memory."""
+    """Load the model of `spec` once, then render its book REPEATS times (or `spec["repeats"]`) each way (the bare
+    loop, storybook at batch 1 and 4), in turn, on fresh copies; return each way's median seconds per page and the
+    process's peak memory."""
     from storybook.book import load_book
     from storybook.memory import peak_memory_bytes
     from storybook.render_book import open_renderer, render_book
@@ -87,7 +88,7 @@ def run_one(spec: dict) -> dict:
     pages = len(load_book(book).pages) + 1
     renderer = open_renderer(home, load_book(book))  # the pipeline and both LoRAs, loaded once for every way
     timings: dict[str, list[float]] = {way: [] for way in WAYS}
-    for repeat in range(REPEATS):
+    for repeat in range(spec.get("repeats", REPEATS)):
         for way in WAYS:
             folder = book.with_name(f"{book.name}-{way}-{repeat}")
             shutil.copytree(book, folder)

@@ -127,10 +127,11 @@ def run_one(spec: dict) -> dict:
     }
 
 
-def run_in_subprocess(spec: dict, script: str = __file__) -> dict:
-    """Run `spec` via `script --one` in a child process; return its result, or {"error": ...} when it failed."""
+def run_in_subprocess(spec: dict, script: str = __file__, flag: str = "--one") -> dict:
+    """Run `spec` via `script --one` (or another `flag`) in a child process; return its result, or {"error": ...}
+    when it failed."""
     child = subprocess.run(
-        [sys.executable, script, "--one", json.dumps(spec)], capture_output=True, text=True, check=False
+        [sys.executable, script, flag, json.dumps(spec)], capture_output=True, text=True, check=False
     )
     lines = [line for line in child.stdout.splitlines() if line.startswith(MARKER)]
     if child.returncode != 0 or not lines:

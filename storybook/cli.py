@@ -162,6 +162,13 @@ def config_command(
     ip_adapter_weight: Annotated[str | None, typer.Option(help="The IP-Adapter's weights file inside it.")] = None,
     image_encoder: Annotated[str | None, typer.Option(help="The IP-Adapter's image encoder folder inside it.")] = None,
     upscaler: Annotated[str | None, typer.Option(help="The x4 upscaler for print files: folder or hub id.")] = None,
+    safety_checker: Annotated[
+        str | None,
+        typer.Option(
+            help="The safety checker every picture passes: a StableDiffusionSafetyChecker folder or hub id (e.g. "
+            "CompVis/stable-diffusion-safety-checker for SDXL), or off (default: the base model's own)."
+        ),
+    ] = None,
     unset: Annotated[
         list[str] | None, typer.Option(help="Forget a setting, back to its default (repeatable), e.g. --unset device.")
     ] = None,
@@ -181,6 +188,7 @@ def config_command(
             "ip_adapter_weight": ip_adapter_weight,
             "image_encoder": image_encoder,
             "upscaler": upscaler,
+            "safety_checker": safety_checker,
         }
         changes = {key: value for key, value in given.items() if value is not None}
         for name in unset or []:
@@ -405,8 +413,20 @@ def character_train(
     prior_preservation: Annotated[bool | None, typer.Option("--prior-preservation/--no-prior-preservation")] = None,
     num_class_images: Annotated[int | None, typer.Option()] = None,
     train_text_encoder: Annotated[bool | None, typer.Option("--train-text-encoder/--no-train-text-encoder")] = None,
-    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 or bf16 (GPU).")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing")] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option(help="no, fp16 or bf16 (GPU only; default there bf16 where supported, else fp16).")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute activations to save memory (default: on for full DreamBooth on real models).",
+        ),
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(help="adamw or adamw-8bit (bitsandbytes; default on CUDA when it is installed)."),
+    ] = None,
     snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR weighting gamma (5 is common).")] = None,
     offset_noise: Annotated[float | None, typer.Option(help="Offset-noise strength (~0.1).")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -453,6 +473,7 @@ def character_train(
         "train_text_encoder": train_text_encoder,
         "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing,
+        "optimizer": optimizer,
         "snr_gamma": snr_gamma,
         "offset_noise": offset_noise,
         "seed": seed,

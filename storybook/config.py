@@ -37,7 +37,7 @@ def plain_line(value: str) -> str:
 def absolute_if_local(value: str) -> str:
     """A local folder as an absolute path (the app and every command find it from any working directory); a hub
     id or alias as it is."""
-    if value in ("tiny", MINI_MODEL):  # the aliases
+    if value in ("tiny", MINI_MODEL, "off"):  # the aliases, and "off" (no safety checker)
         return value
     try:
         path = Path(value).expanduser()
@@ -65,6 +65,7 @@ class DataRootConfig(BaseModel):
     ip_adapter_weight: FileInside | None = None  # its weights file, inside it
     image_encoder: FileInside | None = None  # its image encoder folder, inside it
     upscaler: ModelSource | None = None  # the x4 upscaler for print files
+    safety_checker: ModelSource | None = None  # "off", or a StableDiffusionSafetyChecker folder or hub id
 
     @field_validator("device")
     @classmethod
@@ -103,9 +104,10 @@ def load_config(home: Path) -> DataRootConfig:
 
 def update_config(home: Path, changes: dict) -> DataRootConfig:
     """Apply `changes` (field -> value; None unsets a field) to the data root's settings, check them and save them
-    atomically; return the result. Raises ModelError for a bad value (nothing is written) and for a base model whose
-    weights are not on this machine."""
+    atomically; return the result. Raises ModelError for a bad value (nothing is written) and for a base model or
+    safety checker whose weights are not on this machine."""
     from storybook.models import check_model_on_disk
+    from storybook.safety import SAFETY_OFF, check_checker_on_disk
 
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(home / f".{CONFIG_FILE}.lock"):  # the CLI and the app saving at once: neither loses the other's
@@ -115,6 +117,8 @@ def update_config(home: Path, changes: dict) -> DataRootConfig:
             raise ModelError(f"Bad setting: {describe_problems(error)}. Nothing was changed.") from None
         if changes.get("model"):
             check_model_on_disk(config.model, home)
+        if changes.get("safety_checker") not in (None, SAFETY_OFF):
+            check_checker_on_disk(config.safety_checker)
         atomic_write_text(config_path(home), config.model_dump_json(indent=2, exclude_none=True) + "\n")
     return config
 
@@ -154,6 +158,7 @@ def described_settings(home: Path) -> list[tuple[str, str, str]]:
         "ip_adapter_weight": (H94_WEIGHT, "default"),
         "image_encoder": (H94_IMAGE_ENCODER, "default"),
         "upscaler": (X4_UPSCALER, "default"),
+        "safety_checker": ("the base model's own (SD 1.5 ships one; SDXL and the models built here none)", "default"),
     }
     return [
         (name, value, CONFIG_FILE) if (value := getattr(config, name)) is not None else (name, *defaults[name])

@@ -5,13 +5,17 @@ model's weights, each identity drawn and its weight, the prompt, negative prompt
 guidance, size, scheduler, dtype). Rendering again draws only pictures whose key has no file yet, so an edited page
 or a changed setting redraws just what it changed, and a run stopped by Ctrl-C or kill -9 resumes with at most the
 batch in flight lost. book.json is updated after every batch, keeping edits made meanwhile.
+
+Where a safety checker is loaded (see storybook/safety.py) every picture passes it before it is stored: a flagged one
+is drawn again with the next seeds, a few times at most, and what happened is reported; a picture flagged every time
+is not stored, so its page has no picture and the book cannot be exported until the page is changed.
 """
 
 import hashlib
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -20,14 +24,18 @@ from pydantic import ValidationError
 from storybook import registry
 from storybook.book import Book, Candidate, Page, RenderSettings, book_file, load_book, save_book
 from storybook.errors import BookError, ModelError, describe_problems
+from storybook.models import TINY_MODEL
 from storybook.renderer import ImageJob, Renderer, dreambooth_character
-from storybook.storage import atomic_write_bytes, slugify
+from storybook.safety import SAFETY_OFF
+from storybook.storage import MINI_MODEL, atomic_write_bytes, slugify
 from storybook.story.book_edits import cover_page
 from storybook.training.config import SMALL_MODEL_PARAMETERS
 
 IMAGES_DIR = "images"
 KEY_VERSION = 1  # bump when the renderer changes what a key's picture looks like
 CANDIDATE_SEED_STRIDE = 1_000_003  # candidate k of a page draws with seed + k * stride; candidate 0 is the page
+SAFETY_REDRAWS = 3  # the next seeds tried when the safety checker flags a picture
+OWN_MODELS = (TINY_MODEL, MINI_MODEL)  # built here from code, on pictures of flat colours and a toy world
 
 
 @dataclass
@@ -35,6 +43,7 @@ class Target:
     """A picture wanted for a page (the cover is a page too), where it is stored, and how to draw it."""
 
     page: tuple  # the page's `drawing` when the run started: which page of book.json the picture belongs to
+    label: str  # "cover", "page 3": for reports
     job: ImageJob
     image: str  # relative to the book folder
     identities: dict[str, str]  # the hash of each drawn character's identity (export checks they are still current)
@@ -52,6 +61,7 @@ class RenderReport:
     drawn: int
     reused: int
     warnings: list[str]
+    withheld: list[str]  # the pictures (labels) the safety checker flagged at every seed tried: none was stored
 
 
 def with_settings(book: Book, overrides: dict) -> Book:
@@ -101,6 +111,10 @@ def picture_key(job: ImageJob, renderer: Renderer, steps: int, identities: dict[
         "size": renderer.size(settings),
         "scheduler": settings.scheduler,
     }
+    if (
+        renderer.safety is not None
+    ):  # another checker may let another picture through (keys without one stay as they were)
+        content["safety_checker"] = renderer.safety_name
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -213,14 +227,23 @@ def render_book(
             job = ImageJob(page.prompt, page.negative_prompt, seed, tuple(page.characters))
             image = f"{IMAGES_DIR}/{picture_key(job, renderer, steps, identities, book)}.png"
             drawn_identities = {slug: identities[slug] for slug in page.characters}
-            targets.append(Target(drawing(page), job, image, drawn_identities))
+            targets.append(Target(drawing(page), label, job, image, drawn_identities))
     missing = [target for target in targets if not (folder / target.image).exists()]
     if not missing:
         attach(targets, folder, book.cover, book.render, preview, candidates)
     batches = batched(missing, batch_size or default_batch_size(renderer))
     done = len(targets) - len(missing)
+    safety_notes, withheld = [], []
     for batch in batches:
-        for target, picture in zip(batch, renderer.draw([t.job for t in batch], book.render, steps), strict=True):
+        pictures = renderer.draw([t.job for t in batch], book.render, steps)
+        flags = renderer.safety(pictures) if renderer.safety else [False] * len(pictures)
+        for target, picture, flagged in zip(batch, pictures, flags, strict=True):
+            if flagged:
+                picture, note = screened(renderer, target, book.render, steps)
+                safety_notes.append(note)
+            if picture is None:
+                withheld.append(target.label)
+                continue
             save_png(folder / target.image, picture)
         attach(targets, folder, book.cover, book.render, preview, candidates)
         done += len(batch)
@@ -231,7 +254,34 @@ def render_book(
         "ignored" + (": shorten the scene, the characters' descriptions or the style." if what == "prompt" else ".")
         for (what, over), labels in too_long.items()
     ]
-    return RenderReport(drawn=len(missing), reused=len(targets) - len(missing), warnings=warnings), renderer
+    if renderer.safety is None and renderer.safety_name != SAFETY_OFF and book.render.model not in OWN_MODELS:
+        warnings.append(
+            f"No safety checker screened these pictures: {book.render.model} ships none. For a children's book name "
+            "one with `storybook config --safety-checker` (e.g. CompVis/stable-diffusion-safety-checker), or say "
+            "`--safety-checker off` for a model you trust."
+        )
+    report = RenderReport(len(missing) - len(withheld), len(targets) - len(missing), warnings + safety_notes, withheld)
+    return report, renderer
+
+
+def screened(
+    renderer: Renderer, target: Target, settings: RenderSettings, steps: int
+) -> tuple[Image.Image | None, str]:
+    """For a picture the renderer's safety checker flagged: the picture of the first of the next SAFETY_REDRAWS seeds
+    that it passes, or None when it flags every one; and the note for the report."""
+    seeds = [target.job.seed + offset for offset in range(1, SAFETY_REDRAWS + 1)]
+    for seed in seeds:
+        redrawn = renderer.draw([replace(target.job, seed=seed)], settings, steps)[0]
+        if not renderer.safety([redrawn])[0]:
+            return redrawn, (
+                f"{target.label}: the safety checker flagged the picture of seed {target.job.seed}; it was drawn again "
+                f"with seed {seed}, which passed."
+            )
+    return None, (
+        f"{target.label}: the safety checker flagged the pictures of seeds {target.job.seed}-{seeds[-1]}, so no "
+        "picture was placed and the book cannot be exported yet: change the page's scene (`storybook story edit "
+        "BOOK PAGE --scene ...`) and render again."
+    )
 
 
 def batched(targets: list[Target], size: int) -> list[list[Target]]:

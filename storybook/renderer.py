@@ -20,6 +20,7 @@ from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
 from storybook.book import RenderSettings, Scheduler
+from storybook.config import load_config
 from storybook.errors import ModelError
 from storybook.image_prompt import (
     AdapterSource,
@@ -30,6 +31,7 @@ from storybook.image_prompt import (
 )
 from storybook.models import load_pipeline, model_fingerprint
 from storybook.registry import identity_folder, identity_hash
+from storybook.safety import load_safety_checker
 from storybook.training.identity import IdentityMetadata, read_identity
 from storybook.training.methods import METHODS, load_identity, unload_identity
 
@@ -89,6 +91,9 @@ class Renderer:
         self.model = model
         self.dreambooth = dreambooth
         self.pipeline, self.model_path = load_pipeline(model, home, device, dtype)
+        if self.device.type != "cpu":  # a GPU's memory: decode a batch one picture at a time, big ones in tiles
+            self.pipeline.vae.enable_slicing()
+            self.pipeline.vae.enable_tiling()
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: Scheduler = "model"
         self.base_fingerprint = model_fingerprint(self.model_path, home)
@@ -98,6 +103,11 @@ class Renderer:
         self.image_prompts: dict[str, tuple[dict[str, torch.Tensor], float]] = {}  # slug -> (embeds, scale)
         self.no_image: dict[str, torch.Tensor] = {}  # a zero embedding of the loaded adapter's shape
         self.separate_regions = True  # several image prompts on a page: each in its own region (the lab turns it off)
+        # The safety checker every picture of a book passes (None: the model ships none and the config names none)
+        # and what it is (part of picture keys: another checker may let other pictures through).
+        self.safety, self.safety_name = load_safety_checker(
+            load_config(home).safety_checker, self.model_path, self.device, self.dtype
+        )
         self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
         if dreambooth:
             load_identity(self.pipeline, identity_folder(home, dreambooth), dreambooth, self.base_fingerprint)

@@ -14,10 +14,12 @@ from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 RESOLUTION = 32  # pixels; the VAE halves it, so the UNet works on 16x16 latents
@@ -66,12 +68,14 @@ def tokenizer_from(vocab_list: list[str], merges: list[tuple[str, str]]) -> CLIP
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 32, layers: int = 5) -> CLIPTextModel:
-    """A CLIP text encoder matching `tokenizer`: 5 layers, 32 wide unless told otherwise."""
-    config = CLIPTextConfig(
+def text_encoder_config(tokenizer: CLIPTokenizer, width: int = 32, layers: int = 5) -> CLIPTextConfig:
+    """The config of a CLIP text encoder matching `tokenizer`: 5 layers, 32 wide (and projecting to 32) unless told
+    otherwise."""
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=width,
         intermediate_size=2 * width,
+        projection_dim=width,
         num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=77,
@@ -79,7 +83,11 @@ def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 32, layers: int = 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModel(config)
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 32, layers: int = 5) -> CLIPTextModel:
+    """A CLIP text encoder matching `tokenizer`: 5 layers, 32 wide unless told otherwise."""
+    return CLIPTextModel(text_encoder_config(tokenizer, width, layers))
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -238,6 +246,53 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDi
 def make_tiny(directory: Path, seed: int = 0) -> Path:
     """Write the tiny pipeline to `directory` in diffusers' folder layout (safetensors) and return the folder."""
     pipeline = build_tiny_pipeline(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """An SDXL-shaped pipeline at toy sizes with random weights, for tests of the SDXL paths (it draws noise): two
+    CLIP text encoders (the second with a projection, whose pooled output conditions the UNet with the size and crop
+    time ids), a UNet with `text_time` added conditioning and linear projections, and a VAE that asks to be upcast,
+    as SDXL's does. The sizes are those of diffusers' own SDXL pipeline tests."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six time ids embedded 8 wide, and the pooled text
+        cross_attention_dim=64,  # the two text encoders' hidden states side by side
+        norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+    )
+    return StableDiffusionXLPipeline(
+        vae=build_vae(),
+        text_encoder=CLIPTextModel(text_encoder_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(text_encoder_config(tokenizer)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+
+
+def make_tiny_sdxl(directory: Path, seed: int = 0) -> Path:
+    """Write the tiny SDXL-shaped pipeline to `directory` in diffusers' folder layout and return the folder."""
+    pipeline = build_tiny_sdxl_pipeline(seed)
     directory.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(directory, safe_serialization=True)
     return directory

@@ -23,6 +23,14 @@ def tiny_models_dir(tmp_path_factory) -> Path:
     return root / "models"
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """The folder of an SDXL-shaped pipeline at toy sizes with random weights (`make_tiny_sdxl`), built once."""
+    from storybook.tiny_model import make_tiny_sdxl
+
+    return make_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl")
+
+
 @pytest.fixture
 def home(tmp_path, tiny_models_dir) -> Path:
     """An empty data root whose models/ is the shared tiny model."""

@@ -30,7 +30,14 @@ from storybook.lab.metrics import (
     prompt_fidelity,
 )
 from storybook.memory import peak_rss_bytes
-from storybook.models import MINI_MODEL, load_pipeline, load_tokenizer, model_fingerprint
+from storybook.models import (
+    MINI_MODEL,
+    check_model_on_disk,
+    load_pipeline,
+    load_tokenizer,
+    model_fingerprint,
+    unet_parameter_count,
+)
 from storybook.registry import add_character, identity_folder, set_photo_captions
 from storybook.renderer import ImageJob, Renderer
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
@@ -114,12 +121,19 @@ def register(home: Path, name: str, toddler: world.Toddler, model: str) -> str:
 def prepare_class_images(home: Path, model: str, training: dict, trainer_methods: set[str]) -> None:
     """Generate the prior-preservation class images once, as many as the `trainer_methods` ('lora', 'dreambooth')
     use at most, so that training times compare the training itself."""
-    pipeline, model_path = load_pipeline(model, home, dtype="fp32")
-    unet_parameters = sum(p.numel() for p in pipeline.unet.parameters())
+    model_path = check_model_on_disk(model, home)
+    unet_parameters = unet_parameter_count(model_path)
     configs = [resolve_config(method, unet_parameters, training) for method in sorted(trainer_methods)]
     config = max(configs, key=lambda c: c.num_class_images)
     folder = class_image_dir(home, model_fingerprint(model_path, home), "toddler")
-    ensure_class_images(pipeline, folder, "toddler", config.num_class_images, config.class_image_steps, False)
+    ensure_class_images(
+        lambda: load_pipeline(model, home, dtype="fp32")[0],
+        folder,
+        "toddler",
+        config.num_class_images,
+        config.class_image_steps,
+        False,
+    )
 
 
 def draw_all(

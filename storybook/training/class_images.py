@@ -1,6 +1,7 @@
 """Prior-preservation class images: generated once by the base model, cached per (model, class noun), reused."""
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,17 +24,21 @@ def class_image_dir(home: Path, model_fingerprint: str, class_noun: str) -> Path
 
 
 def ensure_class_images(
-    pipeline: DiffusionPipeline,
+    load_base: Callable[[], DiffusionPipeline],
     folder: Path,
     class_noun: str,
     count: int,
     steps: int,
     show_progress: bool = True,
 ) -> list[Path]:
-    """Return `count` class images in `folder`, generating only the missing ones (image i always uses seed i)."""
+    """Return `count` class images in `folder`, generating only the missing ones (image i always uses seed i) with the
+    base pipeline `load_base` returns (called only when some are missing; the pipeline is dropped afterwards)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{index:04d}.png" for index in range(count)]
     missing = [index for index, path in enumerate(paths) if not path.exists()]
+    if not missing:
+        return paths
+    pipeline = load_base()
     with tqdm(total=len(missing), desc="class images", disable=not show_progress or not missing) as progress:
         for start in range(0, len(missing), BATCH):
             batch = missing[start : start + BATCH]

@@ -18,7 +18,9 @@ IdentityMethod = Literal[  # how an identity is built: a trained method, an imag
     "lora+ip-adapter",
     "pivotal+ip-adapter",
 ]
-ModelScale = Literal["tiny", "mini", "real"]  # which defaults a base model gets, by the size of its UNet
+MixedPrecision = Literal["no", "fp16", "bf16"]
+Optimizer = Literal["adamw", "adamw-8bit"]  # adamw-8bit: bitsandbytes' AdamW8bit (the `gpu` extra)
+ModelScale = Literal["tiny", "mini", "real", "xl"]  # which defaults a base model gets, by its UNet's size and family
 TINY_MODEL_PARAMETERS = 3_000_000  # UNets below this (the tiny model, 1.4 M) get the tiny model's defaults
 SMALL_MODEL_PARAMETERS = 50_000_000  # UNets below this (storybook-mini, 5.8 M) get the ones measured on storybook-mini
 MAX_LEARNING_RATE = 0.1  # ten times the tiny model's LoRA rate; real models train at 1e-6..1e-4
@@ -56,8 +58,9 @@ class TrainingConfig(BaseModel):
     num_class_images: int = Field(100, ge=0, le=10_000)
     class_image_steps: int = Field(25, gt=0, le=200)
     train_text_encoder: bool = False
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
+    optimizer: Optimizer = "adamw"
     snr_gamma: float | None = Field(None, gt=0, le=100)  # 5.0 is kohya's and the Min-SNR paper's choice
     offset_noise: float = Field(0.0, ge=-1, le=1)  # ~0.1 in kohya's sd-scripts
     seed: int = 0
@@ -76,10 +79,13 @@ class TrainingConfig(BaseModel):
         return self
 
 
-def model_scale(unet_parameters: int) -> ModelScale:
-    """Which defaults a UNet of `unet_parameters` gets: the tiny model's, storybook-mini's, or real models'."""
+def model_scale(unet_parameters: int, family: str = "sd") -> ModelScale:
+    """Which defaults a UNet of `unet_parameters` in model `family` ('sd', 'sdxl') gets: the tiny model's (whatever
+    its family), storybook-mini's, real SD models' or real SDXL models'."""
     if unet_parameters < TINY_MODEL_PARAMETERS:
         return "tiny"
+    if family == "sdxl":
+        return "xl"
     if unet_parameters < SMALL_MODEL_PARAMETERS:
         return "mini"
     return "real"

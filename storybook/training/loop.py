@@ -4,6 +4,7 @@ trains, how it is saved and how it loads is the method's part (storybook/trainin
 from one CPU generator whose state is checkpointed, so a resumed run reaches the same weights as an unbroken one.
 """
 
+import importlib.util
 import math
 import shutil
 import signal
@@ -25,13 +26,14 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from storybook.config import configured_model, load_config
-from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.errors import ModelError, TrainingError, TrainingInterrupted
 from storybook.models import (
-    SDXL_PIPELINES,
+    check_model_on_disk,
     load_pipeline,
+    model_family,
     model_fingerprint,
     parse_device,
-    resolve_model,
+    pick_device,
     unet_parameter_count,
 )
 from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
@@ -39,11 +41,12 @@ from storybook.storage import build_folder
 from storybook.training import losses
 from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from storybook.training.class_images import class_image_dir, class_prompt, ensure_class_images
-from storybook.training.config import Method, TrainingConfig, resumed_config
+from storybook.training.config import Method, MixedPrecision, Optimizer, TrainingConfig, resumed_config
+from storybook.training.families import Conditioning, concatenated, pipeline_family, text_encoders
 from storybook.training.identity import RECORD, IdentityMetadata
 from storybook.training.latents import LatentSource, images_tensor
 from storybook.training.methods import METHODS, resolve_config
-from storybook.training.methods.base import SaveRequest
+from storybook.training.methods.base import SaveRequest, freeze
 
 RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # frozen weights, by precision
@@ -73,13 +76,7 @@ def photo_captions(character: Character, config: TrainingConfig) -> list[str]:
     return [f"{bare}, {caption}" if caption else bare for caption in own]
 
 
-def encode_prompt(pipeline: DiffusionPipeline, prompt: str | list[str], batch_size: int) -> torch.Tensor:
-    """Text embeddings of `prompt` (or of each prompt in a list) repeated `batch_size` times; (B, 77, D)."""
-    embeddings, _ = pipeline.encode_prompt(prompt, pipeline.unet.device, batch_size, False)
-    return embeddings
-
-
-def fixed_noise_loss(unet, latents: torch.Tensor, embeddings: torch.Tensor, scheduler: DDPMScheduler) -> float:
+def fixed_noise_loss(unet, latents: torch.Tensor, conditioning: Conditioning, scheduler: DDPMScheduler) -> float:
     """Denoising loss on `latents` at 8 evenly spaced timesteps with fixed noise (seed 0): unlike the per-step
     training loss, which swings with the random timesteps, it is comparable before and after training."""
     generator = torch.Generator("cpu").manual_seed(0)
@@ -89,10 +86,46 @@ def fixed_noise_loss(unet, latents: torch.Tensor, embeddings: torch.Tensor, sche
         for timestep in timesteps:
             noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
             t = timestep.repeat(len(latents)).to(latents.device)
-            prediction = unet(scheduler.add_noise(latents, noise, t), t, embeddings[: len(latents)]).sample
+            prediction = unet(scheduler.add_noise(latents, noise, t), t, **conditioning.unet_inputs()).sample
             target = losses.diffusion_target(scheduler, latents, noise, t)
             total += losses.weighted_mse(prediction, target, torch.ones(len(latents), device=latents.device)).item()
     return total / len(timesteps)
+
+
+def default_mixed_precision(device: torch.device) -> MixedPrecision:
+    """The mixed precision a run trains with unless told: bf16 on a CUDA GPU that supports it, else fp16 there
+    (frozen weights in half precision, trained ones and the VAE of SDXL in fp32); none elsewhere (bf16 autocast on
+    this project's CPU trained a storybook-mini LoRA ten times slower, README "GPU memory and speed")."""
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def default_optimizer(device: torch.device) -> Optimizer:
+    """AdamW with 8-bit states (bitsandbytes) on a CUDA GPU when bitsandbytes is installed, else torch's AdamW."""
+    return "adamw-8bit" if device.type == "cuda" and importlib.util.find_spec("bitsandbytes") else "adamw"
+
+
+def optimizer_class(name: Optimizer) -> type[torch.optim.Optimizer]:
+    """torch's AdamW, or bitsandbytes' AdamW8bit for 'adamw-8bit'. Raises TrainingError when bitsandbytes is not
+    installed."""
+    if name == "adamw":
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise TrainingError(
+            "--optimizer adamw-8bit needs bitsandbytes: install it with `pip install 'storybook[gpu]'` on a CUDA "
+            "machine, or train with --optimizer adamw."
+        ) from None
+    return bitsandbytes.optim.AdamW8bit
+
+
+def class_image_dtype(device: torch.device) -> str:
+    """The dtype of the pipeline that draws class images: half precision on a GPU, fp32 on the CPU."""
+    if device.type == "cpu":
+        return "fp32"
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp16"
 
 
 def make_accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
@@ -158,12 +191,13 @@ def run_settings(
     model: str,
     fingerprint: str,
     checkpoint: Path | None,
-    unet_parameters: int,
+    fresh: TrainingConfig,
     overrides: dict | None,
     resume: bool,
     restart: bool,
 ) -> tuple[TrainingConfig, dict | None]:
-    """The settings of this run, and the checkpoint's saved state when it resumes (else None).
+    """The settings of this run (`fresh`, the method's defaults with the overrides, unless it resumes), and the
+    checkpoint's saved state when it resumes (else None).
 
     Raises TrainingError for a resume without checkpoint, an unfinished run given neither `resume` nor `restart`, or a
     checkpoint of another base model, damaged, or past the steps asked for.
@@ -176,7 +210,7 @@ def run_settings(
             "or start over with --restart."
         )
     if not resume:
-        return resolve_config(method, unet_parameters, overrides), None
+        return fresh, None
     state = read_state(checkpoint, RESUME_KEYS)
     if state["base"] != fingerprint:
         raise TrainingError(
@@ -209,9 +243,10 @@ class Batches:
     pipeline: DiffusionPipeline
     character: Character
     config: TrainingConfig
+    resolution: int  # of the photos and class images, in pixels
     instance_latents: LatentSource
     class_latents: LatentSource | None
-    cached_embeddings: tuple[torch.Tensor, torch.Tensor | None] | None = None  # while the text encoder is frozen
+    cached_embeddings: tuple[Conditioning, Conditioning | None] | None = None  # while the text encoders are frozen
     captions: list[str] = field(init=False)  # the caption of each photo (`photo_captions`)
     distinct: list[str] = field(init=False)  # each caption once, however many photos share it: encoded once
     caption_of_photo: torch.Tensor = field(init=False)  # (photos,): the index in `distinct` of each photo's caption
@@ -222,31 +257,32 @@ class Batches:
         self.distinct = sorted(set(self.captions))
         self.caption_of_photo = torch.tensor([self.distinct.index(caption) for caption in self.captions])
 
-    def text_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(distinct captions, 77, D) of the photos' captions, and (1, 77, D) of the class caption (None without
-        prior preservation)."""
+    def text_embeddings(self) -> tuple[Conditioning, Conditioning | None]:
+        """The conditioning of each distinct photo caption, and of the class caption (one row; None without prior
+        preservation), encoded the way the pipeline's family conditions its UNet."""
         if self.cached_embeddings is not None:
             return self.cached_embeddings
-        photos = encode_prompt(self.pipeline, self.distinct, 1)
+        encode = pipeline_family(self.pipeline).encode
+        photos = encode(self.pipeline, self.distinct, self.resolution)
         if self.class_latents is None:
             return photos, None
-        return photos, encode_prompt(self.pipeline, class_prompt(self.character.class_noun), 1)
+        return photos, encode(self.pipeline, [class_prompt(self.character.class_noun)], self.resolution)
 
-    def photo_embeddings(self, photo_indices: torch.Tensor) -> torch.Tensor:
-        """(len(photo_indices), 77, D): the caption embedding of each photo drawn."""
+    def photo_embeddings(self, photo_indices: torch.Tensor) -> Conditioning:
+        """The caption conditioning of each photo drawn (len(photo_indices) rows)."""
         return self.text_embeddings()[0][self.caption_of_photo[photo_indices]]
 
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch: (B or 2B, 4, h, w) latents of photos (then class images when preserving the prior) and their
-        (B or 2B, 77, D) caption embeddings."""
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning]:
+        """One batch: (B or 2B, 4, h, w) latents of photos (then class images when preserving the prior) and the
+        conditioning of their captions (B or 2B rows)."""
         latents, photo_indices = self.instance_latents.sample(self.config.batch_size, generator)
         captions, class_caption = self.text_embeddings()
-        embeddings = captions[self.caption_of_photo[photo_indices]]
+        conditioning = captions[self.caption_of_photo[photo_indices]]
         if self.class_latents is not None:
             class_latents, _ = self.class_latents.sample(self.config.batch_size, generator)
             latents = torch.cat([latents, class_latents])
-            embeddings = torch.cat([embeddings, class_caption.expand(self.config.batch_size, -1, -1)])
-        return latents, embeddings
+            conditioning = concatenated([conditioning, class_caption.expand(self.config.batch_size)])
+        return latents, conditioning
 
 
 def batch_loss(
@@ -255,14 +291,16 @@ def batch_loss(
     """The denoising loss of one batch: noised latents, the UNet's prediction, Min-SNR weights, and DreamBooth's prior
     preservation when there are class images."""
     config = batches.config
-    latents, embeddings = batches.draw(generator)
+    latents, conditioning = batches.draw(generator)
     latents = latents.to(accelerator.device)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     noise = losses.offset_noise(noise, config.offset_noise, generator)
     timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     timesteps = timesteps.to(latents.device)
     with accelerator.autocast():
-        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embeddings).sample
+        prediction = unet(
+            scheduler.add_noise(latents, noise, timesteps), timesteps, **conditioning.unet_inputs()
+        ).sample
     target = losses.diffusion_target(scheduler, latents, noise, timesteps)
     weights = losses.min_snr_weights(scheduler, timesteps, config.snr_gamma)
     if batches.class_latents is None:
@@ -307,43 +345,71 @@ def train_identity(
     part = METHODS[method]
     model = model or configured_model(home)
     character = load_character(home, name)
-    if (expected_parameters := unet_parameter_count(resolve_model(model, home))) is not None:
-        resolve_config(method, expected_parameters, overrides)  # the values given are checked before any model loads
+    started = time.perf_counter()
+    # Everything that can be refused is checked from the model's configs, before any weights load.
+    model_path = check_model_on_disk(model, home)
+    family = model_family(model_path)
+    if family not in part.families:
+        raise TrainingError(
+            f"{method} identities train on Stable Diffusion 1.x/2.x only, and {model} is an SDXL model: use "
+            f"--method {' or '.join(name for name, other in METHODS.items() if family in other.families)}."
+        )
+    unet_parameters = unet_parameter_count(model_path)
+    if unet_parameters is None:
+        raise ModelError(f"{model} has no unet/config.json: is the download complete?")
+    torch_device = pick_device(device)
+    fingerprint = model_fingerprint(model_path, home)
     folder = character_dir(home, character.slug)
     checkpoint_root = folder / "checkpoints"
-    started = time.perf_counter()
-
-    pipeline, model_path = load_pipeline(model, home, device=device, dtype="fp32")
-    if type(pipeline).__name__ in SDXL_PIPELINES:
-        raise TrainingError("Identity training supports Stable Diffusion 1.x/2.x base models for now, not SDXL.")
-    fingerprint = model_fingerprint(model_path, home)
     checkpoint = latest_checkpoint(checkpoint_root)
-    unet_parameters = sum(p.numel() for p in pipeline.unet.parameters())
+    on_this_device = {
+        "mixed_precision": default_mixed_precision(torch_device),
+        "optimizer": default_optimizer(torch_device),
+    }
+    fresh = on_this_device | (overrides or {})
     config, state = run_settings(
-        character, method, model, fingerprint, checkpoint, unet_parameters, overrides, resume, restart
+        character,
+        method,
+        model,
+        fingerprint,
+        checkpoint,
+        resolve_config(method, unet_parameters, fresh, family),
+        overrides,
+        resume,
+        restart,
     )
-    if config.mixed_precision != "no" and pipeline.device.type == "cpu":
-        raise TrainingError("Mixed precision needs a GPU; on the CPU train with --mixed-precision no.")
-    accelerator = make_accelerator(config.mixed_precision, cpu=pipeline.device.type == "cpu")
-    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-    resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    if config.mixed_precision != "no" and torch_device.type == "cpu":
+        raise TrainingError(
+            "Mixed precision needs a GPU (bf16 autocast on a CPU trained ten times slower, measured); on the CPU "
+            "train with --mixed-precision no."
+        )
+    optimizer_type = optimizer_class(config.optimizer)
 
-    # Class images come from the untouched base model, so generate them before any weight changes.
-    class_latents = None
+    # Class images come from the untouched base model, drawn before the training pipeline loads (on a GPU by a
+    # half-precision pipeline of their own, freed afterwards).
+    class_paths = []
     if config.prior_preservation and config.num_class_images > 0:
-        class_folder = class_image_dir(home, fingerprint, character.class_noun)
         class_paths = ensure_class_images(
-            pipeline,
-            class_folder,
+            lambda: load_pipeline(model, home, device=device, dtype=class_image_dtype(torch_device))[0],
+            class_image_dir(home, fingerprint, character.class_noun),
             character.class_noun,
             config.num_class_images,
             config.class_image_steps,
             show_progress,
         )
+
+    pipeline, _ = load_pipeline(model, home, device=device, dtype="fp32")
+    accelerator = make_accelerator(config.mixed_precision, cpu=pipeline.device.type == "cpu")
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    # The VAE encodes in the frozen weights' dtype unless its config asks for fp32 (SDXL's overflows in fp16).
+    freeze(pipeline.vae, torch.float32 if pipeline.vae.config.force_upcast else WEIGHT_DTYPES[config.mixed_precision])
+    class_latents = None
+    if class_paths:
         class_latents = LatentSource(pipeline.vae, images_tensor(class_paths, resolution), config.cache_latents)
     photos = images_tensor(prepared_photo_paths(home, character), resolution)
     batches = Batches(
-        pipeline, character, config, LatentSource(pipeline.vae, photos, config.cache_latents), class_latents
+        pipeline, character, config, resolution, LatentSource(pipeline.vae, photos, config.cache_latents), class_latents
     )
 
     # The method decides what trains; frozen weights run in the mixed-precision dtype, trained ones stay fp32.
@@ -351,7 +417,7 @@ def train_identity(
     trainable = part.prepare(pipeline, character, config, WEIGHT_DTYPES[config.mixed_precision])
     if config.gradient_checkpointing:
         pipeline.unet.enable_gradient_checkpointing()
-    trained = {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder, **trainable.modules}  # requires_grad ones
+    trained = {"unet": pipeline.unet, **text_encoders(pipeline), **trainable.modules}  # their requires_grad ones train
     cast_training_params(list(trained.values()), dtype=torch.float32)
     parameters = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     rates = [trainable.learning_rates.get(p, config.learning_rate) for p in parameters]
@@ -359,8 +425,8 @@ def train_identity(
         {"params": [p for p, r in zip(parameters, rates, strict=True) if r == rate], "lr": rate}
         for rate in sorted(set(rates))
     ]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=1e-2)
-    unet, _, optimizer = accelerator.prepare(pipeline.unet, pipeline.text_encoder, optimizer)
+    optimizer = optimizer_type(groups, lr=config.learning_rate, weight_decay=1e-2)  # decay as in diffusers' scripts
+    unet, *_, optimizer = accelerator.prepare(pipeline.unet, *text_encoders(pipeline).values(), optimizer)
     if not trainable.text_changes:
         with torch.no_grad():
             batches.cached_embeddings = batches.text_embeddings()
@@ -368,8 +434,8 @@ def train_identity(
     def photo_loss() -> float:
         """`fixed_noise_loss` of the character's photos under their caption: falls as the identity is learned."""
         with torch.no_grad(), accelerator.autocast():
-            embeddings = batches.photo_embeddings(torch.arange(len(character.photos)))
-            return fixed_noise_loss(unet, batches.instance_latents.means(), embeddings, noise_scheduler)
+            conditioning = batches.photo_embeddings(torch.arange(len(character.photos)))
+            return fixed_noise_loss(unet, batches.instance_latents.means(), conditioning, noise_scheduler)
 
     generator = torch.Generator("cpu").manual_seed(config.seed)
     step, loss_history = 0, []

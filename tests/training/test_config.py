@@ -17,6 +17,15 @@ def test_published_defaults_for_real_models_and_scaled_ones_for_the_tiny_and_min
     assert resolve_config("dreambooth", 5_800_000).learning_rate < mini.learning_rate
 
 
+def test_sdxl_gets_its_published_defaults_and_full_fine_tunes_checkpoint_their_gradients():
+    xl = resolve_config("lora", 2_567_000_000, family="sdxl")  # diffusers' train_dreambooth_lora_sdxl.py README
+    assert (xl.steps, xl.learning_rate, xl.rank, xl.grad_accum) == (500, 1e-4, 4, 4)
+    assert resolve_config("lora", 1_400_000, family="sdxl").steps == resolve_config("lora", 1_400_000).steps  # tiny
+    for family, parameters in (("sd", 860_000_000), ("sdxl", 2_567_000_000)):
+        assert resolve_config("dreambooth", parameters, family=family).gradient_checkpointing
+    assert not resolve_config("lora", 860_000_000).gradient_checkpointing
+
+
 def test_overrides_are_applied_and_checked():
     assert resolve_config("lora", 10, {"steps": 7, "rank": 16}).model_dump()["steps"] == 7
     with pytest.raises(TrainingError, match="steps"):

@@ -1,5 +1,6 @@
 """Identity training on the tiny model: it learns, resumes exactly, and its artifacts load into fresh pipelines."""
 
+import importlib.util
 import os
 import signal
 
@@ -14,7 +15,13 @@ from storybook.tiny_model import build_tokenizer
 from storybook.training import losses
 from storybook.training.config import checked_config
 from storybook.training.identity import read_identity
-from storybook.training.loop import make_accelerator, photo_captions, train_identity
+from storybook.training.loop import (
+    default_mixed_precision,
+    default_optimizer,
+    make_accelerator,
+    photo_captions,
+    train_identity,
+)
 from storybook.training.methods import load_identity
 from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
 from tests.training.pictures import fresh_pipeline, photo_colour, render
@@ -176,6 +183,24 @@ def test_mixed_precision_on_the_cpu_is_refused_before_any_work(home, mia):
     with pytest.raises(TrainingError, match="GPU"):
         train_identity(home, "Mia", "lora", overrides={**FAST, "mixed_precision": "fp16"}, show_progress=False)
     assert not (home / "cache" / "class-images").exists()
+
+
+def test_cuda_trains_in_mixed_precision_and_8_bit_adam_by_default_and_the_cpu_in_fp32(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (default_mixed_precision(cpu), default_optimizer(cpu)) == ("no", "adamw")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a T4, a V100
+    assert default_mixed_precision(cuda) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # an A100, an H100
+    assert default_mixed_precision(cuda) == "bf16"
+    installed = importlib.util.find_spec("bitsandbytes") is not None
+    assert default_optimizer(cuda) == ("adamw-8bit" if installed else "adamw")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed here")
+def test_8_bit_adam_without_bitsandbytes_says_how_to_install_it_before_loading(home, mia, monkeypatch):
+    monkeypatch.setattr("storybook.training.loop.load_pipeline", lambda *args, **kwargs: pytest.fail("loaded"))
+    with pytest.raises(TrainingError, match=r"pip install 'storybook\[gpu\]'"):
+        train_identity(home, "Mia", "lora", overrides={**FAST, "optimizer": "adamw-8bit"}, show_progress=False)
 
 
 def test_settings_are_checked_before_loading_against_the_defaults_of_the_model_trained(home, mia, monkeypatch):

@@ -17,17 +17,19 @@ METHODS: dict[Method, MethodPart] = {
 }
 
 
-def default_config(method: Method, unet_parameters: int) -> TrainingConfig:
-    """The default settings of `method` for a UNet of `unet_parameters` (see `model_scale`)."""
-    return TrainingConfig(method=method, **METHODS[method].defaults[model_scale(unet_parameters)])
+def default_config(method: Method, unet_parameters: int, family: str = "sd") -> TrainingConfig:
+    """The default settings of `method` for a UNet of `unet_parameters` in model `family` (see `model_scale`)."""
+    return TrainingConfig(method=method, **METHODS[method].defaults[model_scale(unet_parameters, family)])
 
 
-def resolve_config(method: Method, unet_parameters: int, overrides: dict | None = None) -> TrainingConfig:
+def resolve_config(
+    method: Method, unet_parameters: int, overrides: dict | None = None, family: str = "sd"
+) -> TrainingConfig:
     """`default_config` with `overrides` (e.g. {"steps": 200}) applied and checked.
 
     Raises TrainingError naming the bad setting (e.g. steps=0).
     """
-    return checked_config(default_config(method, unet_parameters).model_dump() | (overrides or {}))
+    return checked_config(default_config(method, unet_parameters, family).model_dump() | (overrides or {}))
 
 
 def load_identity(

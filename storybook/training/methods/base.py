@@ -53,6 +53,7 @@ class MethodPart:
     # they are loaded in; None where the renderer need not switch it (a LoRA is switched with the others at once).
     set_strength: Callable[[DiffusionPipeline, str, float], None] | None = None
     lora_adapter: bool = False  # loads a LoRA adapter named after the character, which the renderer switches per page
+    families: frozenset[str] = frozenset({"sd"})  # the model families it trains on ('sd', 'sdxl')
 
 
 def freeze(module: torch.nn.Module, dtype: torch.dtype | None = None) -> None:

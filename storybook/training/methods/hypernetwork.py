@@ -196,8 +196,9 @@ def detach(unet: nn.Module, name: str) -> None:
 
 
 def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, dtype: torch.dtype) -> Trainable:
-    """Freeze the pipeline (in `dtype`) and hook a new hypernetwork of the webui's default shape into its UNet."""
-    for module in (pipeline.vae, pipeline.unet, pipeline.text_encoder):
+    """Freeze the UNet and text encoder (in `dtype`) and hook a new hypernetwork of the webui's default shape into the
+    UNet."""
+    for module in (pipeline.unet, pipeline.text_encoder):
         freeze(module, dtype)
     network = new_hypernetwork(context_widths(pipeline.unet)).to(pipeline.unet.device)
     attach(pipeline.unet, character.slug, network)

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from storybook.registry import Character
 from storybook.training.config import TrainingConfig
+from storybook.training.families import pipeline_family, text_encoders
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
 
@@ -26,12 +27,21 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 UNET_CONV_TARGETS = ["conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
-# Published practice: diffusers' train_dreambooth_lora.py README (lr 1e-4, ~500-1000 steps). The tiny model learns in
-# a minute on a CPU: higher rates, bigger batches, a few cheap class images. storybook-mini, measured with the
+# Published practice: diffusers' train_dreambooth_lora.py README (lr 1e-4, ~500-1000 steps); for SDXL its
+# train_dreambooth_lora_sdxl.py README (lr 1e-4, 500 steps, batch 1 with 4 accumulated, rank 4). The tiny model
+# learns in a minute on a CPU: higher rates, bigger batches, a few cheap class images. storybook-mini, measured with the
 # consistency lab (README, "Consistency lab"): the tiny model's rate spoils its pictures, and a LoRA on attention alone
 # (a tenth of this UNet's weights) learns nothing of the photos, so it also adapts the convolutions.
 DEFAULTS = {
     "real": {"steps": 800, "learning_rate": 1e-4, "rank": 8, "num_class_images": 100, "checkpoint_every": 100},
+    "xl": {
+        "steps": 500,
+        "learning_rate": 1e-4,
+        "rank": 4,
+        "grad_accum": 4,
+        "num_class_images": 100,
+        "checkpoint_every": 100,
+    },
     "tiny": {
         "steps": 60,
         "learning_rate": 5e-3,
@@ -56,61 +66,62 @@ DEFAULTS = {
 
 def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, dtype: torch.dtype) -> Trainable:
     """Freeze the base weights (in `dtype`) and add the adapters that train: rank `config.rank`, alpha = rank, as in
-    diffusers' train_dreambooth_lora.py."""
-    freeze(pipeline.vae, dtype)
+    diffusers' train_dreambooth_lora.py (and _sdxl.py, which adapts both of SDXL's text encoders)."""
     freeze(pipeline.unet, dtype)
-    freeze(pipeline.text_encoder, None if config.train_text_encoder else dtype)
     targets = UNET_TARGETS + (UNET_CONV_TARGETS if config.lora_convolutions else [])
     adapter = LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=targets)
     pipeline.unet.add_adapter(adapter)
-    if config.train_text_encoder:
-        pipeline.text_encoder.add_adapter(
-            LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
-        )
+    for text_encoder in text_encoders(pipeline).values():
+        freeze(text_encoder, None if config.train_text_encoder else dtype)
+        if config.train_text_encoder:
+            text_encoder.add_adapter(
+                LoraConfig(
+                    r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=TEXT_TARGETS
+                )
+            )
     return Trainable(text_changes=config.train_text_encoder)
 
 
 def save(
     folder: Path, pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, request: SaveRequest
 ) -> list[str]:
-    """Write the LoRA weights of the UNet (and the text encoder when it was trained) to `folder`, in diffusers' format
-    and, when asked, kohya's; return the file names."""
+    """Write the LoRA weights of the UNet (and the text encoders when they were trained) to `folder`, in diffusers'
+    format (by the pipeline class's own `save_lora_weights`) and, when asked, kohya's; return the file names."""
     # peft's own key names (`lora_A` / `lora_B`) for every layer: converting them to diffusers' older names renames
     # the attention layers only, and a file that mixes both loses its attention layers when diffusers loads it.
-    unet, text_encoder = pipeline.unet, pipeline.text_encoder if config.train_text_encoder else None
-    unet_layers = get_peft_model_state_dict(unet)
-    text_layers = None
-    if text_encoder is not None:
-        # transformers 5 dropped CLIP's `text_model.` level; write it back so that A1111, ComfyUI and kohya (and
-        # diffusers, which strips it again when loading) all find the layers.
-        text_state = get_peft_model_state_dict(text_encoder)
-        text_layers = {
-            key if key.startswith("text_model.") else f"text_model.{key}": v for key, v in text_state.items()
+    trained = {"unet": pipeline.unet} | (text_encoders(pipeline) if config.train_text_encoder else {})
+    layers = {name: get_peft_model_state_dict(module) for name, module in trained.items()}
+    for name in layers.keys() - {"unet"}:
+        # transformers 5 dropped CLIPTextModel's `text_model.` level; write it back so that A1111, ComfyUI and kohya
+        # (and diffusers, which strips it again when loading) all find the layers.
+        layers[name] = {
+            key if key.startswith("text_model.") else f"text_model.{key}": v for key, v in layers[name].items()
         }
-    StableDiffusionPipeline.save_lora_weights(
+    type(pipeline).save_lora_weights(
         folder,
-        unet_lora_layers=unet_layers,
-        text_encoder_lora_layers=text_layers,
         weight_name=LORA_FILE,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict() if text_encoder else None,
+        **{f"{name}_lora_layers": state for name, state in layers.items()},
+        **{
+            f"{name}_lora_adapter_metadata": module.peft_config["default"].to_dict() for name, module in trained.items()
+        },
     )
     if not request.export_kohya:
         return [LORA_FILE]
-    save_file(kohya_state_dict(unet_layers, text_layers), folder / KOHYA_FILE)
+    save_file(kohya_state_dict(layers, pipeline_family(pipeline).kohya_renames), folder / KOHYA_FILE)
     return [LORA_FILE, KOHYA_FILE]
 
 
-def kohya_state_dict(
-    unet_layers: dict[str, torch.Tensor], text_layers: dict[str, torch.Tensor] | None
-) -> dict[str, torch.Tensor]:
-    """peft-format LoRA layers of the UNet and text encoder under kohya's names (`lora_unet_…`, `lora_te_…`,
-    `lora_down`/`lora_up` with an `alpha` each), as A1111 and ComfyUI read them."""
-    peft_state = {f"unet.{key}": value for key, value in unet_layers.items()}
-    peft_state |= {f"text_encoder.{key}": value for key, value in (text_layers or {}).items()}
-    kohya_state = convert_state_dict_to_kohya(peft_state)
-    # diffusers names the text encoder `lora_te1_` (SDXL's first encoder); SD 1.x/2.x LoRAs use `lora_te_`.
-    return {key.replace("lora_te1_", "lora_te_", 1): value.contiguous() for key, value in kohya_state.items()}
+def kohya_state_dict(layers: dict[str, dict[str, torch.Tensor]], renames: dict[str, str]) -> dict[str, torch.Tensor]:
+    """peft-format LoRA layers by module ('unet', 'text_encoder', 'text_encoder_2') under kohya's names
+    (`lora_unet_…`; `lora_te1_…`, `lora_te2_…` for SDXL's encoders, renamed by `renames` for the family, e.g. SD's
+    `lora_te_…`; `lora_down`/`lora_up` with an `alpha` each), as A1111 and ComfyUI read them."""
+    peft_state = {f"{module}.{key}": value for module, state in layers.items() for key, value in state.items()}
+    kohya_state = {}
+    for key, value in convert_state_dict_to_kohya(peft_state).items():
+        for old, new in renames.items():
+            key = key.replace(old, new, 1) if key.startswith(old) else key
+        kohya_state[key] = value.contiguous()
+    return kohya_state
 
 
 def lost_attention_layers(lora_file: Path) -> bool:
@@ -138,4 +149,4 @@ def unload(pipeline: DiffusionPipeline, metadata: IdentityMetadata, adapter_name
     pipeline.delete_adapters(adapter_name)
 
 
-PART = MethodPart("lora", DEFAULTS, prepare, save, load, unload, lora_adapter=True)
+PART = MethodPart("lora", DEFAULTS, prepare, save, load, unload, lora_adapter=True, families=frozenset({"sd", "sdxl"}))

@@ -56,12 +56,11 @@ def vector_tokens(token: str, count: int) -> list[str]:
 
 
 def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, dtype: torch.dtype) -> Trainable:
-    """Train the identifier's new embeddings alone: the VAE and UNet frozen in `dtype`, the text encoder frozen in
-    fp32 (as in diffusers' script) but for those rows.
+    """Train the identifier's new embeddings alone: the UNet frozen in `dtype`, the text encoder frozen in fp32 (as
+    in diffusers' script) but for those rows.
 
     Raises TrainingError when the identifier is already a whole entry of this tokenizer's vocabulary.
     """
-    freeze(pipeline.vae, dtype)
     freeze(pipeline.unet, dtype)
     freeze(pipeline.text_encoder)
     _, restore_other_rows = train_identifier_embeddings(pipeline, character, config)

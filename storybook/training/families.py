@@ -1,0 +1,93 @@
+"""Model families as parts of the trainer: how a caption becomes what the UNet is conditioned on, which text encoders
+the pipeline has (a LoRA on the text adapts each), and the kohya names of their layers.
+
+SD 1.x/2.x condition the UNet on one text encoder's hidden states. SDXL concatenates two encoders' hidden states and
+also gives the UNet the second encoder's pooled embedding and six "time ids" (original size, crop corner, target size),
+as diffusers' train_dreambooth_lora_sdxl.py does.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DiffusionPipeline
+
+from storybook.models import SDXL_PIPELINES
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the UNet is conditioned on for a batch: (B, 77, D) text embeddings and, for SDXL, `added` inputs
+    (`text_embeds` (B, P), the pooled text embedding, and `time_ids` (B, 6)). Indexed and concatenated like a tensor
+    along the batch."""
+
+    embeddings: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def __getitem__(self, index) -> "Conditioning":
+        return Conditioning(self.embeddings[index], {key: value[index] for key, value in self.added.items()})
+
+    def expand(self, batch_size: int) -> "Conditioning":
+        """This one-row conditioning repeated `batch_size` times."""
+        return self[torch.zeros(batch_size, dtype=torch.long)]
+
+    def unet_inputs(self) -> dict:
+        """The keyword arguments of the UNet's forward pass."""
+        return {"encoder_hidden_states": self.embeddings, "added_cond_kwargs": self.added or None}
+
+
+def concatenated(parts: list[Conditioning]) -> Conditioning:
+    """`parts` one after the other along the batch."""
+    return Conditioning(
+        torch.cat([part.embeddings for part in parts]),
+        {key: torch.cat([part.added[key] for part in parts]) for key in parts[0].added},
+    )
+
+
+def encode_sd(pipeline: DiffusionPipeline, prompts: list[str], resolution: int) -> Conditioning:
+    """SD 1.x/2.x: the text encoder's hidden states of each prompt; (len(prompts), 77, D)."""
+    embeddings, _ = pipeline.encode_prompt(prompts, pipeline.unet.device, 1, False)
+    return Conditioning(embeddings)
+
+
+def encode_sdxl(pipeline: DiffusionPipeline, prompts: list[str], resolution: int) -> Conditioning:
+    """SDXL: both text encoders' hidden states, the pooled embedding, and time ids saying that each picture is a whole
+    (uncropped) `resolution`-pixel square, which is what the prepared photos and class images are."""
+    embeddings, _, pooled, _ = pipeline.encode_prompt(
+        prompts, device=pipeline.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=embeddings.dtype)
+    return Conditioning(
+        embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(embeddings.device).repeat(len(prompts), 1)}
+    )
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family, as the trainer sees it."""
+
+    name: str  # 'sd' or 'sdxl', as `models.model_family` reads it from model_index.json
+    text_encoders: tuple[str, ...]  # the pipeline's text encoder attributes, in order
+    encode: Callable[[DiffusionPipeline, list[str], int], Conditioning]  # captions -> conditioning at a resolution
+    # kohya's text-encoder prefixes where they differ from diffusers' converter (which writes SDXL's `lora_te1_`/
+    # `lora_te2_`): SD 1.x/2.x LoRAs name their one encoder `lora_te_`.
+    kohya_renames: dict[str, str] = field(default_factory=dict)
+
+
+FAMILIES = {
+    "sd": Family("sd", ("text_encoder",), encode_sd, {"lora_te1_": "lora_te_"}),
+    "sdxl": Family("sdxl", ("text_encoder", "text_encoder_2"), encode_sdxl),
+}
+
+
+def pipeline_family(pipeline: DiffusionPipeline) -> Family:
+    """The family of a loaded pipeline."""
+    return FAMILIES["sdxl" if type(pipeline).__name__ in SDXL_PIPELINES else "sd"]
+
+
+def text_encoders(pipeline: DiffusionPipeline) -> dict[str, torch.nn.Module]:
+    """The pipeline's text encoders by attribute name ('text_encoder', and 'text_encoder_2' for SDXL)."""
+    return {name: getattr(pipeline, name) for name in pipeline_family(pipeline).text_encoders}
