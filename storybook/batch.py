@@ -19,7 +19,7 @@ from storybook.book import BOOK_FILE, RenderSettings, books_root, load_book, sav
 from storybook.config import configured_model
 from storybook.errors import BookError, StorybookError
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
-from storybook.render_book import render_book, with_settings
+from storybook.render_book import render_book, with_settings, withheld_message
 from storybook.renderer import Renderer
 from storybook.storage import atomic_write_text, slugify
 from storybook.story.stage import StoryRequest, Writer, compose_story, default_writer
@@ -134,6 +134,8 @@ def make_one(
     say(f"{spec_path.name}: {report.drawn} pictures drawn, {report.reused} reused")
     for warning in report.warnings:
         say(f"{spec_path.name}: warning: {warning}")
+    if report.withheld:
+        raise BookError(withheld_message(report.withheld))
     pages = export_book(folder, spec.output, spec.profile, spec.trim, spec.layout, home=home)
     say(f"{spec_path.name}: {pages} pages written to {spec.output}")
     return spec.output, pages, renderer

@@ -705,8 +705,9 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def render_and_report(folder: Path, **options) -> None:
-    """Render the book in `folder` with a progress bar, then say what was drawn and warn about long prompts."""
-    from storybook.render_book import render_book
+    """Render the book in `folder` with a progress bar, then say what was drawn and warn about long prompts; pictures
+    the safety checker withheld end it with an error."""
+    from storybook.render_book import render_book, withheld_message
 
     try:
         with progress_bar("rendering") as progress:
@@ -717,6 +718,8 @@ def render_and_report(folder: Path, **options) -> None:
     console.print(f"{report.drawn} pictures drawn, {report.reused} already drawn: {folder / BOOK_FILE}")
     for warning in report.warnings:
         say_warning(warning)
+    if report.withheld:
+        raise BookError(withheld_message(report.withheld))
 
 
 @app.command()

@@ -107,7 +107,7 @@ def update_config(home: Path, changes: dict) -> DataRootConfig:
     atomically; return the result. Raises ModelError for a bad value (nothing is written) and for a base model or
     safety checker whose weights are not on this machine."""
     from storybook.models import check_model_on_disk
-    from storybook.safety import SAFETY_OFF, check_checker_on_disk
+    from storybook.safety import SAFETY_OFF, named_checker_folders
 
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(home / f".{CONFIG_FILE}.lock"):  # the CLI and the app saving at once: neither loses the other's
@@ -118,7 +118,7 @@ def update_config(home: Path, changes: dict) -> DataRootConfig:
         if changes.get("model"):
             check_model_on_disk(config.model, home)
         if changes.get("safety_checker") not in (None, SAFETY_OFF):
-            check_checker_on_disk(config.safety_checker)
+            named_checker_folders(config.safety_checker)
         atomic_write_text(config_path(home), config.model_dump_json(indent=2, exclude_none=True) + "\n")
     return config
 

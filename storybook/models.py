@@ -89,9 +89,9 @@ def load_tokenizer(model: str, home: Path) -> PreTrainedTokenizerBase:
         ) from error
 
 
-def unet_parameter_count(model_path: str) -> int | None:
+def unet_parameter_count(model_path: str) -> int:
     """The UNet's parameter count from its config alone (built on the meta device: no weights read, nothing
-    downloaded); None when its config is not on this machine."""
+    downloaded). Raises ModelError when its config is not on this machine."""
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
@@ -100,7 +100,7 @@ def unet_parameter_count(model_path: str) -> int | None:
             warnings.simplefilter("ignore")
             config = UNet2DConditionModel.load_config(model_path, subfolder="unet", local_files_only=True)
     except (OSError, ValueError):
-        return None
+        raise ModelError(f"{model_path} has no unet/config.json here: is the download complete?") from None
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
     return sum(parameter.numel() for parameter in unet.parameters())

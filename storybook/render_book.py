@@ -111,15 +111,14 @@ def picture_key(job: ImageJob, renderer: Renderer, steps: int, identities: dict[
         "size": renderer.size(settings),
         "scheduler": settings.scheduler,
     }
-    if (
-        renderer.safety is not None
-    ):  # another checker may let another picture through (keys without one stay as they were)
-        content["safety_checker"] = renderer.safety_name
+    if renderer.safety is not None:  # another checker may pass another picture; keys without one stay as they were
+        content["safety_checker"] = renderer.safety.fingerprint
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def open_renderer(home: Path, book: Book, renderer: Renderer | None = None, **load_options) -> Renderer:
-    """`renderer` when it can draw `book` (same model, same DreamBooth identity), else a newly loaded one.
+    """`renderer` when it can draw `book` (same model, same DreamBooth identity, same safety setting), else a newly
+    loaded one.
 
     `load_options` (device, dtype) go to Renderer. Raises ModelError for untrained characters.
     """
@@ -236,7 +235,7 @@ def render_book(
     safety_notes, withheld = [], []
     for batch in batches:
         pictures = renderer.draw([t.job for t in batch], book.render, steps)
-        flags = renderer.safety(pictures) if renderer.safety else [False] * len(pictures)
+        flags = renderer.safety.flagged(pictures) if renderer.safety else [False] * len(pictures)
         for target, picture, flagged in zip(batch, pictures, flags, strict=True):
             if flagged:
                 picture, note = screened(renderer, target, book.render, steps)
@@ -254,7 +253,7 @@ def render_book(
         "ignored" + (": shorten the scene, the characters' descriptions or the style." if what == "prompt" else ".")
         for (what, over), labels in too_long.items()
     ]
-    if renderer.safety is None and renderer.safety_name != SAFETY_OFF and book.render.model not in OWN_MODELS:
+    if renderer.safety is None and renderer.safety_setting != SAFETY_OFF and book.render.model not in OWN_MODELS:
         warnings.append(
             f"No safety checker screened these pictures: {book.render.model} ships none. For a children's book name "
             "one with `storybook config --safety-checker` (e.g. CompVis/stable-diffusion-safety-checker), or say "
@@ -262,6 +261,14 @@ def render_book(
         )
     report = RenderReport(len(missing) - len(withheld), len(targets) - len(missing), warnings + safety_notes, withheld)
     return report, renderer
+
+
+def withheld_message(labels: list[str]) -> str:
+    """What to say when the safety checker withheld the pictures of `labels`."""
+    return (
+        f"The safety checker withheld the pictures of {', '.join(labels)} at every seed tried, so the book cannot be "
+        "exported yet: change those pages' scenes (`storybook story edit BOOK PAGE --scene ...`) and render again."
+    )
 
 
 def screened(
@@ -272,7 +279,7 @@ def screened(
     seeds = [target.job.seed + offset for offset in range(1, SAFETY_REDRAWS + 1)]
     for seed in seeds:
         redrawn = renderer.draw([replace(target.job, seed=seed)], settings, steps)[0]
-        if not renderer.safety([redrawn])[0]:
+        if not renderer.safety.flagged([redrawn])[0]:
             return redrawn, (
                 f"{target.label}: the safety checker flagged the picture of seed {target.job.seed}; it was drawn again "
                 f"with seed {seed}, which passed."

@@ -103,11 +103,9 @@ class Renderer:
         self.image_prompts: dict[str, tuple[dict[str, torch.Tensor], float]] = {}  # slug -> (embeds, scale)
         self.no_image: dict[str, torch.Tensor] = {}  # a zero embedding of the loaded adapter's shape
         self.separate_regions = True  # several image prompts on a page: each in its own region (the lab turns it off)
-        # The safety checker every picture of a book passes (None: the model ships none and the config names none)
-        # and what it is (part of picture keys: another checker may let other pictures through).
-        self.safety, self.safety_name = load_safety_checker(
-            load_config(home).safety_checker, self.model_path, self.device, self.dtype
-        )
+        # The safety checker every picture of a book passes (None: off, or the model ships none and none is named).
+        self.safety_setting = load_config(home).safety_checker
+        self.safety = load_safety_checker(self.safety_setting, self.model_path, home, self.device, self.dtype)
         self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
         if dreambooth:
             load_identity(self.pipeline, identity_folder(home, dreambooth), dreambooth, self.base_fingerprint)
@@ -140,9 +138,10 @@ class Renderer:
 
     def fits(self, model: str, dreambooth: str | None) -> bool:
         """Whether this renderer can draw a book on `model` with DreamBooth identity `dreambooth` (as trained now)
-        without reloading."""
+        under the data root's safety checker setting (as it is now) without reloading."""
         current = identity_hash(self.home, dreambooth) if dreambooth else None
-        return (self.model, self.dreambooth, self.dreambooth_hash) == (model, dreambooth, current)
+        settings = (self.model, self.dreambooth, self.dreambooth_hash, self.safety_setting)
+        return settings == (model, dreambooth, current, load_config(self.home).safety_checker)
 
     def load_identities(self, slugs: list[str]) -> None:
         """Load the identity of each character in `slugs`: trained weights the way their method loads (a LoRA as an

@@ -32,7 +32,8 @@ def test_the_unets_size_is_read_without_its_weights(home):
     for model in ("tiny", "storybook-mini"):
         pipeline, model_path = load_pipeline(model, home)
         assert unet_parameter_count(model_path) == sum(p.numel() for p in pipeline.unet.parameters())
-    assert unet_parameter_count("someone/not-downloaded") is None  # loading says what is missing
+    with pytest.raises(ModelError, match="no unet/config.json"):
+        unet_parameter_count("someone/not-downloaded")
 
 
 def test_generation_is_deterministic_for_a_seed(home):

@@ -1,6 +1,7 @@
 """Safety for children's pages: a flagged picture is drawn again with the next seed and reported, never placed
 silently; the checker is the model's own or the one the config names, loaded in diffusers' format."""
 
+import json
 import shutil
 
 import numpy as np
@@ -16,7 +17,7 @@ from storybook.errors import BookError, ModelError
 from storybook.printing.book_pdf import export_book
 from storybook.render_book import SAFETY_REDRAWS, render_book
 from storybook.renderer import ImageJob, Renderer
-from storybook.safety import load_safety_checker
+from storybook.safety import SafetyChecker, load_safety_checker
 from tests.test_render_book import new_book, pixels
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,7 @@ def test_a_flagged_picture_is_drawn_again_with_the_next_seed_and_reported(studio
     unchecked = {page.seed: pixels(folder, page.image) for page in [book.cover, *book.pages]}
     chosen = book.pages[1]
 
-    renderer.safety, renderer.safety_name = flagging([unchecked[chosen.seed]]), "stub"
+    renderer.safety = SafetyChecker(flagging([unchecked[chosen.seed]]), "a stub", "stub")
     report, _ = render_book(studio, folder, renderer=renderer)
     assert report.drawn == 9 and report.withheld == []  # every key names the checker now: all drawn again
     assert (
@@ -83,7 +84,7 @@ def test_a_picture_flagged_at_every_seed_is_never_placed_and_the_book_cannot_be_
         drawn.extend(pictures)
         return [True] * len(pictures)
 
-    renderer.safety, renderer.safety_name = flags_everything, "stub"
+    renderer.safety = SafetyChecker(flags_everything, "a stub", "stub")
     report, _ = render_book(studio, folder, renderer=renderer, only=[3])
     assert report.drawn == 0 and report.withheld == ["page 3"]
     assert len(drawn) == 1 + SAFETY_REDRAWS  # the picture and the next seeds, each shown to the checker
@@ -102,21 +103,32 @@ def test_the_configured_checker_loads_in_diffusers_format_and_a_missing_one_is_r
         folder = write_checker(tmp_path / f"checker-{flags_everything}", flags_everything)
         update_config(home, {"safety_checker": str(folder)})
         renderer = Renderer(home, "tiny")
-        assert renderer.safety_name == str(folder)
+        assert renderer.safety.source == str(folder) and renderer.fits("tiny", None)
         picture = Image.new("RGB", (32, 32), (200, 40, 40))
-        assert renderer.safety([picture, picture]) == [flags_everything] * 2
+        assert renderer.safety.flagged([picture, picture]) == [flags_everything] * 2
     with pytest.raises(ModelError, match="not on this machine"):
         update_config(home, {"safety_checker": str(tmp_path / "nothing-here")})
     assert load_config(home).safety_checker == str(folder)  # nothing changed
     update_config(home, {"safety_checker": "off"})
+    assert not renderer.fits("tiny", None)  # a loaded renderer (the app's) is replaced: the setting changed
     assert Renderer(home, "tiny").safety is None
 
 
-def test_a_model_that_ships_a_checker_uses_its_own_by_default(tmp_path, tiny_models_dir):
+def test_a_model_that_ships_a_checker_uses_its_own_and_one_left_out_of_the_download_is_named(
+    home, tmp_path, tiny_models_dir
+):
     model = shutil.copytree(tiny_models_dir / "tiny", tmp_path / "with-checker")
+    index = json.loads((model / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    (model / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError, match=r"ships a safety checker that is not on this machine: .*--include"):
+        load_safety_checker(None, str(model), home, torch.device("cpu"), torch.float32)
+
     write_checker(model / "safety_checker", flags_everything=True)
     (model / "feature_extractor").mkdir()
     shutil.move(model / "safety_checker" / "preprocessor_config.json", model / "feature_extractor")
-    check, name = load_safety_checker(None, str(model), torch.device("cpu"), torch.float32)
-    assert name == str(model) and check([Image.new("RGB", (32, 32))]) == [True]
-    assert load_safety_checker(None, str(tiny_models_dir / "tiny"), torch.device("cpu"), torch.float32) == (None, "")
+    checker = load_safety_checker(None, str(model), home, torch.device("cpu"), torch.float32)
+    assert checker.source == str(model) and checker.flagged([Image.new("RGB", (32, 32))]) == [True]
+    update_config(home, {"safety_checker": str(model / "safety_checker")})  # a pipeline's folder names one too
+    assert Renderer(home, "tiny").safety.fingerprint == checker.fingerprint
+    assert load_safety_checker(None, str(tiny_models_dir / "tiny"), home, torch.device("cpu"), torch.float32) is None

@@ -35,6 +35,7 @@ from storybook.models import (
     check_model_on_disk,
     load_pipeline,
     load_tokenizer,
+    model_family,
     model_fingerprint,
     unet_parameter_count,
 )
@@ -122,8 +123,8 @@ def prepare_class_images(home: Path, model: str, training: dict, trainer_methods
     """Generate the prior-preservation class images once, as many as the `trainer_methods` ('lora', 'dreambooth')
     use at most, so that training times compare the training itself."""
     model_path = check_model_on_disk(model, home)
-    unet_parameters = unet_parameter_count(model_path)
-    configs = [resolve_config(method, unet_parameters, training) for method in sorted(trainer_methods)]
+    unet_parameters, family = unet_parameter_count(model_path), model_family(model_path)
+    configs = [resolve_config(method, unet_parameters, training, family) for method in sorted(trainer_methods)]
     config = max(configs, key=lambda c: c.num_class_images)
     folder = class_image_dir(home, model_fingerprint(model_path, home), "toddler")
     ensure_class_images(

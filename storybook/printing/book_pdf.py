@@ -211,7 +211,8 @@ def export_book(
         raise BookError(f"{folder.name} has no pages to print: add some with `storybook story add-page`.")
     if missing := unrendered(folder, book):
         raise BookError(
-            f"{', '.join(missing)} of {folder.name} have no picture yet: run `storybook render {folder}` first."
+            f"{', '.join(missing)} of {folder.name} have no picture yet: run `storybook render {folder}` first (a "
+            "page whose pictures the safety checker withheld needs another scene first, as the render said)."
         )
     if home is not None and (outdated := drawn_with_old_identities(home, book)):
         raise BookError(

@@ -11,6 +11,7 @@ geometry (another layout's pages aside) reuses them.
 import hashlib
 import io
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -34,6 +35,7 @@ X4_OVERLAP = 16  # input pixels neighbouring tiles share, blended
 X4_BATCH = 4  # tiles per upscaler call
 Upscaler = Literal["auto", "x4", "lanczos"]
 LOADED_UPSCALERS: dict[tuple[str, str], "StableDiffusionUpscalePipeline"] = {}  # (model, device) -> pipeline
+UPSCALING = threading.Lock()  # one upscaler call at a time: the app's sessions share the pipeline and its scheduler
 
 
 def load_x4_upscaler(model: str, device: str | None = None) -> "StableDiffusionUpscalePipeline | None":
@@ -95,7 +97,8 @@ def upscale_tiled(
     for start in range(0, len(boxes), batch):
         chunk = boxes[start : start + batch]
         for (x, y, right, bottom), enlarged in zip(chunk, upscale([picture.crop(box) for box in chunk]), strict=True):
-            pixels = np.asarray(enlarged.convert("RGB"), np.float32)  # ((bottom - y) * scale, (right - x) * scale, 3)
+            size = ((right - x) * scale, (bottom - y) * scale)  # an upscaler may round an odd size down: back to it
+            pixels = np.asarray(enlarged.convert("RGB").resize(size, Image.Resampling.LANCZOS), np.float32)
             rows = blend_ramp(pixels.shape[0], overlap * scale, y == ys[0], bottom == height)
             columns = blend_ramp(pixels.shape[1], overlap * scale, x == xs[0], right == width)
             weight = rows[:, None, None] * columns[None, :, None]
@@ -108,9 +111,15 @@ class PrintPictures:
     """Makes the print files of a book's pictures, with the upscaler chosen once per export."""
 
     def __init__(
-        self, folder: Path, upscaler: Upscaler = "auto", upscaler_model: str = X4_UPSCALER, device: str | None = None
+        self,
+        folder: Path,
+        upscaler: Upscaler = "auto",
+        upscaler_model: str = X4_UPSCALER,
+        device: str | None = None,
+        tiles: tuple[int, int] = (X4_TILE, X4_OVERLAP),
     ):
-        """Choose the method: 'x4' needs the upscaler's weights (ModelError otherwise); 'auto' uses them on a GPU."""
+        """Choose the method: 'x4' needs the upscaler's weights (ModelError otherwise); 'auto' uses them on a GPU.
+        `tiles`: the upscaler's tile and overlap, in input pixels."""
         from storybook.models import pick_device  # torch: only once a book is exported
 
         book_file(folder, PRINT_DIR)  # print files are written there: a symlink out of the book is refused
@@ -125,9 +134,9 @@ class PrintPictures:
                     "--upscaler`, or use --upscaler lanczos."
                 )
         model_tag = hashlib.sha256(upscaler_model.encode()).hexdigest()[:8]
-        self.tiles = (X4_TILE, X4_OVERLAP)  # the upscaler's tile and overlap, in input pixels
+        self.tiles = tiles
         # Names the print files: another model (or the earlier untiled upscaling) made other files.
-        self.method = f"x4-{model_tag}-tiled" if self.x4 else "lanczos"
+        self.method = f"x4-{model_tag}-tiled{tiles[0]}-{tiles[1]}" if self.x4 else "lanczos"
 
     def prepare(self, image: str, prompt: str, width_in: float, height_in: float) -> Path:
         """The print file of `image` (relative to the book) for a `width_in` x `height_in` inch place: cropped to that
@@ -149,9 +158,10 @@ class PrintPictures:
         """`tiles` enlarged by the x4 upscaler under `prompt`, each with a fresh generator of seed 0."""
         import torch
 
-        return self.x4(
-            prompt=[prompt] * len(tiles),
-            image=tiles,
-            num_inference_steps=X4_STEPS,
-            generator=[torch.Generator("cpu").manual_seed(0) for _ in tiles],
-        ).images
+        with UPSCALING:
+            return self.x4(
+                prompt=[prompt] * len(tiles),
+                image=tiles,
+                num_inference_steps=X4_STEPS,
+                generator=[torch.Generator("cpu").manual_seed(0) for _ in tiles],
+            ).images

@@ -1,5 +1,6 @@
 """Prior-preservation class images: generated once by the base model, cached per (model, class noun), reused."""
 
+import gc
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ def ensure_class_images(
     if not missing:
         return paths
     pipeline = load_base()
-    with tqdm(total=len(missing), desc="class images", disable=not show_progress or not missing) as progress:
+    with tqdm(total=len(missing), desc="class images", disable=not show_progress) as progress:
         for start in range(0, len(missing), BATCH):
             batch = missing[start : start + BATCH]
             images = pipeline(
@@ -52,4 +53,8 @@ def ensure_class_images(
                 image.save(png, format="PNG")
                 atomic_write_bytes(paths[index], png.getvalue())
             progress.update(len(batch))
+    del pipeline  # its memory goes back before the training pipeline loads
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return paths

@@ -69,7 +69,6 @@ def encode_sdxl(pipeline: DiffusionPipeline, prompts: list[str], resolution: int
 class Family:
     """One model family, as the trainer sees it."""
 
-    name: str  # 'sd' or 'sdxl', as `models.model_family` reads it from model_index.json
     text_encoders: tuple[str, ...]  # the pipeline's text encoder attributes, in order
     encode: Callable[[DiffusionPipeline, list[str], int], Conditioning]  # captions -> conditioning at a resolution
     # kohya's text-encoder prefixes where they differ from diffusers' converter (which writes SDXL's `lora_te1_`/
@@ -77,9 +76,9 @@ class Family:
     kohya_renames: dict[str, str] = field(default_factory=dict)
 
 
-FAMILIES = {
-    "sd": Family("sd", ("text_encoder",), encode_sd, {"lora_te1_": "lora_te_"}),
-    "sdxl": Family("sdxl", ("text_encoder", "text_encoder_2"), encode_sdxl),
+FAMILIES = {  # by the name `models.model_family` reads from model_index.json
+    "sd": Family(("text_encoder",), encode_sd, {"lora_te1_": "lora_te_"}),
+    "sdxl": Family(("text_encoder", "text_encoder_2"), encode_sdxl),
 }
 
 

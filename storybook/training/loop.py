@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from storybook.config import configured_model, load_config
-from storybook.errors import ModelError, TrainingError, TrainingInterrupted
+from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.models import (
     check_model_on_disk,
     load_pipeline,
@@ -46,7 +46,7 @@ from storybook.training.families import Conditioning, concatenated, pipeline_fam
 from storybook.training.identity import RECORD, IdentityMetadata
 from storybook.training.latents import LatentSource, images_tensor
 from storybook.training.methods import METHODS, resolve_config
-from storybook.training.methods.base import SaveRequest, freeze
+from storybook.training.methods.base import SaveRequest, Trainable, freeze
 
 RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # frozen weights, by precision
@@ -94,11 +94,11 @@ def fixed_noise_loss(unet, latents: torch.Tensor, conditioning: Conditioning, sc
 
 def default_mixed_precision(device: torch.device) -> MixedPrecision:
     """The mixed precision a run trains with unless told: bf16 on a CUDA GPU that supports it, else fp16 there
-    (frozen weights in half precision, trained ones and the VAE of SDXL in fp32); none elsewhere (bf16 autocast on
+    (frozen weights in half precision, trained ones and an upcast VAE in fp32); none elsewhere (bf16 autocast on
     this project's CPU trained a storybook-mini LoRA ten times slower, README "GPU memory and speed")."""
     if device.type != "cuda":
         return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if bf16_in_hardware() else "fp16"
 
 
 def default_optimizer(device: torch.device) -> Optimizer:
@@ -113,10 +113,10 @@ def optimizer_class(name: Optimizer) -> type[torch.optim.Optimizer]:
         return torch.optim.AdamW
     try:
         import bitsandbytes
-    except ImportError:
+    except ImportError as error:
         raise TrainingError(
-            "--optimizer adamw-8bit needs bitsandbytes: install it with `pip install 'storybook[gpu]'` on a CUDA "
-            "machine, or train with --optimizer adamw."
+            f"--optimizer adamw-8bit needs bitsandbytes, which cannot be imported here ({error}): install it with "
+            "`pip install 'storybook[gpu]'` on a CUDA machine, or train with --optimizer adamw."
         ) from None
     return bitsandbytes.optim.AdamW8bit
 
@@ -125,7 +125,13 @@ def class_image_dtype(device: torch.device) -> str:
     """The dtype of the pipeline that draws class images: half precision on a GPU, fp32 on the CPU."""
     if device.type == "cpu":
         return "fp32"
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cuda" and bf16_in_hardware() else "fp16"
+
+
+def bf16_in_hardware() -> bool:
+    """Whether the current CUDA GPU computes in bf16 natively (Ampere and later; torch's own check also says yes
+    where bf16 is only emulated, slowly, as on a T4 or V100)."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def make_accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
@@ -313,6 +319,86 @@ def batch_loss(
     )
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A training run as checked before any weights load."""
+
+    model: str  # as the user named it
+    model_path: str  # where it is on this machine
+    device: torch.device
+    fingerprint: str  # of the base model's UNet weights
+    config: TrainingConfig
+    checkpoint: Path | None  # the unfinished run's last checkpoint
+    state: dict | None  # its saved state, when the run resumes
+
+
+def plan_run(
+    home: Path,
+    character: Character,
+    method: Method,
+    model: str | None,
+    device: str | None,
+    overrides: dict | None,
+    resume: bool,
+    restart: bool,
+) -> RunPlan:
+    """Check everything about a run that can be refused, from the model's configs alone: the device, the model's
+    family and size, the settings (the method's defaults for them, mixed precision and optimizer for the device), the
+    checkpoint to resume. Raises TrainingError and ModelError."""
+    device = device or load_config(home).device
+    requested = parse_device(device) if device else None
+    if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):
+        raise TrainingError(
+            f"Training runs on the current GPU; to train on {device}, run with "
+            f"CUDA_VISIBLE_DEVICES={requested.index} and --device cuda."
+        )
+    model = model or configured_model(home)
+    model_path = check_model_on_disk(model, home)
+    family = model_family(model_path)
+    if family not in METHODS[method].families:
+        trainable_there = " or ".join(name for name, part in METHODS.items() if family in part.families)
+        raise TrainingError(
+            f"{method} identities train on Stable Diffusion 1.x/2.x only, and {model} is an SDXL model: use "
+            f"--method {trainable_there}."
+        )
+    unet_parameters = unet_parameter_count(model_path)
+    torch_device = pick_device(device)
+    fingerprint = model_fingerprint(model_path, home)
+    checkpoint = latest_checkpoint(character_dir(home, character.slug) / "checkpoints")
+    on_this_device = {
+        "mixed_precision": default_mixed_precision(torch_device),
+        "optimizer": default_optimizer(torch_device),
+    }
+    fresh = resolve_config(method, unet_parameters, on_this_device | (overrides or {}), family)
+    config, state = run_settings(character, method, model, fingerprint, checkpoint, fresh, overrides, resume, restart)
+    if config.mixed_precision != "no" and torch_device.type == "cpu":
+        raise TrainingError(
+            "Mixed precision needs a GPU (bf16 autocast on this project's CPU trained ten times slower, measured); "
+            "on the CPU train with --mixed-precision no."
+        )
+    optimizer_class(config.optimizer)  # bitsandbytes is there when it is asked for
+    return RunPlan(model, model_path, torch_device, fingerprint, config, checkpoint, state)
+
+
+def load_for_training(home: Path, character: Character, plan: RunPlan) -> tuple[DiffusionPipeline, Trainable]:
+    """The base pipeline set up to train: loaded in fp32 on the CPU, frozen weights cast to the run's precision (the
+    VAE kept in fp32 where its config asks, as SD's and SDXL's do: SDXL's overflows in fp16), the method's trainable
+    parts added in fp32, then moved to the run's device, so the GPU never holds the whole model in fp32."""
+    config = plan.config
+    pipeline, _ = load_pipeline(plan.model, home, "cpu", "fp32")
+    frozen_dtype = WEIGHT_DTYPES[config.mixed_precision]
+    freeze(pipeline.vae, torch.float32 if pipeline.vae.config.force_upcast else frozen_dtype)
+    torch.manual_seed(config.seed)  # a LoRA's initial A matrices
+    trainable = METHODS[config.method].prepare(pipeline, character, config, frozen_dtype)
+    if config.gradient_checkpointing:
+        pipeline.unet.enable_gradient_checkpointing()
+    cast_training_params([pipeline.unet, *text_encoders(pipeline).values(), *trainable.modules.values()], torch.float32)
+    pipeline.to(plan.device)
+    for module in trainable.modules.values():
+        module.to(plan.device)
+    return pipeline, trainable
+
+
 def train_identity(
     home: Path,
     name: str,
@@ -326,71 +412,32 @@ def train_identity(
     show_progress: bool = True,
     on_step: Callable[[StepReport], None] | None = None,
     command_method: str | None = None,
+    sample_grids: bool = True,
 ) -> IdentityMetadata:
     """Train the identity of character `name` by `method` on base `model` and save it under its identity/ folder.
 
     `overrides` replaces the method's defaults (`resolve_config`, e.g. {"steps": 200}). Returns the saved metadata.
     `resume` continues the last checkpoint; `restart` discards it. `command_method` is the --method the resume
     command printed after Ctrl-C names (default `method`; 'lora+ip-adapter' trains a 'lora', 'pivotal+ip-adapter' a
-    'pivotal'). Raises TrainingError for impossible settings, resume mismatches or an unfinished run given neither,
-    TrainingInterrupted after Ctrl-C (with a checkpoint saved), and ModelError when the base model cannot be loaded.
+    'pivotal'). `sample_grids` saves a grid of the token in three prompts at each checkpoint and at the end (the
+    benchmarks turn it off). Raises TrainingError for impossible settings, resume mismatches or an unfinished run
+    given neither, TrainingInterrupted after Ctrl-C (with a checkpoint saved), and ModelError when the base model
+    cannot be loaded.
     """
-    device = device or load_config(home).device
-    requested = parse_device(device) if device else None
-    if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):
-        raise TrainingError(
-            f"Training runs on the current GPU; to train on {device}, run with "
-            f"CUDA_VISIBLE_DEVICES={requested.index} and --device cuda."
-        )
-    part = METHODS[method]
-    model = model or configured_model(home)
     character = load_character(home, name)
     started = time.perf_counter()
-    # Everything that can be refused is checked from the model's configs, before any weights load.
-    model_path = check_model_on_disk(model, home)
-    family = model_family(model_path)
-    if family not in part.families:
-        raise TrainingError(
-            f"{method} identities train on Stable Diffusion 1.x/2.x only, and {model} is an SDXL model: use "
-            f"--method {' or '.join(name for name, other in METHODS.items() if family in other.families)}."
-        )
-    unet_parameters = unet_parameter_count(model_path)
-    if unet_parameters is None:
-        raise ModelError(f"{model} has no unet/config.json: is the download complete?")
-    torch_device = pick_device(device)
-    fingerprint = model_fingerprint(model_path, home)
+    plan = plan_run(home, character, method, model, device, overrides, resume, restart)
+    config, state, checkpoint, fingerprint = plan.config, plan.state, plan.checkpoint, plan.fingerprint
+    model, part = plan.model, METHODS[method]
     folder = character_dir(home, character.slug)
     checkpoint_root = folder / "checkpoints"
-    checkpoint = latest_checkpoint(checkpoint_root)
-    on_this_device = {
-        "mixed_precision": default_mixed_precision(torch_device),
-        "optimizer": default_optimizer(torch_device),
-    }
-    fresh = on_this_device | (overrides or {})
-    config, state = run_settings(
-        character,
-        method,
-        model,
-        fingerprint,
-        checkpoint,
-        resolve_config(method, unet_parameters, fresh, family),
-        overrides,
-        resume,
-        restart,
-    )
-    if config.mixed_precision != "no" and torch_device.type == "cpu":
-        raise TrainingError(
-            "Mixed precision needs a GPU (bf16 autocast on a CPU trained ten times slower, measured); on the CPU "
-            "train with --mixed-precision no."
-        )
-    optimizer_type = optimizer_class(config.optimizer)
 
     # Class images come from the untouched base model, drawn before the training pipeline loads (on a GPU by a
     # half-precision pipeline of their own, freed afterwards).
     class_paths = []
     if config.prior_preservation and config.num_class_images > 0:
         class_paths = ensure_class_images(
-            lambda: load_pipeline(model, home, device=device, dtype=class_image_dtype(torch_device))[0],
+            lambda: load_pipeline(model, home, str(plan.device), class_image_dtype(plan.device))[0],
             class_image_dir(home, fingerprint, character.class_noun),
             character.class_noun,
             config.num_class_images,
@@ -398,12 +445,10 @@ def train_identity(
             show_progress,
         )
 
-    pipeline, _ = load_pipeline(model, home, device=device, dtype="fp32")
-    accelerator = make_accelerator(config.mixed_precision, cpu=pipeline.device.type == "cpu")
+    pipeline, trainable = load_for_training(home, character, plan)
+    accelerator = make_accelerator(config.mixed_precision, cpu=plan.device.type == "cpu")
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    # The VAE encodes in the frozen weights' dtype unless its config asks for fp32 (SDXL's overflows in fp16).
-    freeze(pipeline.vae, torch.float32 if pipeline.vae.config.force_upcast else WEIGHT_DTYPES[config.mixed_precision])
     class_latents = None
     if class_paths:
         class_latents = LatentSource(pipeline.vae, images_tensor(class_paths, resolution), config.cache_latents)
@@ -411,21 +456,14 @@ def train_identity(
     batches = Batches(
         pipeline, character, config, resolution, LatentSource(pipeline.vae, photos, config.cache_latents), class_latents
     )
-
-    # The method decides what trains; frozen weights run in the mixed-precision dtype, trained ones stay fp32.
-    torch.manual_seed(config.seed)  # a LoRA's initial A matrices
-    trainable = part.prepare(pipeline, character, config, WEIGHT_DTYPES[config.mixed_precision])
-    if config.gradient_checkpointing:
-        pipeline.unet.enable_gradient_checkpointing()
     trained = {"unet": pipeline.unet, **text_encoders(pipeline), **trainable.modules}  # their requires_grad ones train
-    cast_training_params(list(trained.values()), dtype=torch.float32)
     parameters = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     rates = [trainable.learning_rates.get(p, config.learning_rate) for p in parameters]
     groups = [
         {"params": [p for p, r in zip(parameters, rates, strict=True) if r == rate], "lr": rate}
         for rate in sorted(set(rates))
     ]
-    optimizer = optimizer_type(groups, lr=config.learning_rate, weight_decay=1e-2)  # decay as in diffusers' scripts
+    optimizer = optimizer_class(config.optimizer)(groups, lr=config.learning_rate, weight_decay=1e-2)  # as diffusers
     unet, *_, optimizer = accelerator.prepare(pipeline.unet, *text_encoders(pipeline).values(), optimizer)
     if not trainable.text_changes:
         with torch.no_grad():
@@ -433,9 +471,11 @@ def train_identity(
 
     def photo_loss() -> float:
         """`fixed_noise_loss` of the character's photos under their caption: falls as the identity is learned."""
-        with torch.no_grad(), accelerator.autocast():
+        with torch.no_grad():
+            latents = batches.instance_latents.means()  # the VAE outside autocast: SDXL's overflows in fp16
             conditioning = batches.photo_embeddings(torch.arange(len(character.photos)))
-            return fixed_noise_loss(unet, batches.instance_latents.means(), conditioning, noise_scheduler)
+            with accelerator.autocast():
+                return fixed_noise_loss(unet, latents, conditioning, noise_scheduler)
 
     generator = torch.Generator("cpu").manual_seed(config.seed)
     step, loss_history = 0, []
@@ -490,8 +530,8 @@ def train_identity(
                     if not all(torch.isfinite(p).all() for p in parameters):  # never checkpoint poisoned weights
                         raise diverged(step)
                     checkpoint_now(rng_state)
-                    with accelerator.autocast():
-                        save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png")
+                    if sample_grids:
+                        save_samples(pipeline, character, folder / "samples" / f"step-{step:06d}.png", accelerator)
                 if stop_requested():
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -530,23 +570,28 @@ def train_identity(
                 created_at=datetime.now(timezone.utc),
             )
             (partial / RECORD).write_text(metadata.model_dump_json(indent=2))
-            with accelerator.autocast():
-                save_samples(pipeline, character, folder / "samples" / "final.png")
+            if sample_grids:
+                save_samples(pipeline, character, folder / "samples" / "final.png", accelerator)
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         return metadata
 
 
-def save_samples(pipeline: DiffusionPipeline, character: Character, path: Path, steps: int = 20) -> Path:
-    """Render the validation prompts with the current weights (seeds 0..n-1) and save them side by side at `path`."""
+def save_samples(
+    pipeline: DiffusionPipeline, character: Character, path: Path, accelerator: Accelerator, steps: int = 20
+) -> Path:
+    """Render the validation prompts with the current weights (seeds 0..n-1) and save them side by side at `path`:
+    denoised under the run's mixed precision, decoded outside it in the VAE's own dtype (SDXL's overflows in fp16)."""
     prompts = validation_prompts(character)
     was_training = pipeline.unet.training
     pipeline.unet.eval()
-    images = pipeline(
-        prompts,
-        num_inference_steps=steps,
-        generator=[torch.Generator("cpu").manual_seed(seed) for seed in range(len(prompts))],
-    ).images
+    with accelerator.autocast():
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in range(len(prompts))]
+        latents = pipeline(prompts, num_inference_steps=steps, generator=generators, output_type="latent").images
     pipeline.unet.train(was_training)
+    vae = pipeline.vae
+    with torch.no_grad():
+        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    images = pipeline.image_processor.postprocess(pixels, output_type="pil")
     grid = Image.new("RGB", (sum(image.width for image in images), images[0].height))
     for index, image in enumerate(images):
         grid.paste(image, (index * image.width, 0))

@@ -45,8 +45,7 @@ def test_the_random_weight_x4_upscaler_enlarges_in_tiles_and_is_loaded_once(tmp_
     picture = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     picture.save(book / "images" / "page.png")
     x4_folder = tiny_x4_upscaler(tmp_path / "x4")
-    first = PrintPictures(book, "x4", upscaler_model=str(x4_folder), device="cpu")
-    first.tiles = (16, 4)  # the test picture is 32 px: nine 16-px tiles
+    first = PrintPictures(book, "x4", upscaler_model=str(x4_folder), device="cpu", tiles=(16, 4))  # nine tiles
     sizes = []
     pipeline_call = type(first.x4).__call__
 
@@ -56,6 +55,6 @@ def test_the_random_weight_x4_upscaler_enlarges_in_tiles_and_is_loaded_once(tmp_
 
     monkeypatch.setattr(type(first.x4), "__call__", recording)
     printed = first.prepare("images/page.png", "a beach", 1.0, 1.0)
-    assert Image.open(printed).size == (300, 300) and printed.name.endswith("-tiled.jpg")
+    assert Image.open(printed).size == (300, 300) and printed.name.endswith("-tiled16-4.jpg")
     assert sizes == [(16, 16)] * len(tile_starts(32, 16, 4)) ** 2
     assert PrintPictures(book, "x4", upscaler_model=str(x4_folder), device="cpu").x4 is first.x4  # loaded once

@@ -41,6 +41,7 @@ DEFAULTS = {
         "grad_accum": 4,
         "num_class_images": 100,
         "checkpoint_every": 100,
+        "gradient_checkpointing": True,  # 1024 px with prior preservation: two latents a step on 16-24 GB cards
     },
     "tiny": {
         "steps": 60,

@@ -99,6 +99,9 @@ def train_identifier_embeddings(
 
     def restore_other_rows() -> None:
         """Undo what the optimiser (weight decay included) did to every row but the identifier's."""
+        nonlocal original, kept
+        if original.device != embeddings.device:  # the pipeline was moved to the GPU after it was set up
+            original, kept = original.to(embeddings.device), kept.to(embeddings.device)
         with torch.no_grad():  # the rows were copied in the frozen dtype; the trained matrix may be fp32 since
             embeddings[kept] = original[kept].to(embeddings.dtype)
 
