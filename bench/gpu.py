@@ -28,7 +28,15 @@ from pathlib import Path
 
 from render import prepare_book
 from render import run_one as render_run_one
-from train import MARKER, WARMUP_STEPS, build_sd15_shaped, run_in_subprocess, section_header, write_section
+from train import (
+    MARKER,
+    WARMUP_STEPS,
+    build_sd15_shaped,
+    run_in_subprocess,
+    sd_shaped_vae,
+    section_header,
+    write_section,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmark never reaches a model hub
 
@@ -41,7 +49,7 @@ def build_sdxl_shaped(folder: Path) -> Path:
     """Save a pipeline with SDXL base 1.0's architecture (UNet, VAE, CLIP ViT-L and OpenCLIP ViT-bigG text encoders)
     and random weights, in fp16, to `folder`; return the folder."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from storybook.tiny_model import build_tokenizer
@@ -62,16 +70,7 @@ def build_sdxl_shaped(folder: Path) -> Path:
         projection_class_embeddings_input_dim=2816,
         cross_attention_dim=2048,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=1024,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = sd_shaped_vae(1024, 0.13025)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

@@ -46,10 +46,27 @@ def sd15_unet():
     )
 
 
+def sd_shaped_vae(sample_size: int, scaling_factor: float):
+    """A VAE with Stable Diffusion's architecture (SD 1.5's and SDXL's are the same) and random weights; it asks to
+    be upcast to fp32, as theirs do."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+        force_upcast=True,
+    )
+
+
 def build_sd15_shaped(folder: Path) -> Path:
     """Save a pipeline with SD 1.5's architecture and random weights to `folder`; return the folder."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler
+    from diffusers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from storybook.tiny_model import assemble_pipeline, build_tokenizer
@@ -57,15 +74,7 @@ def build_sd15_shaped(folder: Path) -> Path:
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
     unet = sd15_unet()
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
+    vae = sd_shaped_vae(512, 0.18215)
     text_config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=768,

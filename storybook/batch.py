@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from storybook.book import BOOK_FILE, RenderSettings, books_root, load_book, save_book
+from storybook.book import BOOK_FILE, Book, RenderSettings, books_root, load_book, save_book
 from storybook.config import configured_model
 from storybook.errors import BookError, StorybookError
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
@@ -57,6 +57,7 @@ class MadeBook:
     pages: int = 0
     error: str | None = None
     seconds: float = 0.0
+    drawn: int = 0  # pictures drawn for it (the others were drawn before)
 
 
 def load_spec(path: Path) -> BookSpec:
@@ -109,10 +110,9 @@ def spec_folder(home: Path, spec_path: Path) -> Path:
         number += 1
 
 
-def make_one(
-    home: Path, spec_path: Path, renderer: Renderer | None, say: Callable[[str], None]
-) -> tuple[Path, int, Renderer]:
-    """Write (or reuse), render and export the book of one spec; return the PDF, its page count and the renderer."""
+def prepare_spec_book(home: Path, spec_path: Path, say: Callable[[str], None]) -> tuple[BookSpec, Path, Book]:
+    """Read the spec, write its story (or reuse the one made from it before) and set the book's render settings to
+    the spec's over the data root's model; return the spec, the book's folder and the book."""
     spec = load_spec(spec_path)
     folder = spec_folder(home, spec_path)
     spec_copy = folder / SPEC_COPY
@@ -129,16 +129,34 @@ def make_one(
         atomic_write_text(spec_copy, json.dumps(record, indent=2))  # first: book.json alone means "not a spec's"
     # The spec's settings alone over the data root's model, none left over from an earlier run
     fresh_settings = book.model_copy(update={"render": RenderSettings(model=configured_model(home))})
-    save_book(folder, with_settings(fresh_settings, spec.render))
+    book = with_settings(fresh_settings, spec.render)
+    save_book(folder, book)
+    return spec, folder, book
+
+
+def export_spec_book(
+    home: Path, spec_path: Path, spec: BookSpec, folder: Path, say: Callable[[str], None]
+) -> tuple[Path, int]:
+    """Export the drawn book in `folder` as the spec (read from `spec_path`) asks; return the PDF and its page
+    count."""
+    pages = export_book(folder, spec.output, spec.profile, spec.trim, spec.layout, home=home)
+    say(f"{spec_path.name}: {pages} pages written to {spec.output}")
+    return spec.output, pages
+
+
+def make_one(
+    home: Path, spec_path: Path, renderer: Renderer | None, say: Callable[[str], None]
+) -> tuple[MadeBook, Renderer]:
+    """Write (or reuse), render and export the book of one spec; return what was made and the renderer."""
+    spec, folder, _ = prepare_spec_book(home, spec_path, say)
     report, renderer = render_book(home, folder, renderer=renderer)
     say(f"{spec_path.name}: {report.drawn} pictures drawn, {report.reused} reused")
     for warning in report.warnings:
         say(f"{spec_path.name}: warning: {warning}")
     if report.withheld:
         raise BookError(withheld_message(report.withheld))
-    pages = export_book(folder, spec.output, spec.profile, spec.trim, spec.layout, home=home)
-    say(f"{spec_path.name}: {pages} pages written to {spec.output}")
-    return spec.output, pages, renderer
+    output, pages = export_spec_book(home, spec_path, spec, folder, say)
+    return MadeBook(spec_path, output, pages, drawn=report.drawn), renderer
 
 
 def make_books(home: Path, spec_paths: list[Path], say: Callable[[str], None] = print) -> list[MadeBook]:
@@ -148,7 +166,7 @@ def make_books(home: Path, spec_paths: list[Path], say: Callable[[str], None] = 
         start = time.perf_counter()
         result = MadeBook(spec=spec_path)
         try:
-            result.output, result.pages, renderer = make_one(home, spec_path, renderer, say)
+            result, renderer = make_one(home, spec_path, renderer, say)
         except StorybookError as error:
             result.error = str(error)
         except Exception as error:  # a bug in one book must not cost the others; the message says where

@@ -3,6 +3,7 @@
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -363,7 +364,22 @@ def character_remove(
 
 @character_app.command("train")
 def character_train(
-    name: str,
+    name: Annotated[str | None, typer.Argument(help="The character (or --all).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every registered character, one after another.")] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="With --all: one Ray task per character, on the cluster at --ray-address (or $RAY_ADDRESS), else a "
+            "local instance (pip install 'storybook[ray]').",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster's address, as `ray start --head` prints it.")
+    ] = None,
+    gpus_per_task: Annotated[
+        float | None, typer.Option(min=0.0, help="--ray: GPUs each build takes (default 1 when the cluster has GPUs).")
+    ] = None,
     method: Annotated[
         IdentityMethod,
         typer.Option(
@@ -480,6 +496,10 @@ def character_train(
         "checkpoint_every": checkpoint_every,
     }
     overrides = {key: value for key, value in given.items() if value is not None}
+    if (name is None) == (not every):
+        raise typer.BadParameter("Give a character's name, or --all for every character (not both).")
+    if not every and (ray or ray_address or gpus_per_task is not None):
+        raise typer.BadParameter("--ray, --ray-address and --gpus-per-task go with --all.")
 
     def train():
         from storybook.image_prompt import AdapterSource
@@ -502,6 +522,9 @@ def character_train(
                 problems = "; ".join(problem["msg"] for problem in error.errors())
                 raise ModelError(f"Bad IP-Adapter paths: {problems}.") from None
         options = {"resume": resume, "restart": restart, "export_kohya": export_kohya, "device": device}
+        if every:
+            train_every(method, model, overrides, adapter, image_scale, options, ray, ray_address, gpus_per_task)
+            return
         metadata, image_prompt = build_identity(
             state["home"], name, method, model, overrides, adapter, image_scale, **options
         )
@@ -521,6 +544,52 @@ def character_train(
             )
 
     run(train, loads_models=True)
+
+
+def train_every(
+    method: str,
+    model: str | None,
+    overrides: dict,
+    adapter,
+    image_scale: float | None,
+    options: dict,
+    ray: bool,
+    ray_address: str | None,
+    gpus_per_task: float | None,
+) -> None:
+    """Build every registered character's identity, in turn here or as Ray tasks; a table of the outcomes, and exit
+    code 1 when any failed (the others are built all the same)."""
+    names = [character.name for character in registry.list_characters(state["home"])]
+    if not names:
+        raise ModelError("No characters yet: add one with `storybook character add NAME PHOTOS...`.")
+    if ray:
+        from storybook.scale_out import build_identities_on_ray
+
+        if adapter is not None or image_scale is not None:
+            options = options | {"adapter": adapter, "image_scale": image_scale}
+        built = build_identities_on_ray(
+            state["home"], names, method, model, overrides, ray_address, gpus_per_task, **options
+        )
+        outcomes = [(b.name, b.error, b.seconds) for b in built]
+    else:
+        from storybook.training.personalize import build_identity
+
+        outcomes = []
+        for character in names:
+            started = time.perf_counter()
+            try:
+                build_identity(state["home"], character, method, model, overrides, adapter, image_scale, **options)
+                outcomes.append((character, None, time.perf_counter() - started))
+            except Exception as error:  # one character's failure (a GPU out of memory too) costs only its build
+                message = str(error) if isinstance(error, StorybookError) else f"{type(error).__name__}: {error}"
+                outcomes.append((character, message, time.perf_counter() - started))
+    table = Table("character", "result", "seconds")
+    for character, error, seconds in outcomes:
+        table.add_row(character, Text(f"failed: {error}", "red") if error else Text(method, "green"), f"{seconds:.0f}")
+    console.print(table)
+    if failed := sum(error is not None for _, error, _ in outcomes):
+        console.print(Text(f"{failed} of {len(outcomes)} identities failed.", "red"))
+        raise typer.Exit(1)
 
 
 @story_app.command("write")
@@ -846,13 +915,45 @@ def export(
 
 
 @app.command()
-def make(specs: Annotated[list[Path], typer.Argument(help="Spec files (YAML or JSON), one book each.")]) -> None:
+def make(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files (YAML or JSON), one book each.")],
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Draw the pages on Ray: the cluster at --ray-address (or $RAY_ADDRESS), else a local instance "
+            "(pip install 'storybook[ray]').",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster's address, as `ray start --head` prints it.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="--ray: actors drawing pages (default: one per GPU, else 2).")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(min=0.0, help="--ray: GPUs each actor takes (default 1 when the cluster has GPUs).")
+    ] = None,
+) -> None:
     """Make many books: write, render and export the book of each spec; a failing book does not stop the others."""
     from storybook.batch import make_books
 
     if not state["debug"]:
         quiet_libraries()
-    made = make_books(state["home"], specs, say=lambda line: console.print(line))
+    if not ray and (ray_address or workers or gpus_per_worker is not None):
+        raise typer.BadParameter("--ray-address, --workers and --gpus-per-worker go with --ray.")
+    say = console.print
+    if ray:
+        from storybook.scale_out import make_books_on_ray
+
+        with progress_bar("drawing on Ray") as progress:
+            made = run(
+                lambda: make_books_on_ray(
+                    state["home"], specs, ray_address, workers, gpus_per_worker, say=say, progress=progress
+                )
+            )
+    else:
+        made = make_books(state["home"], specs, say=say)
     table = Table("spec", "result", "pages", "seconds")
     for result in made:
         outcome = Text(str(result.output), "green") if result.error is None else Text(f"failed: {result.error}", "red")

@@ -25,7 +25,7 @@ from storybook import registry
 from storybook.book import Book, Candidate, Page, RenderSettings, book_file, load_book, save_book
 from storybook.errors import BookError, ModelError, describe_problems
 from storybook.models import TINY_MODEL
-from storybook.renderer import ImageJob, Renderer, dreambooth_character
+from storybook.renderer import ImageJob, PictureSource, Renderer, dreambooth_character, picture_size
 from storybook.safety import SAFETY_OFF
 from storybook.storage import MINI_MODEL, atomic_write_bytes, slugify
 from storybook.story.book_edits import cover_page
@@ -95,24 +95,25 @@ def identity_key(slug: str, identities: dict[str, str], settings: RenderSettings
     return key + [settings.image_scales[slug]] if slug in settings.image_scales else key
 
 
-def picture_key(job: ImageJob, renderer: Renderer, steps: int, identities: dict[str, str], book: Book) -> str:
-    """The content hash naming the picture of `job`: it changes whenever anything the picture depends on changes."""
+def picture_key(job: ImageJob, source: PictureSource, steps: int, identities: dict[str, str], book: Book) -> str:
+    """The content hash naming the picture of `job` drawn by a renderer of `source`: it changes whenever anything the
+    picture depends on changes."""
     settings = book.render
     content = {
         "version": KEY_VERSION,
-        "model": renderer.fingerprint,
-        "dtype": renderer.dtype_name,
+        "model": source.fingerprint,
+        "dtype": source.dtype_name,
         "identities": {slug: identity_key(slug, identities, settings) for slug in job.characters},
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "steps": steps,
         "guidance": settings.guidance,
-        "size": renderer.size(settings),
+        "size": picture_size(settings, source.native_size),
         "scheduler": settings.scheduler,
     }
-    if renderer.safety is not None:  # another checker may pass another picture; keys without one stay as they were
-        content["safety_checker"] = renderer.safety.fingerprint
+    if source.safety_fingerprint:  # another checker may pass another picture; keys without one stay as they were
+        content["safety_checker"] = source.safety_fingerprint
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -122,15 +123,97 @@ def open_renderer(home: Path, book: Book, renderer: Renderer | None = None, **lo
 
     `load_options` (device, dtype) go to Renderer. Raises ModelError for untrained characters.
     """
+    check_trained(home, book)
     slugs = [character.slug for character in book.characters]
-    if untrained := [slug for slug in slugs if not registry.is_trained(home, slug)]:
-        commands = " and ".join(f"`storybook character train {slug}`" for slug in untrained)
-        raise ModelError(f"{', '.join(untrained)}: no trained identity yet. Run {commands} first.")
     dreambooth = dreambooth_character(home, slugs)
     if renderer is None or not renderer.fits(book.render.model, dreambooth):
         renderer = Renderer(home, book.render.model, dreambooth, **load_options)
     renderer.load_identities(slugs)
     return renderer
+
+
+def check_trained(home: Path, book: Book) -> None:
+    """Raises ModelError naming the book's characters that have no identity yet, with the commands to build them."""
+    if untrained := [c.slug for c in book.characters if not registry.is_trained(home, c.slug)]:
+        commands = " and ".join(f"`storybook character train {slug}`" for slug in untrained)
+        raise ModelError(f"{', '.join(untrained)}: no trained identity yet. Run {commands} first.")
+
+
+def check_page_numbers(book: Book, only: list[int] | None) -> None:
+    """Raises BookError when `only` names a page the book does not have (0 is the cover)."""
+    if only and (unknown := sorted(set(only) - set(range(len(book.pages) + 1)))):
+        raise BookError(
+            f"The book has no page {', '.join(map(str, unknown))}: its pages are 1-{len(book.pages)}, and 0 is the "
+            "cover."
+        )
+
+
+def unscreened_warning(model: str) -> str:
+    """The warning for pictures of base `model` that no safety checker screened."""
+    return (
+        f"No safety checker screened these pictures: {model} ships none. For a children's book name one with "
+        "`storybook config --safety-checker` (e.g. CompVis/stable-diffusion-safety-checker), or say "
+        "`--safety-checker off` for a model you trust."
+    )
+
+
+def needs_safety_warning(source: PictureSource, setting: str | None, model: str) -> bool:
+    """Whether pictures of `source` under the config's safety `setting` should carry `unscreened_warning`: no
+    checker, not turned off, and a model that is not one storybook built."""
+    return source.safety_fingerprint is None and setting != SAFETY_OFF and model not in OWN_MODELS
+
+
+@dataclass
+class PicturePlan:
+    """The pictures a render of a book wants: the book (its cover composed), each picture's target, the steps, the
+    hash of each character's identity, and warnings about prompts too long for the text encoder."""
+
+    book: Book
+    targets: list[Target]
+    steps: int
+    identities: dict[str, str]
+    warnings: list[str]
+
+
+def plan_pictures(
+    home: Path,
+    folder: Path,
+    book: Book,
+    source: PictureSource,
+    over_limit: Callable[[str], int],
+    preview: bool = False,
+    candidates: int = 1,
+    only: list[int] | None = None,
+) -> PicturePlan:
+    """The pictures `book` (in `folder`) wants from a renderer of `source`: every page's (0 is the cover) or those in
+    `only`, drafts with `preview`, `candidates` seeds per page. `over_limit(prompt)` counts the tokens the text
+    encoder would cut off. Raises BookError for a page number the book does not have."""
+    check_page_numbers(book, only)
+    if book.cover is None:
+        book.cover = cover_page(book)
+    identities = {character.slug: registry.identity_hash(home, character.slug) for character in book.characters}
+    steps = book.render.preview_steps if preview else book.render.steps
+    targets, too_long = [], {}
+    for number, page in [(0, book.cover)] + list(enumerate(book.pages, start=1)):
+        if only is not None and number not in only:
+            continue
+        label = f"page {number}" if number else "cover"
+        for what, words in (("prompt", page.prompt), ("negative prompt", page.negative_prompt)):
+            if over := over_limit(words):
+                too_long.setdefault((what, over), []).append(label)
+        for candidate in range(candidates):
+            job = ImageJob(
+                page.prompt, page.negative_prompt, candidate_seed(page.seed, candidate), tuple(page.characters)
+            )
+            image = f"{IMAGES_DIR}/{picture_key(job, source, steps, identities, book)}.png"
+            drawn_identities = {slug: identities[slug] for slug in page.characters}
+            targets.append(Target(drawing(page), label, job, image, drawn_identities))
+    warnings = [
+        f"{', '.join(labels)}: the {what} is {over} tokens longer than the text encoder reads (77), so its end is "
+        "ignored" + (": shorten the scene, the characters' descriptions or the style." if what == "prompt" else ".")
+        for (what, over), labels in too_long.items()
+    ]
+    return PicturePlan(book, targets, steps, identities, warnings)
 
 
 def default_batch_size(renderer: Renderer) -> int:
@@ -202,31 +285,10 @@ def render_book(
     book_file(folder, IMAGES_DIR)  # pictures are written there: a symlink out of a book someone sent is refused
     if settings:
         book = with_settings(book, settings)
-    if book.cover is None:
-        book.cover = cover_page(book)
-    if only and (unknown := sorted(set(only) - set(range(len(book.pages) + 1)))):
-        raise BookError(
-            f"The book has no page {', '.join(map(str, unknown))}: its pages are 1-{len(book.pages)}, and 0 is the "
-            "cover."
-        )
+    check_page_numbers(book, only)  # before any model loads
     renderer = open_renderer(home, book, renderer, **load_options)
-    identities = {character.slug: registry.identity_hash(home, character.slug) for character in book.characters}
-    steps = book.render.preview_steps if preview else book.render.steps
-    numbered = [(0, book.cover)] + list(enumerate(book.pages, start=1))
-    targets, too_long = [], {}
-    for number, page in numbered:
-        if only is not None and number not in only:
-            continue
-        label = f"page {number}" if number else "cover"
-        for what, words in (("prompt", page.prompt), ("negative prompt", page.negative_prompt)):
-            if over := renderer.tokens_over_limit(words):
-                too_long.setdefault((what, over), []).append(label)
-        for candidate in range(candidates):
-            seed = candidate_seed(page.seed, candidate)
-            job = ImageJob(page.prompt, page.negative_prompt, seed, tuple(page.characters))
-            image = f"{IMAGES_DIR}/{picture_key(job, renderer, steps, identities, book)}.png"
-            drawn_identities = {slug: identities[slug] for slug in page.characters}
-            targets.append(Target(drawing(page), label, job, image, drawn_identities))
+    plan = plan_pictures(home, folder, book, renderer.source, renderer.tokens_over_limit, preview, candidates, only)
+    targets, steps = plan.targets, plan.steps
     missing = [target for target in targets if not (folder / target.image).exists()]
     if not missing:
         attach(targets, folder, book.cover, book.render, preview, candidates)
@@ -238,7 +300,7 @@ def render_book(
         flags = renderer.safety.flagged(pictures) if renderer.safety else [False] * len(pictures)
         for target, picture, flagged in zip(batch, pictures, flags, strict=True):
             if flagged:
-                picture, note = screened(renderer, target, book.render, steps)
+                picture, note = screened(renderer, target.job, target.label, book.render, steps)
                 safety_notes.append(note)
             if picture is None:
                 withheld.append(target.label)
@@ -248,17 +310,9 @@ def render_book(
         done += len(batch)
         if progress:
             progress(done, len(targets))
-    warnings = [
-        f"{', '.join(labels)}: the {what} is {over} tokens longer than the text encoder reads (77), so its end is "
-        "ignored" + (": shorten the scene, the characters' descriptions or the style." if what == "prompt" else ".")
-        for (what, over), labels in too_long.items()
-    ]
-    if renderer.safety is None and renderer.safety_setting != SAFETY_OFF and book.render.model not in OWN_MODELS:
-        warnings.append(
-            f"No safety checker screened these pictures: {book.render.model} ships none. For a children's book name "
-            "one with `storybook config --safety-checker` (e.g. CompVis/stable-diffusion-safety-checker), or say "
-            "`--safety-checker off` for a model you trust."
-        )
+    warnings = plan.warnings
+    if needs_safety_warning(renderer.source, renderer.safety_setting, book.render.model):
+        warnings.append(unscreened_warning(book.render.model))
     report = RenderReport(len(missing) - len(withheld), len(targets) - len(missing), warnings + safety_notes, withheld)
     return report, renderer
 
@@ -272,22 +326,22 @@ def withheld_message(labels: list[str]) -> str:
 
 
 def screened(
-    renderer: Renderer, target: Target, settings: RenderSettings, steps: int
+    renderer: Renderer, job: ImageJob, label: str, settings: RenderSettings, steps: int
 ) -> tuple[Image.Image | None, str]:
-    """For a picture the renderer's safety checker flagged: the picture of the first of the next SAFETY_REDRAWS seeds
-    that it passes, or None when it flags every one; and the note for the report."""
-    seeds = [target.job.seed + offset for offset in range(1, SAFETY_REDRAWS + 1)]
+    """For picture `job` (of page `label`) that the renderer's safety checker flagged: the picture of the first of
+    the next SAFETY_REDRAWS seeds that it passes, or None when it flags every one; and the note for the report."""
+    seeds = [job.seed + offset for offset in range(1, SAFETY_REDRAWS + 1)]
     for seed in seeds:
-        redrawn = renderer.draw([replace(target.job, seed=seed)], settings, steps)[0]
+        redrawn = renderer.draw([replace(job, seed=seed)], settings, steps)[0]
         if not renderer.safety.flagged([redrawn])[0]:
             return redrawn, (
-                f"{target.label}: the safety checker flagged the picture of seed {target.job.seed}; it was drawn again "
-                f"with seed {seed}, which passed."
+                f"{label}: the safety checker flagged the picture of seed {job.seed}; it was drawn again with seed "
+                f"{seed}, which passed."
             )
     return None, (
-        f"{target.label}: the safety checker flagged the pictures of seeds {target.job.seed}-{seeds[-1]}, so no "
-        "picture was placed and the book cannot be exported yet: change the page's scene (`storybook story edit "
-        "BOOK PAGE --scene ...`) and render again."
+        f"{label}: the safety checker flagged the pictures of seeds {job.seed}-{seeds[-1]}, so no picture was placed "
+        "and the book cannot be exported yet: change the page's scene (`storybook story edit BOOK PAGE --scene ...`) "
+        "and render again."
     )
 
 

@@ -29,9 +29,9 @@ from storybook.image_prompt import (
     load_image_embeds,
     read_image_prompt,
 )
-from storybook.models import load_pipeline, model_fingerprint
+from storybook.models import load_pipeline, model_fingerprint, parse_device, pick_device, pick_dtype, resolve_model
 from storybook.registry import identity_folder, identity_hash
-from storybook.safety import load_safety_checker
+from storybook.safety import checker_fingerprint, checker_in_use, load_safety_checker
 from storybook.training.identity import IdentityMetadata, read_identity
 from storybook.training.methods import METHODS, load_identity, unload_identity
 
@@ -51,6 +51,50 @@ class ImageJob:
     negative_prompt: str
     seed: int
     characters: tuple[str, ...]  # registry slugs
+
+
+@dataclass(frozen=True)
+class PictureSource:
+    """What every picture a renderer draws depends on beyond its page: the base model's weights (and its DreamBooth
+    UNet), the dtype, the model's own picture size and the safety checker's weights."""
+
+    fingerprint: str
+    dtype_name: str  # e.g. 'float16' (pictures differ between dtypes)
+    native_size: int  # the side in pixels the base model was trained at (32 tiny, 512 SD 1.5, 1024 SDXL)
+    safety_fingerprint: str | None  # None: no checker screens the pictures
+
+
+def picture_source(
+    home: Path, model: str, dreambooth: str | None, device: str | None = None, dtype: str | None = None
+) -> PictureSource:
+    """The PictureSource a Renderer(home, model, dreambooth, device, dtype) would have, read from the files alone
+    (nothing loads but configs): what a driver plans pictures with before workers draw them. A `device` named is
+    taken as the kind the workers have, whether this machine has one or not."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    config = load_config(home)
+    model_path = resolve_model(model, home)
+    fingerprint = model_fingerprint(model_path, home)
+    if dreambooth:
+        fingerprint += "+" + identity_hash(home, dreambooth)
+    torch_device = parse_device(device) if device else pick_device(config.device)
+    torch_dtype = pick_dtype(torch_device, dtype or config.dtype)
+    unet = UNet2DConditionModel.load_config(model_path, subfolder="unet")
+    vae = AutoencoderKL.load_config(model_path, subfolder="vae")
+    native_size = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    checker = checker_in_use(config.safety_checker, model_path)
+    safety = checker_fingerprint(checker[0][0], home) if checker else None
+    return PictureSource(fingerprint, str(torch_dtype).removeprefix("torch."), native_size, safety)
+
+
+def picture_size(settings: RenderSettings, native_size: int) -> tuple[int, int]:
+    """The (width, height) pictures are drawn at under `settings` by a model of `native_size` pixels."""
+    return settings.width or native_size, settings.height or native_size
+
+
+def tokens_beyond(tokenizer, prompt: str) -> int:
+    """How many of `prompt`'s tokens a CLIP `tokenizer`'s 77-token window cuts off (0 when it fits)."""
+    return max(0, len(tokenizer.tokenize(prompt)) + 2 - tokenizer.model_max_length)  # + start and end tokens
 
 
 def has_weights(home: Path, slug: str) -> bool:
@@ -135,6 +179,12 @@ class Renderer:
     def native_size(self) -> int:
         """The side in pixels the base model was trained at (32 tiny, 512 SD 1.5, 1024 SDXL)."""
         return self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+
+    @property
+    def source(self) -> PictureSource:
+        """What every picture this renderer draws depends on beyond its page (part of each picture's key)."""
+        safety = self.safety.fingerprint if self.safety else None
+        return PictureSource(self.fingerprint, self.dtype_name, self.native_size, safety)
 
     def fits(self, model: str, dreambooth: str | None) -> bool:
         """Whether this renderer can draw a book on `model` with DreamBooth identity `dreambooth` (as trained now)
@@ -240,7 +290,7 @@ class Renderer:
 
     def size(self, settings: RenderSettings) -> tuple[int, int]:
         """The (width, height) pictures are drawn at under `settings`."""
-        return settings.width or self.native_size, settings.height or self.native_size
+        return picture_size(settings, self.native_size)
 
     def draw(self, jobs: list[ImageJob], settings: RenderSettings, steps: int) -> list[Image.Image]:
         """Draw `jobs` (all with the same characters) in one pipeline call; one fresh CPU generator per picture."""
@@ -291,8 +341,7 @@ class Renderer:
     def tokens_over_limit(self, prompt: str) -> int:
         """How many of `prompt`'s tokens CLIP cuts off (0 when it fits its 77-token window)."""
         tokenizer = self.pipeline.tokenizer
-        prompt = self.pipeline.maybe_convert_prompt(prompt, tokenizer)  # a multi-vector identifier takes several
-        return max(0, len(tokenizer.tokenize(prompt)) + 2 - tokenizer.model_max_length)  # + start and end tokens
+        return tokens_beyond(tokenizer, self.pipeline.maybe_convert_prompt(prompt, tokenizer))  # multi-vector words
 
 
 def region_masks(count: int, width: int, height: int) -> list[Image.Image]:

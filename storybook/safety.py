@@ -83,6 +83,24 @@ def model_checker_folders(model_path: str) -> tuple[Path, Path] | None:
     return folders
 
 
+def checker_in_use(setting: str | None, model_path: str) -> tuple[tuple[Path, Path], str] | None:
+    """The folders of the safety checker pictures of base `model_path` pass under the config's `setting` (None: the
+    model's own; 'off'; a folder or hub id), and what it is; None when it is off or the model ships none. Raises
+    ModelError when a named or listed checker is not on this machine."""
+    if setting == SAFETY_OFF:
+        return None
+    if setting is None:
+        folders = model_checker_folders(model_path)
+        return (folders, model_path) if folders else None
+    return named_checker_folders(setting), setting
+
+
+def checker_fingerprint(checker_folder: Path, home: Path) -> str:
+    """A fingerprint of the checker's weights in `checker_folder` (part of picture keys)."""
+    weights = sorted(checker_folder.glob("*.safetensors")) or sorted(checker_folder.glob("*.bin"))
+    return files_fingerprint(weights, home)
+
+
 def load_checker(folders: tuple[Path, Path], source: str, home: Path, device: torch.device, dtype: torch.dtype):
     """The StableDiffusionSafetyChecker and CLIP image processor in `folders` as a SafetyChecker. Raises ModelError
     when they cannot be loaded."""
@@ -90,7 +108,6 @@ def load_checker(folders: tuple[Path, Path], source: str, home: Path, device: to
     from transformers import CLIPImageProcessor
 
     checker_folder, processor_folder = folders
-    weights = sorted(checker_folder.glob("*.safetensors")) or sorted(checker_folder.glob("*.bin"))
     try:
         checker = StableDiffusionSafetyChecker.from_pretrained(checker_folder, dtype=dtype).to(device).eval()
         processor = CLIPImageProcessor.from_pretrained(processor_folder)
@@ -108,7 +125,7 @@ def load_checker(folders: tuple[Path, Path], source: str, home: Path, device: to
         _, has_concept = checker(images=pixels, clip_input=clip_input)
         return [bool(flag) for flag in has_concept]
 
-    return SafetyChecker(flagged, source, files_fingerprint(weights, home))
+    return SafetyChecker(flagged, source, checker_fingerprint(checker_folder, home))
 
 
 def load_safety_checker(
@@ -117,9 +134,5 @@ def load_safety_checker(
     """The safety checker for pictures of base `model_path` under the config's `setting` (None: the model's own;
     'off'; a folder or hub id), or None when it is off or the model ships none. Raises ModelError when a named or
     listed checker is not on this machine or cannot be loaded."""
-    if setting == SAFETY_OFF:
-        return None
-    if setting is None:
-        folders = model_checker_folders(model_path)
-        return load_checker(folders, model_path, home, device, dtype) if folders else None
-    return load_checker(named_checker_folders(setting), setting, home, device, dtype)
+    in_use = checker_in_use(setting, model_path)
+    return load_checker(*in_use, home, device, dtype) if in_use else None

@@ -245,7 +245,11 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDi
 
 def make_tiny(directory: Path, seed: int = 0) -> Path:
     """Write the tiny pipeline to `directory` in diffusers' folder layout (safetensors) and return the folder."""
-    pipeline = build_tiny_pipeline(seed)
+    return saved(build_tiny_pipeline(seed), directory)
+
+
+def saved(pipeline, directory: Path) -> Path:
+    """Write `pipeline` to `directory` in diffusers' folder layout (safetensors) and return the folder."""
     directory.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(directory, safe_serialization=True)
     return directory
@@ -292,7 +296,4 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 
 def make_tiny_sdxl(directory: Path, seed: int = 0) -> Path:
     """Write the tiny SDXL-shaped pipeline to `directory` in diffusers' folder layout and return the folder."""
-    pipeline = build_tiny_sdxl_pipeline(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    pipeline.save_pretrained(directory, safe_serialization=True)
-    return directory
+    return saved(build_tiny_sdxl_pipeline(seed), directory)

@@ -1,0 +1,138 @@
+"""`storybook make --ray`: books drawn by Ray actors on a local cluster are the books a local make draws; a broken
+spec fails alone; a worker killed mid-run costs only its pictures, which are drawn again; a second run draws nothing."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import ray
+from PIL import Image
+from typer.testing import CliRunner
+
+from storybook import registry
+from storybook.batch import make_books
+from storybook.book import load_book
+from storybook.cli import app
+from storybook.scale_out import build_identities_on_ray, make_books_on_ray
+from storybook.tiny_model import build_tokenizer
+from tests.test_batch import write_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray instance on this machine alone (the driver's loopback), started by the test and shut down after it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def three_specs(folder):
+    return [
+        write_spec(folder, "beach", characters=["Mia", "Rex"], pages=8),
+        write_spec(folder, "bath", characters=["Mia"], theme="bath time", pages=8),
+        write_spec(folder, "bedtime", characters=["Rex"], theme="bedtime", pages=8),
+    ]
+
+
+def pictures(home, name) -> list[np.ndarray]:
+    folder = home / "books" / name
+    book = load_book(folder)
+    return [np.asarray(Image.open(folder / page.image).convert("RGB")) for page in [book.cover, *book.pages]]
+
+
+def other_home(tmp_path, studio):
+    """A second data root with the same models and trained characters."""
+    home = tmp_path / "local-home"
+    home.mkdir()
+    for name in ("models", "characters"):
+        (home / name).symlink_to((studio / name).resolve(), target_is_directory=True)
+    return home
+
+
+def test_ray_draws_the_books_a_local_make_draws_a_broken_spec_fails_alone_and_a_second_run_draws_nothing(
+    studio, tmp_path, local_ray
+):
+    specs = three_specs(tmp_path)
+    broken = write_spec(tmp_path, "broken", characters=["Nobody"])
+    made = make_books_on_ray(studio, [*specs, broken], workers=2, say=lambda line: None)
+    assert [m.error is None for m in made] == [True, True, True, False] and "Nobody" in made[3].error
+    assert [m.drawn for m in made[:3]] == [9, 9, 9] and all(m.output.is_file() for m in made[:3])
+
+    local = other_home(tmp_path, studio)
+    for result in make_books(local, specs, say=lambda line: None):
+        assert result.error is None
+    for name in ("beach", "bath", "bedtime"):
+        for on_ray, here in zip(pictures(studio, name), pictures(local, name), strict=True):
+            # The same pictures up to float rounding: Ray's actors batch other pages together and compute with one
+            # thread each, which can move a rare value by one level (as batching does locally).
+            difference = np.abs(on_ray.astype(int) - here.astype(int))
+            assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+
+    again = make_books_on_ray(studio, specs, workers=2, say=lambda line: None)
+    assert [(m.error, m.drawn) for m in again] == [(None, 0)] * 3
+    assert [m.drawn for m in make_books(studio, specs, say=lambda line: None)] == [0, 0, 0]  # one cache, both ways
+
+
+def test_a_worker_killed_mid_run_costs_only_its_pictures_which_are_drawn_again(studio, tmp_path, local_ray):
+    specs = [
+        write_spec(tmp_path, f"book-{index}", characters=["Mia"], theme="a day at the beach", pages=8, seed=index)
+        for index in range(3)
+    ]
+    results = {}
+    run = threading.Thread(
+        target=lambda: results.update(made=make_books_on_ray(studio, specs, workers=2, say=lambda line: None))
+    )
+    run.start()
+    killed, killed_at = None, None
+    deadline = time.monotonic() + 120
+    while killed is None and run.is_alive() and time.monotonic() < deadline:
+        drawn = list((studio / "books").glob("*/images/*.png"))
+        workers = [  # this test's own Ray instance: its processes are children of this one
+            process
+            for process in psutil.Process().children(recursive=True)
+            if "PageDrawer" in " ".join(process.cmdline())
+        ]
+        if 0 < len(drawn) < 13 and workers:  # a few pictures in, most still to draw
+            killed, killed_at = workers[0].pid, time.time()
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.1)
+    run.join(timeout=300)
+    assert killed is not None, "no drawing worker was seen while pictures were being drawn"
+    made = results["made"]
+    assert all(m.error is None and m.output.is_file() for m in made)
+    for spec in specs:  # every page has its picture, and no picture was stored twice
+        folder = studio / "books" / spec.stem
+        book = load_book(folder)
+        assert all(page.image for page in [book.cover, *book.pages])
+        assert len(list((folder / "images").glob("*.png"))) == 9
+    drawn_after = [path for path in (studio / "books").glob("*/images/*.png") if path.stat().st_mtime > killed_at]
+    assert len(drawn_after) >= 27 - 13  # the run went on after the kill: the rest, the lost batch among them
+    assert make_books_on_ray(studio, specs, workers=2, say=lambda line: None)[0].drawn == 0
+
+
+def test_the_cli_makes_books_on_ray_and_ray_options_need_ray(studio, tmp_path, local_ray):
+    spec = write_spec(tmp_path, "cli", characters=["Mia"])
+    refused = CliRunner().invoke(app, ["--home", str(studio), "make", str(spec), "--workers", "2"])
+    assert refused.exit_code == 2 and "go with --ray" in refused.output
+    result = CliRunner().invoke(app, ["--home", str(studio), "make", str(spec), "--ray", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "9 pictures to draw on Ray" in result.output and (tmp_path / "out" / "cli.pdf").is_file()
+
+
+def test_every_character_is_built_as_a_ray_task_and_one_that_fails_fails_alone(home, sample_photos, local_ray):
+    for name, class_noun in (("Mia", "toddler"), ("Rex", "dog")):
+        registry.add_character(home, name, sample_photos, build_tokenizer(), class_noun=class_noun)
+    quick = {"steps": 4, "num_class_images": 2, "class_image_steps": 2}
+    built = build_identities_on_ray(home, ["Mia", "Rex", "Nobody"], "lora", "tiny", quick)
+    assert [(b.name, b.error is None) for b in built] == [("Mia", True), ("Rex", True), ("Nobody", False)]
+    assert "Nobody" in built[2].error
+    assert registry.is_trained(home, "mia") and registry.is_trained(home, "rex")
+
+    result = CliRunner().invoke(app, ["--home", str(home), "character", "train", "Mia", "--ray"])
+    assert result.exit_code == 2 and "go with --all" in result.output
