@@ -177,7 +177,6 @@ class PicturePlan:
 
 def plan_pictures(
     home: Path,
-    folder: Path,
     book: Book,
     source: PictureSource,
     over_limit: Callable[[str], int],
@@ -185,7 +184,7 @@ def plan_pictures(
     candidates: int = 1,
     only: list[int] | None = None,
 ) -> PicturePlan:
-    """The pictures `book` (in `folder`) wants from a renderer of `source`: every page's (0 is the cover) or those in
+    """The pictures `book` wants from a renderer of `source`: every page's (0 is the cover) or those in
     `only`, drafts with `preview`, `candidates` seeds per page. `over_limit(prompt)` counts the tokens the text
     encoder would cut off. Raises BookError for a page number the book does not have."""
     check_page_numbers(book, only)
@@ -287,7 +286,7 @@ def render_book(
         book = with_settings(book, settings)
     check_page_numbers(book, only)  # before any model loads
     renderer = open_renderer(home, book, renderer, **load_options)
-    plan = plan_pictures(home, folder, book, renderer.source, renderer.tokens_over_limit, preview, candidates, only)
+    plan = plan_pictures(home, book, renderer.source, renderer.tokens_over_limit, preview, candidates, only)
     targets, steps = plan.targets, plan.steps
     missing = [target for target in targets if not (folder / target.image).exists()]
     if not missing:
@@ -297,11 +296,11 @@ def render_book(
     safety_notes, withheld = [], []
     for batch in batches:
         pictures = renderer.draw([t.job for t in batch], book.render, steps)
-        flags = renderer.safety.flagged(pictures) if renderer.safety else [False] * len(pictures)
-        for target, picture, flagged in zip(batch, pictures, flags, strict=True):
-            if flagged:
-                picture, note = screened(renderer, target.job, target.label, book.render, steps)
-                safety_notes.append(note)
+        jobs, labels = [t.job for t in batch], [t.label for t in batch]
+        for target, (picture, note) in zip(
+            batch, screened_pictures(renderer, jobs, labels, pictures, book.render, steps), strict=True
+        ):
+            safety_notes += [note] if note else []
             if picture is None:
                 withheld.append(target.label)
                 continue
@@ -323,6 +322,23 @@ def withheld_message(labels: list[str]) -> str:
         f"The safety checker withheld the pictures of {', '.join(labels)} at every seed tried, so the book cannot be "
         "exported yet: change those pages' scenes (`storybook story edit BOOK PAGE --scene ...`) and render again."
     )
+
+
+def screened_pictures(
+    renderer: Renderer,
+    jobs: list[ImageJob],
+    labels: list[str],
+    pictures: list[Image.Image],
+    settings: RenderSettings,
+    steps: int,
+) -> list[tuple[Image.Image | None, str]]:
+    """Each picture of `jobs` (of pages `labels`) as the renderer's safety checker lets it through: itself when it
+    passes (or there is no checker), else `screened`'s; with the note for the report ('' when nothing was flagged)."""
+    flags = renderer.safety.flagged(pictures) if renderer.safety else [False] * len(pictures)
+    return [
+        screened(renderer, job, label, settings, steps) if flagged else (picture, "")
+        for job, label, picture, flagged in zip(jobs, labels, pictures, flags, strict=True)
+    ]
 
 
 def screened(

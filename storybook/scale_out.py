@@ -34,7 +34,7 @@ from storybook.render_book import (
     check_trained,
     needs_safety_warning,
     plan_pictures,
-    screened,
+    screened_pictures,
     unscreened_warning,
     withheld_message,
 )
@@ -191,14 +191,11 @@ class PageDrawer:
         jobs = [ImageJob(str(row["prompt"]), str(row["negative_prompt"]), int(row["seed"]), characters) for row in rows]
         steps = int(first["steps"])
         pictures = renderer.draw(jobs, settings, steps)
-        flags = renderer.safety.flagged(pictures) if renderer.safety else [False] * len(pictures)
-        results = []
-        for row, job, picture, flagged in zip(rows, jobs, pictures, flags, strict=True):
-            note = ""
-            if flagged:
-                picture, note = screened(renderer, job, str(row["label"]), settings, steps)
-            results.append((png_bytes(picture) if picture else b"", note, picture is None, ""))
-        return results
+        labels = [str(row["label"]) for row in rows]
+        return [
+            (png_bytes(picture) if picture else b"", note, picture is None, "")
+            for picture, note in screened_pictures(renderer, jobs, labels, pictures, settings, steps)
+        ]
 
 
 def png_bytes(picture) -> bytes:
@@ -215,7 +212,7 @@ def plan_book(index: int, run: BookRun, home: Path, device: str, say: Callable[[
     dreambooth = dreambooth_character(home, [character.slug for character in book.characters])
     source = picture_source(home, book.render.model, dreambooth, device)
     over_limit = partial(tokens_beyond, load_tokenizer(book.render.model, home))
-    run.plan = plan_pictures(home, run.folder, book, source, over_limit)
+    run.plan = plan_pictures(home, book, source, over_limit)
     warnings = run.plan.warnings
     if needs_safety_warning(source, load_config(home).safety_checker, book.render.model):
         warnings = [*warnings, unscreened_warning(book.render.model)]

@@ -17,6 +17,7 @@ from storybook import registry
 from storybook.batch import make_books
 from storybook.book import load_book
 from storybook.cli import app
+from storybook.config import update_config
 from storybook.scale_out import build_identities_on_ray, make_books_on_ray
 from storybook.tiny_model import build_tokenizer
 from tests.test_batch import write_spec
@@ -136,3 +137,16 @@ def test_every_character_is_built_as_a_ray_task_and_one_that_fails_fails_alone(h
 
     result = CliRunner().invoke(app, ["--home", str(home), "character", "train", "Mia", "--ray"])
     assert result.exit_code == 2 and "go with --all" in result.output
+
+
+def test_pictures_the_safety_checker_withholds_on_ray_fail_their_book_alone(studio, tmp_path, local_ray):
+    from tests.test_safety import write_checker
+
+    update_config(studio, {"safety_checker": str(write_checker(tmp_path / "checker", flags_everything=True))})
+    spec = write_spec(tmp_path, "screened", characters=["Mia"])
+    lines = []
+    [made] = make_books_on_ray(studio, [spec], workers=1, say=lines.append)
+    assert made.error.startswith("The safety checker withheld the pictures of cover, page 1,")
+    assert not (tmp_path / "out" / "screened.pdf").exists()
+    assert any("the safety checker flagged the pictures of seeds" in line for line in lines)  # each one reported
+    assert not list((studio / "books" / "screened" / "images").glob("*.png"))  # none stored
