@@ -1,6 +1,8 @@
 """`storybook make --ray`: books drawn by Ray actors on a local cluster are the books a local make draws; a broken
 spec fails alone; a worker killed mid-run costs only its pictures, which are drawn again; a second run draws nothing."""
 
+import io
+import json
 import os
 import signal
 import threading
@@ -14,11 +16,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from storybook import registry
-from storybook.batch import make_books
+from storybook.batch import MadeBook, make_books, prepare_spec_book
 from storybook.book import load_book
 from storybook.cli import app
 from storybook.config import update_config
-from storybook.scale_out import build_identities_on_ray, make_books_on_ray
+from storybook.render_book import plan_pictures
+from storybook.renderer import picture_source
+from storybook.scale_out import BookRun, PageDrawer, book_rows, build_identities_on_ray, make_books_on_ray
 from storybook.tiny_model import build_tokenizer
 from tests.test_batch import write_spec
 
@@ -150,3 +154,22 @@ def test_pictures_the_safety_checker_withholds_on_ray_fail_their_book_alone(stud
     assert not (tmp_path / "out" / "screened.pdf").exists()
     assert any("the safety checker flagged the pictures of seeds" in line for line in lines)  # each one reported
     assert not list((studio / "books" / "screened" / "images").glob("*.png"))  # none stored
+
+
+def test_an_error_while_drawing_comes_back_in_its_books_rows_and_the_other_book_is_drawn(studio, tmp_path, local_ray):
+    rows = []
+    for index, name in enumerate(("good", "stale")):
+        spec = write_spec(tmp_path, name, characters=["Mia"])
+        run = BookRun(MadeBook(spec))
+        run.spec, run.folder, book = prepare_spec_book(studio, spec, lambda line: None)
+        source = picture_source(studio, "tiny", None)
+        run.plan = plan_pictures(studio, book, source, lambda prompt: 0)
+        rows += book_rows(index, run, studio, source, None)[:2]  # two pictures of each book in one batch
+    for row in rows[2:]:  # the second book's rows were planned with an identity that has been built again since
+        row["identities"] = row["identities"].replace(json.loads(row["identities"])["mia"], "0" * 16)
+    batch = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
+    out = PageDrawer()(batch)
+    assert out["book"] == [0, 0, 1, 1] and out["error"][:2] == ["", ""]
+    assert all(Image.open(io.BytesIO(png)).size == (32, 32) for png in out["png"][:2])
+    assert all("The identity of mia changed while the book was drawn" in error for error in out["error"][2:])
+    assert out["png"][2:] == [b"", b""]
