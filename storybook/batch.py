@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from storybook.book import BOOK_FILE, Book, RenderSettings, books_root, load_book, save_book
 from storybook.config import configured_model
-from storybook.errors import BookError, StorybookError
+from storybook.errors import BookError, error_text
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.render_book import render_book, with_settings, withheld_message
 from storybook.renderer import Renderer
@@ -167,10 +167,8 @@ def make_books(home: Path, spec_paths: list[Path], say: Callable[[str], None] = 
         result = MadeBook(spec=spec_path)
         try:
             result, renderer = make_one(home, spec_path, renderer, say)
-        except StorybookError as error:
-            result.error = str(error)
         except Exception as error:  # a bug in one book must not cost the others; the message says where
-            result.error = f"{type(error).__name__}: {error}"
+            result.error = error_text(error)
         result.seconds = time.perf_counter() - start
         made.append(result)
     return made

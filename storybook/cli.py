@@ -31,7 +31,15 @@ from storybook.book import (
     save_book,
 )
 from storybook.config import H94_IMAGE_ENCODER, H94_WEIGHT, Dtype, configured_model, load_config
-from storybook.errors import BookError, CharacterError, ModelError, PhotoError, StorybookError, describe_problems
+from storybook.errors import (
+    BookError,
+    CharacterError,
+    ModelError,
+    PhotoError,
+    StorybookError,
+    describe_problems,
+    error_text,
+)
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
 from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, slugify
@@ -581,8 +589,7 @@ def train_every(
                 build_identity(state["home"], character, method, model, overrides, adapter, image_scale, **options)
                 outcomes.append((character, None, time.perf_counter() - started))
             except Exception as error:  # one character's failure (a GPU out of memory too) costs only its build
-                message = str(error) if isinstance(error, StorybookError) else f"{type(error).__name__}: {error}"
-                outcomes.append((character, message, time.perf_counter() - started))
+                outcomes.append((character, error_text(error), time.perf_counter() - started))
     table = Table("character", "result", "seconds")
     for character, error, seconds in outcomes:
         table.add_row(character, Text(f"failed: {error}", "red") if error else Text(method, "green"), f"{seconds:.0f}")

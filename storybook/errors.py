@@ -10,6 +10,12 @@ class StorybookError(Exception):
     """Base of all errors the CLI and the app show to a user without a traceback."""
 
 
+def error_text(error: BaseException) -> str:
+    """An error as a summary line shows it: storybook's own message, else the exception's type and text (a bug in
+    one book or one character must not cost the others, and the line says what it was)."""
+    return str(error) if isinstance(error, StorybookError) else f"{type(error).__name__}: {error}"
+
+
 class InvalidNameError(StorybookError):
     """A character or book name that cannot become a safe folder name."""
 

@@ -74,9 +74,8 @@ def picture_source(
 
     config = load_config(home)
     model_path = resolve_model(model, home)
-    fingerprint = model_fingerprint(model_path, home)
-    if dreambooth:
-        fingerprint += "+" + identity_hash(home, dreambooth)
+    dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
+    fingerprint = with_dreambooth(model_fingerprint(model_path, home), dreambooth_hash)
     torch_device = parse_device(device) if device else pick_device(config.device)
     torch_dtype = pick_dtype(torch_device, dtype or config.dtype)
     unet = UNet2DConditionModel.load_config(model_path, subfolder="unet")
@@ -85,6 +84,12 @@ def picture_source(
     checker = checker_in_use(config.safety_checker, model_path)
     safety = checker_fingerprint(checker[0][0], home) if checker else None
     return PictureSource(fingerprint, str(torch_dtype).removeprefix("torch."), native_size, safety)
+
+
+def with_dreambooth(base_fingerprint: str, dreambooth_hash: str | None) -> str:
+    """What pictures depend on of the base model: its UNet weights' fingerprint, and a DreamBooth identity's hash when
+    one replaces that UNet."""
+    return f"{base_fingerprint}+{dreambooth_hash}" if dreambooth_hash else base_fingerprint
 
 
 def picture_size(settings: RenderSettings, native_size: int) -> tuple[int, int]:
@@ -141,7 +146,6 @@ class Renderer:
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: Scheduler = "model"
         self.base_fingerprint = model_fingerprint(self.model_path, home)
-        self.fingerprint = self.base_fingerprint  # what every picture depends on: the base and its DreamBooth UNet
         self.trained: dict[str, tuple[str, IdentityMetadata]] = {}  # trained identities loaded: slug -> (hash, record)
         self.image_adapter: AdapterSource | None = None  # the IP-Adapter loaded, once a character needs it
         self.image_prompts: dict[str, tuple[dict[str, torch.Tensor], float]] = {}  # slug -> (embeds, scale)
@@ -151,9 +155,10 @@ class Renderer:
         self.safety_setting = load_config(home).safety_checker
         self.safety = load_safety_checker(self.safety_setting, self.model_path, home, self.device, self.dtype)
         self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
+        # What every picture depends on of the model: the base and its DreamBooth UNet.
+        self.fingerprint = with_dreambooth(self.base_fingerprint, self.dreambooth_hash)
         if dreambooth:
             load_identity(self.pipeline, identity_folder(home, dreambooth), dreambooth, self.base_fingerprint)
-            self.fingerprint += "+" + self.dreambooth_hash
 
     @property
     def adapters(self) -> dict[str, str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from storybook.batch import BookSpec, MadeBook, export_spec_book, prepare_spec_book
 from storybook.book import RenderSettings
 from storybook.config import load_config
-from storybook.errors import BookError, StorybookError
+from storybook.errors import BookError, error_text
 from storybook.models import load_tokenizer, resolve_model, unet_parameter_count
 from storybook.render_book import (
     PicturePlan,
@@ -112,11 +112,6 @@ def book_rows(index: int, run: BookRun, home: Path, source: PictureSource, dream
         for target in plan.targets
         if not (run.folder / target.image).exists()
     ]
-
-
-def error_text(error: Exception) -> str:
-    """A book's error as the summary table shows it: storybook's own message, else the exception's type and text."""
-    return str(error) if isinstance(error, StorybookError) else f"{type(error).__name__}: {error}"
 
 
 class PageDrawer:
@@ -378,9 +373,7 @@ def build_identities_on_ray(
         try:
             built.append(BuiltIdentity(name, seconds=ray.get(reference)))
         except ray.exceptions.RayTaskError as error:
-            cause = error.cause
-            message = str(cause) if isinstance(cause, StorybookError) else f"{type(cause).__name__}: {cause}"
-            built.append(BuiltIdentity(name, error=message))
+            built.append(BuiltIdentity(name, error=error_text(error.cause)))
         except ray.exceptions.RayError as error:  # the worker died (and Ray's retries too)
             built.append(BuiltIdentity(name, error=f"the Ray worker was lost: {error}"))
     return built
