@@ -72,6 +72,7 @@ def main() -> None:
     import ray
 
     from storybook.batch import make_books
+    from storybook.cluster import RaySettings
     from storybook.scale_out import make_books_on_ray
 
     quiet = lambda line: None  # noqa: E731
@@ -87,7 +88,7 @@ def main() -> None:
             runs.append(
                 (
                     f"make --ray, {workers} worker(s)",
-                    lambda w=workers: make_books_on_ray(root, specs, workers=w, say=quiet),
+                    lambda w=workers: make_books_on_ray(root, specs, RaySettings(workers=w), say=quiet),
                 )
             )
         for label, make in runs:

@@ -10,12 +10,14 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from storybook.book import BOOK_FILE, Book, RenderSettings, books_root, load_book, save_book
+from storybook.cluster import RaySettings
 from storybook.config import configured_model
 from storybook.errors import BookError, error_text
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
@@ -38,6 +40,13 @@ class BookSpec(StoryRequest):
     trim: Trim = "8.5x8.5"
     layout: Layout = "band"
     output: Path  # the PDF, relative to the spec file
+    ray: RaySettings | None = None  # draw its pages on Ray (`ray: true`, or the settings); None: in this process
+
+    @field_validator("ray", mode="before")
+    @classmethod
+    def ray_switch(cls, ray: object) -> object:
+        """`ray: true` is Ray with its defaults, `ray: false` none."""
+        return {} if ray is True else None if ray is False else ray
 
     @field_validator("render")
     @classmethod
@@ -145,11 +154,16 @@ def export_spec_book(
 
 
 def make_one(
-    home: Path, spec_path: Path, renderer: Renderer | None, say: Callable[[str], None]
+    home: Path,
+    spec_path: Path,
+    renderer: Renderer | None,
+    say: Callable[[str], None],
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[MadeBook, Renderer]:
-    """Write (or reuse), render and export the book of one spec; return what was made and the renderer."""
+    """Write (or reuse), render and export the book of one spec; return what was made and the renderer.
+    `progress(done, total)` as its pictures are drawn."""
     spec, folder, _ = prepare_spec_book(home, spec_path, say)
-    report, renderer = render_book(home, folder, renderer=renderer)
+    report, renderer = render_book(home, folder, renderer=renderer, progress=progress)
     say(f"{spec_path.name}: {report.drawn} pictures drawn, {report.reused} reused")
     for warning in report.warnings:
         say(f"{spec_path.name}: warning: {warning}")
@@ -159,16 +173,77 @@ def make_one(
     return MadeBook(spec_path, output, pages, drawn=report.drawn), renderer
 
 
-def make_books(home: Path, spec_paths: list[Path], say: Callable[[str], None] = print) -> list[MadeBook]:
-    """Make the book of each spec in turn, loading the model once; a failing book is reported, the others go on."""
+def make_books(
+    home: Path,
+    spec_paths: list[Path],
+    say: Callable[[str], None] = print,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> list[MadeBook]:
+    """Make the book of each spec in turn, loading the model once; a failing book is reported, the others go on.
+    `progress(book, done, total)` as each book's pictures are drawn (`book`: its index in `spec_paths`)."""
     made, renderer = [], None
-    for spec_path in spec_paths:
+    for index, spec_path in enumerate(spec_paths):
         start = time.perf_counter()
         result = MadeBook(spec=spec_path)
+        book_progress = partial(progress, index) if progress else None
         try:
-            result, renderer = make_one(home, spec_path, renderer, say)
+            result, renderer = make_one(home, spec_path, renderer, say, book_progress)
         except Exception as error:  # a bug in one book must not cost the others; the message says where
             result.error = error_text(error)
         result.seconds = time.perf_counter() - start
         made.append(result)
     return made
+
+
+def spec_ray_settings(spec_path: Path) -> RaySettings | None:
+    """The Ray settings the spec asks for; None when it asks for none or cannot be read (it fails, saying why, where
+    it is made)."""
+    try:
+        return load_spec(spec_path).ray
+    except BookError:
+        return None
+
+
+def renumbered(
+    progress: Callable[[int, int, int], None] | None, indexes: list[int]
+) -> Callable[[int, int, int], None] | None:
+    """`progress` for a run of the specs at `indexes` of a longer list: the run's book numbers become the list's."""
+    if progress is None:
+        return None
+    return lambda book, done, total: progress(indexes[book], done, total)
+
+
+def make_specs(
+    home: Path,
+    spec_paths: list[Path],
+    ray: RaySettings | None = None,
+    say: Callable[[str], None] = print,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> list[MadeBook]:
+    """Make the book of each spec: all on Ray with `ray` when it is given (`storybook make --ray` and its flags),
+    else on Ray those whose spec says `ray:` (with the settings it gives) and the others in this process. Returns
+    the outcomes in the order of `spec_paths`; a failing book does not stop the others. `progress(book, done,
+    total)` as each book's pictures are drawn (`book`: its index in `spec_paths`). Raises BookError when specs drawn
+    in one run ask for different Ray settings."""
+    wanted = {index: ray or spec_ray_settings(path) for index, path in enumerate(spec_paths)}
+    on_ray = [index for index, settings in wanted.items() if settings is not None]
+    if len(different := {wanted[index] for index in on_ray}) > 1:
+        asked = "; ".join(f"{spec_paths[i].name}: {wanted[i].summary()}" for i in on_ray)
+        raise BookError(
+            f"The specs ask for {len(different)} different Ray settings ({asked}): make them in separate runs, or "
+            "give --ray (and its options) to draw them all the same way."
+        )
+    made: dict[int, MadeBook] = {}
+    if on_ray:
+        from storybook.scale_out import make_books_on_ray
+
+        ray_specs = [spec_paths[i] for i in on_ray]
+        try:
+            on_ray_made = make_books_on_ray(home, ray_specs, wanted[on_ray[0]], say, renumbered(progress, on_ray))
+        except BookError as error:  # no Ray, no cluster, too few GPUs: the books for Ray fail, the others are made
+            on_ray_made = [MadeBook(spec=path, error=str(error)) for path in ray_specs]
+        made |= dict(zip(on_ray, on_ray_made, strict=True))
+    here = [index for index in wanted if index not in made]
+    here_made = make_books(home, [spec_paths[i] for i in here], say, renumbered(progress, here))
+    made |= dict(zip(here, here_made, strict=True))
+    return [made[index] for index in range(len(spec_paths))]

@@ -42,6 +42,7 @@ from storybook.errors import (
 )
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
+from storybook.quiet import quiet_libraries
 from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, slugify
 from storybook.story import book_edits
 from storybook.story.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
@@ -79,6 +80,24 @@ CaptionerOption = Annotated[
     typer.Option(
         help="BLIP captioning weights that caption the photos: a local folder or a downloaded hub id, e.g. "
         "Salesforce/blip-image-captioning-base (never downloaded here).",
+    ),
+]
+
+
+def ray_address_option(address: str | None) -> str | None:
+    """The --ray-address given, when it is a Ray cluster's address."""
+    from storybook.cluster import check_ray_address
+
+    try:
+        return check_ray_address(address)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        callback=ray_address_option, help="A Ray cluster's address, as `ray start --head` prints it (HOST:PORT)."
     ),
 ]
 
@@ -121,19 +140,6 @@ def run(action, loads_models: bool = False):
 def say_warning(message: str) -> None:
     """Print `message` as a yellow "Warning:" line."""
     console.print(Text.assemble(("Warning: ", "yellow"), message))
-
-
-def quiet_libraries() -> None:
-    """Silence the model libraries' own notes, warnings and loading bars: storybook reports in its own words and
-    shows its own progress (--debug shows everything)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()  # library notes such as "no LoRA keys for the text encoder"
-    transformers_logging.set_verbosity_error()  # long prompts: `render` reports them in its own words
-    diffusers_logging.disable_progress_bar()  # "Loading pipeline components"
-    transformers_logging.disable_progress_bar()  # "Loading weights" of every text and image encoder
-    warnings.filterwarnings("ignore", module="(diffusers|transformers|peft|torch|accelerate)")
 
 
 def error_message(error: Exception) -> str:
@@ -382,9 +388,7 @@ def character_train(
             "local instance (pip install 'storybook[ray]').",
         ),
     ] = False,
-    ray_address: Annotated[
-        str | None, typer.Option(help="A Ray cluster's address, as `ray start --head` prints it.")
-    ] = None,
+    ray_address: RayAddressOption = None,
     gpus_per_task: Annotated[
         float | None, typer.Option(min=0.0, help="--ray: GPUs each build takes (default 1 when the cluster has GPUs).")
     ] = None,
@@ -921,6 +925,41 @@ def export(
     run(write, loads_models=True)
 
 
+@contextmanager
+def books_progress(specs: list[Path]) -> Iterator[Callable[[int, int, int], None]]:
+    """Progress of many books as a `progress(book, done, total)` callback (`book`: its index in `specs`): pictures
+    done / total over all books, and a bar per book being drawn, which gives way to the book's line when it is
+    finished."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bars = Progress(
+        TextColumn("{task.description}", markup=False),  # spec file names are the user's text
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks, counts = {}, {}
+
+    def update(book: int, done: int, total: int) -> None:
+        if not tasks:
+            bars.start()
+            tasks["all"] = bars.add_task("all books", total=0)
+        if book not in tasks:
+            tasks[book] = bars.add_task(specs[book].name, total=total)
+        counts[book] = (done, total)
+        bars.update(tasks[book], completed=done, total=total, visible=done < total)
+        all_done, all_total = (sum(column) for column in zip(*counts.values(), strict=True))
+        bars.update(tasks["all"], completed=all_done, total=all_total)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bars.stop()
+
+
 @app.command()
 def make(
     specs: Annotated[list[Path], typer.Argument(help="Spec files (YAML or JSON), one book each.")],
@@ -928,39 +967,49 @@ def make(
         bool,
         typer.Option(
             "--ray",
-            help="Draw the pages on Ray: the cluster at --ray-address (or $RAY_ADDRESS), else a local instance "
-            "(pip install 'storybook[ray]').",
+            help="Draw every book's pages on Ray: the cluster at --ray-address (or $RAY_ADDRESS), else a local "
+            "instance (pip install 'storybook[ray]'). Without it, the specs that say `ray:` are drawn on Ray.",
         ),
     ] = False,
-    ray_address: Annotated[
-        str | None, typer.Option(help="A Ray cluster's address, as `ray start --head` prints it.")
-    ] = None,
+    ray_address: RayAddressOption = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="--ray: actors drawing pages (default: one per GPU, else 2).")
     ] = None,
     gpus_per_worker: Annotated[
         float | None, typer.Option(min=0.0, help="--ray: GPUs each actor takes (default 1 when the cluster has GPUs).")
     ] = None,
+    shared_root: Annotated[
+        bool,
+        typer.Option(
+            "--shared-root",
+            help="--ray: the data root is shared by every node at the same path; workers write the pictures into "
+            "the books themselves.",
+        ),
+    ] = False,
 ) -> None:
     """Make many books: write, render and export the book of each spec; a failing book does not stop the others."""
-    from storybook.batch import make_books
+    from storybook.cluster import RaySettings
 
+    if not ray and (ray_address or workers or gpus_per_worker is not None or shared_root):
+        raise typer.BadParameter("--ray-address, --workers, --gpus-per-worker and --shared-root go with --ray.")
+    try:
+        settings = (
+            RaySettings(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, shared=shared_root)
+            if ray
+            else None
+        )
+    except ValidationError as error:
+        raise typer.BadParameter(describe_problems(error)) from None
     if not state["debug"]:
-        quiet_libraries()
-    if not ray and (ray_address or workers or gpus_per_worker is not None):
-        raise typer.BadParameter("--ray-address, --workers and --gpus-per-worker go with --ray.")
-    say = console.print
-    if ray:
-        from storybook.scale_out import make_books_on_ray
+        quiet_libraries()  # before storybook.batch imports the model libraries
+    from storybook.batch import make_specs
 
-        with progress_bar("drawing on Ray") as progress:
-            made = run(
-                lambda: make_books_on_ray(
-                    state["home"], specs, ray_address, workers, gpus_per_worker, say=say, progress=progress
-                )
-            )
-    else:
-        made = make_books(state["home"], specs, say=say)
+    try:
+        with books_progress(specs) as progress:
+            made = run(lambda: make_specs(state["home"], specs, settings, say=console.print, progress=progress))
+    except KeyboardInterrupt:
+        console.print("Stopped. Every finished picture is saved: make the books again to go on.")
+        raise typer.Exit(130) from None
     table = Table("spec", "result", "pages", "seconds")
     for result in made:
         outcome = Text(str(result.output), "green") if result.error is None else Text(f"failed: {result.error}", "red")

@@ -10,25 +10,32 @@ with what is missing, locally or on the cluster, and a second run draws nothing.
 comes back with its error, so that book fails alone; an actor that dies is restarted by Ray and its batch drawn again.
 
 Workers read the data root (base models, the characters' identity files) at the driver's path: on a cluster of
-several machines it must be shared (README, "Many books on a Ray cluster").
+several machines it must be shared (README, "Many books on a Ray cluster"). When the user says the whole data root is
+shared (`shared`), the workers write the pictures into the books themselves and only their names travel back.
 """
 
 import io
 import json
 import logging
+import os
 import time
+import warnings
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import groupby
 from pathlib import Path
 
 from storybook.batch import BookSpec, MadeBook, export_spec_book, prepare_spec_book
-from storybook.book import RenderSettings
+from storybook.book import RenderSettings, book_file
+from storybook.cluster import RaySettings
 from storybook.config import load_config
 from storybook.errors import BookError, error_text
 from storybook.models import load_tokenizer, resolve_model, unet_parameter_count
+from storybook.quiet import quiet_libraries
 from storybook.render_book import (
+    IMAGES_DIR,
     PicturePlan,
     attach,
     check_trained,
@@ -39,7 +46,7 @@ from storybook.render_book import (
     withheld_message,
 )
 from storybook.renderer import ImageJob, PictureSource, dreambooth_character, picture_source, tokens_beyond
-from storybook.storage import atomic_write_bytes
+from storybook.storage import atomic_write_bytes, contained
 from storybook.training.config import SMALL_MODEL_PARAMETERS
 
 RAY_HINT = "pip install 'storybook[ray]'"
@@ -52,7 +59,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401  (Ray Data draws the pages)
     except ImportError:
-        raise BookError(f"--ray needs Ray, which is not installed here: {RAY_HINT}.") from None
+        raise BookError(f"Ray is not installed here (--ray and a spec's `ray:` need it): {RAY_HINT}.") from None
     return ray
 
 
@@ -82,16 +89,22 @@ class BookRun:
     folder: Path | None = None
     plan: PicturePlan | None = None
     waiting: int = 0  # pictures not back yet
+    shared: bool = False  # the workers write its pictures into the shared data root
     withheld: list[str] = field(default_factory=list)  # image paths the safety checker withheld
     started: float = field(default_factory=time.perf_counter)
 
 
-def book_rows(index: int, run: BookRun, home: Path, source: PictureSource, dreambooth: str | None) -> list[dict]:
-    """The rows of the book's missing pictures: each with everything its picture depends on and where it goes."""
+def book_rows(
+    index: int, run: BookRun, home: Path, source: PictureSource, dreambooth: str | None, shared: bool = False
+) -> list[dict]:
+    """The rows of the book's missing pictures: each with everything its picture depends on and where it goes
+    (`shared`: the worker writes it into the book folder itself)."""
     plan = run.plan
-    shared = {
+    common = {
         "book": index,
         "home": str(home),
+        "folder": str(run.folder),
+        "shared": shared,
         "render": plan.book.render.model_dump_json(),
         "steps": plan.steps,
         "book_characters": json.dumps(sorted(plan.identities)),
@@ -100,7 +113,7 @@ def book_rows(index: int, run: BookRun, home: Path, source: PictureSource, dream
         "source": json.dumps(asdict(source)),
     }
     return [
-        shared
+        common
         | {
             "image": target.image,
             "label": target.label,
@@ -122,15 +135,14 @@ class PageDrawer:
     def __init__(self):
         import ray
 
-        from storybook.cli import quiet_libraries
-
         quiet_libraries()
         self.device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.renderer = None
 
     def __call__(self, batch: dict) -> dict:
         """Draw the batch's rows (one pipeline call per run of rows sharing a book and characters); return, per row,
-        its book, image path, PNG bytes, safety note, whether it was withheld, and the error that stopped it."""
+        its book, image path, PNG bytes (none when the worker wrote the picture into the shared book itself), safety
+        note, whether it was withheld, and the error that stopped it."""
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         out = {"book": [], "image": [], "png": [], "note": [], "withheld": [], "error": []}
         for _, group in groupby(rows, key=lambda row: (row["book"], row["characters"])):
@@ -140,6 +152,8 @@ class PageDrawer:
             except Exception as error:  # this book's pages fail, with what stopped them; the others go on
                 results = [(b"", "", False, error_text(error))] * len(group)
             for row, (png, note, withheld, error) in zip(group, results, strict=True):
+                if png and row["shared"]:
+                    png, error = b"", write_shared(Path(str(row["folder"])), str(row["image"]), png)
                 out["book"].append(int(row["book"]))
                 out["image"].append(str(row["image"]))
                 out["png"].append(png)
@@ -193,6 +207,34 @@ class PageDrawer:
         ]
 
 
+def write_shared(folder: Path, image: str, png: bytes) -> str:
+    """Write a picture into its book `folder` on the shared data root, atomically, into the images folder the driver
+    made (never one of the worker's own); '' when written, else what went wrong."""
+    path = contained(folder, image)
+    if path is None:
+        return f"{image} leads outside the book {folder}; it was not written"
+    if not path.parent.is_dir():
+        return f"a worker does not see {path.parent}: is the data root shared, at the same path on every node?"
+    try:
+        atomic_write_bytes(path, png)
+    except OSError as error:
+        return f"a worker could not write {path} ({error.strerror or error}): is the data root shared and writable?"
+    return ""
+
+
+def seen_on_driver(path: Path, tries: int = 5) -> bool:
+    """Whether the driver sees (and can read) the picture a worker wrote at `path` on the shared data root. A network
+    file system can answer from a cache made before the file existed, so the folder is listed again (which
+    refreshes it) and looked at a few times, a second apart."""
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1)
+        with suppress(OSError):
+            if path.name in os.listdir(path.parent) and os.access(path, os.R_OK):
+                return True
+    return False
+
+
 def png_bytes(picture) -> bytes:
     """`picture` as PNG file bytes."""
     data = io.BytesIO()
@@ -200,20 +242,25 @@ def png_bytes(picture) -> bytes:
     return data.getvalue()
 
 
-def plan_book(index: int, run: BookRun, home: Path, device: str, say: Callable[[str], None]) -> list[dict]:
+def plan_book(
+    index: int, run: BookRun, home: Path, device: str, shared: bool, say: Callable[[str], None]
+) -> list[dict]:
     """Prepare the spec's book on the driver (story, settings) and return the rows of its missing pictures."""
     run.spec, run.folder, book = prepare_spec_book(home, run.made.spec, say)
+    book_file(run.folder, IMAGES_DIR)  # pictures are written there: a symlink out of a book someone sent is refused
+    (run.folder / IMAGES_DIR).mkdir(exist_ok=True)  # before the workers write into it (shared) or the driver does
+    run.shared = shared
     check_trained(home, book)
     dreambooth = dreambooth_character(home, [character.slug for character in book.characters])
     source = picture_source(home, book.render.model, dreambooth, device)
     over_limit = partial(tokens_beyond, load_tokenizer(book.render.model, home))
     run.plan = plan_pictures(home, book, source, over_limit)
-    warnings = run.plan.warnings
+    book_warnings = run.plan.warnings
     if needs_safety_warning(source, load_config(home).safety_checker, book.render.model):
-        warnings = [*warnings, unscreened_warning(book.render.model)]
-    for warning in warnings:
+        book_warnings = [*book_warnings, unscreened_warning(book.render.model)]
+    for warning in book_warnings:
         say(f"{run.made.spec.name}: warning: {warning}")
-    return book_rows(index, run, home, source, dreambooth)
+    return book_rows(index, run, home, source, dreambooth, shared)
 
 
 def rows_per_call(home: Path, model: str, device: str) -> int:
@@ -226,35 +273,40 @@ def rows_per_call(home: Path, model: str, device: str) -> int:
 def make_books_on_ray(
     home: Path,
     spec_paths: list[Path],
-    address: str | None = None,
-    workers: int | None = None,
-    gpus_per_worker: float | None = None,
+    settings: RaySettings | None = None,
     say: Callable[[str], None] = print,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> list[MadeBook]:
-    """Make the book of each spec with its pictures drawn on Ray: the cluster at `address` (or $RAY_ADDRESS), else a
-    local instance. `workers` actors (default: one per GPU, else 2), each with `gpus_per_worker` GPUs (default 1 on a
-    cluster with GPUs, else 0). A failing book is reported, the others go on. `progress(done, total)` after each
-    picture. Raises BookError when Ray is missing, the cluster cannot be reached or lacks the GPUs asked for."""
+    """Make the book of each spec with its pictures drawn on Ray as `settings` say: the cluster at their address (or
+    $RAY_ADDRESS), else a local instance; their number of actors (default: one per GPU, else 2), each with their GPUs
+    (default 1 on a cluster with GPUs, else 0). A failing book is reported, the others go on. `progress(book, done,
+    total)` for each book (its index in `spec_paths`) when its pictures are planned and as each comes back. Raises
+    BookError when Ray is missing, the cluster cannot be reached or lacks the GPUs asked for."""
+    settings = settings or RaySettings()
     ray = import_ray()
-    connect(address)
+    connect(settings.address)
     gpus = ray.cluster_resources().get("GPU", 0)
-    gpus_per_worker = (1 if gpus else 0) if gpus_per_worker is None else gpus_per_worker
+    gpus_per_worker = (1 if gpus else 0) if settings.gpus_per_worker is None else settings.gpus_per_worker
     if gpus_per_worker > gpus:
-        raise BookError(f"--gpus-per-worker {gpus_per_worker:g}, and the Ray cluster has {gpus:g} GPUs.")
-    workers = workers or (max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 2)
+        raise BookError(
+            f"{gpus_per_worker:g} GPUs per worker asked for (--gpus-per-worker or a spec's `ray:`), and the Ray "
+            f"cluster has {gpus:g}."
+        )
+    workers = settings.workers or (max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 2)
     device = "cuda" if gpus_per_worker else "cpu"
 
     runs = [BookRun(MadeBook(spec=path)) for path in spec_paths]
     rows = []
     for index, run in enumerate(runs):
         try:
-            book_rows_now = plan_book(index, run, home, device, say)
+            book_rows_now = plan_book(index, run, home, device, settings.shared, say)
         except Exception as error:  # a bad spec, an untrained character, a model not here: this book alone fails
             run.made.error = error_text(error)
             continue
         run.waiting = run.made.drawn = len(book_rows_now)
         rows += book_rows_now
+        if progress and run.waiting:
+            progress(index, 0, run.waiting)
         if not run.waiting:
             finish(run, home, say)
     # A book's rows together (its pages with the same characters next to each other): each book is exported as soon
@@ -283,33 +335,45 @@ def draw_rows(
     gpus_per_worker: float,
     device: str,
     say: Callable[[str], None],
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[int, int, int], None] | None,
 ) -> None:
-    """Draw `rows` on Ray actors, write each picture into its book as it comes back, and finish each book whose
-    pictures are all in."""
-    drawn = ray.data.from_items(rows).map_batches(
-        PageDrawer,
-        batch_size=rows_per_call(home, json.loads(rows[0]["render"])["model"], device),
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_gpus=gpus_per_worker or None,
-        max_task_retries=MAX_TASK_RETRIES,
-    )
-    for done, row in enumerate(drawn.iter_rows(), start=1):
-        run = runs[int(row["book"])]
+    """Draw `rows` on Ray actors, write each picture into its book as it comes back (or check that the worker wrote
+    it into the shared data root), and finish each book whose pictures are all in."""
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for retries yet, only the deprecated kwargs
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        drawn = ray.data.from_items(rows).map_batches(
+            PageDrawer,
+            batch_size=rows_per_call(home, json.loads(rows[0]["render"])["model"], device),
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=gpus_per_worker or None,
+            max_task_retries=MAX_TASK_RETRIES,
+        )
+    for row in drawn.iter_rows():
+        index = int(row["book"])
+        run, path = runs[index], runs[index].folder / str(row["image"])
         if row["error"]:
             run.made.error = run.made.error or str(row["error"])
         elif row["withheld"]:
             run.withheld.append(str(row["image"]))
-        elif run.made.error is None:
-            atomic_write_bytes(run.folder / str(row["image"]), bytes(row["png"]))
+        elif len(row["png"]):
+            if run.made.error is None:
+                try:
+                    atomic_write_bytes(path, bytes(row["png"]))
+                except OSError as error:  # a full disk: this book fails, the others go on
+                    run.made.error = f"cannot write {path}: {error.strerror or error}"
+        elif run.made.error is None and not seen_on_driver(path):  # written into the worker's own copy
+            run.made.error = (
+                f"a worker wrote {path}, and this machine does not see it (or cannot read it): the data root is not "
+                "shared, or the workers run as another user (make it again without the shared setting)"
+            )
         if row["note"]:
             say(f"{run.made.spec.name}: warning: {row['note']}")
         run.waiting -= 1
+        if progress:
+            progress(index, run.made.drawn - run.waiting, run.made.drawn)
         if run.waiting == 0:
             finish(run, home, say)
-        if progress:
-            progress(done, len(rows))
 
 
 def finish(run: BookRun, home: Path, say: Callable[[str], None]) -> None:
@@ -319,7 +383,8 @@ def finish(run: BookRun, home: Path, say: Callable[[str], None]) -> None:
             plan = run.plan
             attach(plan.targets, run.folder, plan.book.cover, plan.book.render, False, 1)
             reused = len(plan.targets) - run.made.drawn
-            say(f"{run.made.spec.name}: {run.made.drawn} pictures drawn on Ray, {reused} reused")
+            written = " (written by the workers into the shared data root)" if run.shared else ""
+            say(f"{run.made.spec.name}: {run.made.drawn} pictures drawn on Ray{written}, {reused} reused")
             if run.withheld:
                 raise BookError(withheld_message([t.label for t in plan.targets if t.image in run.withheld]))
             run.made.output, run.made.pages = export_spec_book(home, run.made.spec, run.spec, run.folder, say)
@@ -340,7 +405,6 @@ class BuiltIdentity:
 def build_one(home: str, name: str, method: str, model: str | None, overrides: dict, options: dict) -> float:
     """A Ray task: build `name`'s identity by `method` (see `build_identity`) on the GPU Ray gave it, else the CPU;
     return its wall time."""
-    from storybook.cli import quiet_libraries
     from storybook.training.personalize import build_identity
 
     quiet_libraries()

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from storybook.batch import load_spec, make_books
 from storybook.cli import app
+from storybook.cluster import RaySettings
 from storybook.errors import BookError
 
 pytestmark = pytest.mark.slow
@@ -81,3 +82,13 @@ def test_two_specs_of_the_same_file_name_never_share_a_book(studio, tmp_path):
     books = {json.loads((studio / "books" / name / "book.json").read_text())["theme"] for name in ("trip", "trip-2")}
     assert books == {"a day at the beach", "bath time"}
     assert not (studio / "books" / "trip-3").exists()  # the first spec found its own book again
+
+
+def test_a_specs_ray_setting_is_read_and_checked_with_the_spec(tmp_path):
+    assert load_spec(write_spec(tmp_path, "on", ray=True)).ray == RaySettings()
+    assert load_spec(write_spec(tmp_path, "off", ray=False)).ray is None
+    settings = {"address": "ray://head.example:10001", "workers": 4, "gpus_per_worker": 0.5, "shared": True}
+    assert load_spec(write_spec(tmp_path, "cluster", ray=settings)).ray == RaySettings(**settings)
+    for bad, field in (({"address": "head"}, "ray.address"), ({"gpu": 1}, "ray.gpu"), ("yes please", "ray")):
+        with pytest.raises(BookError, match=f"bad.yaml has bad fields:\\n  {field}"):
+            load_spec(write_spec(tmp_path, "bad", ray=bad))

@@ -5,24 +5,37 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import ray
 from PIL import Image
+from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from storybook import registry
-from storybook.batch import MadeBook, make_books, prepare_spec_book
+from storybook.batch import MadeBook, make_books, make_specs, prepare_spec_book
 from storybook.book import load_book
 from storybook.cli import app
+from storybook.cluster import RaySettings
 from storybook.config import update_config
+from storybook.errors import BookError
 from storybook.render_book import plan_pictures
 from storybook.renderer import picture_source
-from storybook.scale_out import BookRun, PageDrawer, book_rows, build_identities_on_ray, make_books_on_ray
+from storybook.scale_out import (
+    BookRun,
+    PageDrawer,
+    book_rows,
+    build_identities_on_ray,
+    draw_rows,
+    make_books_on_ray,
+)
 from storybook.tiny_model import build_tokenizer
 from tests.test_batch import write_spec
 
@@ -32,7 +45,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def local_ray():
     """A Ray instance on this machine alone (the driver's loopback), started by the test and shut down after it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -65,9 +78,15 @@ def test_ray_draws_the_books_a_local_make_draws_a_broken_spec_fails_alone_and_a_
 ):
     specs = three_specs(tmp_path)
     broken = write_spec(tmp_path, "broken", characters=["Nobody"])
-    made = make_books_on_ray(studio, [*specs, broken], workers=2, say=lambda line: None)
+    reports = []
+    made = make_books_on_ray(
+        studio, [*specs, broken], RaySettings(workers=2), say=lambda line: None, progress=lambda *r: reports.append(r)
+    )
     assert [m.error is None for m in made] == [True, True, True, False] and "Nobody" in made[3].error
     assert [m.drawn for m in made[:3]] == [9, 9, 9] and all(m.output.is_file() for m in made[:3])
+    for book in range(3):  # progress per book: planned, then each picture as it comes back
+        assert [(done, total) for index, done, total in reports if index == book] == [(n, 9) for n in range(10)]
+    assert not [r for r in reports if r[0] == 3]
 
     local = other_home(tmp_path, studio)
     for result in make_books(local, specs, say=lambda line: None):
@@ -79,7 +98,7 @@ def test_ray_draws_the_books_a_local_make_draws_a_broken_spec_fails_alone_and_a_
             difference = np.abs(on_ray.astype(int) - here.astype(int))
             assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
-    again = make_books_on_ray(studio, specs, workers=2, say=lambda line: None)
+    again = make_books_on_ray(studio, specs, RaySettings(workers=2), say=lambda line: None)
     assert [(m.error, m.drawn) for m in again] == [(None, 0)] * 3
     assert [m.drawn for m in make_books(studio, specs, say=lambda line: None)] == [0, 0, 0]  # one cache, both ways
 
@@ -91,7 +110,9 @@ def test_a_worker_killed_mid_run_costs_only_its_pictures_which_are_drawn_again(s
     ]
     results = {}
     run = threading.Thread(
-        target=lambda: results.update(made=make_books_on_ray(studio, specs, workers=2, say=lambda line: None))
+        target=lambda: results.update(
+            made=make_books_on_ray(studio, specs, RaySettings(workers=2), say=lambda line: None)
+        )
     )
     run.start()
     killed, killed_at = None, None
@@ -118,7 +139,7 @@ def test_a_worker_killed_mid_run_costs_only_its_pictures_which_are_drawn_again(s
         assert len(list((folder / "images").glob("*.png"))) == 9
     drawn_after = [path for path in (studio / "books").glob("*/images/*.png") if path.stat().st_mtime > killed_at]
     assert len(drawn_after) >= 27 - 13  # the run went on after the kill: the rest, the lost batch among them
-    assert make_books_on_ray(studio, specs, workers=2, say=lambda line: None)[0].drawn == 0
+    assert make_books_on_ray(studio, specs, RaySettings(workers=2), say=lambda line: None)[0].drawn == 0
 
 
 def test_the_cli_makes_books_on_ray_and_ray_options_need_ray(studio, tmp_path, local_ray):
@@ -149,7 +170,7 @@ def test_pictures_the_safety_checker_withholds_on_ray_fail_their_book_alone(stud
     update_config(studio, {"safety_checker": str(write_checker(tmp_path / "checker", flags_everything=True))})
     spec = write_spec(tmp_path, "screened", characters=["Mia"])
     lines = []
-    [made] = make_books_on_ray(studio, [spec], workers=1, say=lines.append)
+    [made] = make_books_on_ray(studio, [spec], RaySettings(workers=1), say=lines.append)
     assert made.error.startswith("The safety checker withheld the pictures of cover, page 1,")
     assert not (tmp_path / "out" / "screened.pdf").exists()
     assert any("the safety checker flagged the pictures of seeds" in line for line in lines)  # each one reported
@@ -173,3 +194,92 @@ def test_an_error_while_drawing_comes_back_in_its_books_rows_and_the_other_book_
     assert all(Image.open(io.BytesIO(png)).size == (32, 32) for png in out["png"][:2])
     assert all("The identity of mia changed while the book was drawn" in error for error in out["error"][2:])
     assert out["png"][2:] == [b"", b""]
+
+
+def test_specs_that_say_ray_are_drawn_on_ray_the_others_here_and_specs_asking_for_two_clusters_are_refused(
+    studio, tmp_path, local_ray
+):
+    on_ray = write_spec(tmp_path, "on-ray", characters=["Mia"], ray={"workers": 1, "shared": True})
+    here = write_spec(tmp_path, "here", characters=["Rex"], theme="bedtime")
+    lines, reports = [], []
+    made = make_specs(studio, [on_ray, here], say=lines.append, progress=lambda *r: reports.append(r))
+    assert [(m.spec, m.error, m.drawn) for m in made] == [(on_ray, None, 9), (here, None, 9)]
+    assert "9 pictures to draw on Ray (1 workers, 0 GPU each)" in lines  # the spec's book alone, with its settings
+    assert "on-ray.yaml: 9 pictures drawn on Ray (written by the workers into the shared data root), 0 reused" in lines
+    assert [(done, total) for book, done, total in reports if book == 0] == [(n, 9) for n in range(10)]
+    assert [total for book, done, total in reports if book == 1] == [9] * 3 and reports[-1] == (1, 9, 9)  # 4, 8, 9
+
+    other = write_spec(tmp_path, "other-cluster", characters=["Mia"], ray={"address": "head:6379"})
+    with pytest.raises(BookError, match="2 different Ray settings.*on-ray.yaml.*other-cluster.yaml: .*'head:6379'"):
+        make_specs(studio, [on_ray, other], say=lines.append)
+    again = make_specs(studio, [on_ray, other, here], RaySettings(workers=1), say=lines.append)  # --ray: all of them
+    assert [m.drawn for m in again] == [0, 9, 0] and lines[-1].startswith("other-cluster.yaml: 12 pages written")
+
+
+def test_with_a_shared_data_root_the_actors_write_the_pictures_into_the_books_themselves(studio, tmp_path, local_ray):
+    spec = write_spec(tmp_path, "shared", characters=["Mia"])
+    run = BookRun(MadeBook(spec))
+    run.spec, run.folder, book = prepare_spec_book(studio, spec, lambda line: None)
+    (run.folder / "images").mkdir()  # as the driver makes it before sending the rows
+    source = picture_source(studio, "tiny", None)
+    run.plan = plan_pictures(studio, book, source, lambda prompt: 0)
+    rows = book_rows(0, run, studio, source, None, shared=True)[:2]
+    batch = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
+    out = PageDrawer()(batch)  # the actor writes the pictures and sends back only their names
+    assert out["png"] == [b"", b""] and out["error"] == ["", ""]
+    assert all(Image.open(run.folder / image).size == (32, 32) for image in out["image"])
+
+    (tmp_path / "a-file").write_text("")
+    batch["folder"] = np.array([str(tmp_path / "a-file")] * 2, dtype=object)  # a folder the worker cannot write
+    assert all("is the data root shared" in error for error in PageDrawer()(batch)["error"])
+
+
+def test_a_picture_the_driver_cannot_see_fails_its_book_and_workers_never_make_their_own_book_folders(
+    studio, tmp_path, local_ray
+):
+    spec = write_spec(tmp_path, "unshared", characters=["Mia"])
+    run = BookRun(MadeBook(spec))
+    run.spec, run.folder, book = prepare_spec_book(studio, spec, lambda line: None)
+    (run.folder / "images").mkdir()
+    source = picture_source(studio, "tiny", None)
+    run.plan = plan_pictures(studio, book, source, lambda prompt: 0)
+    rows = book_rows(0, run, studio, source, None, shared=True)
+    worker_copy = tmp_path / "worker-copy"  # the book's path on a worker whose data root is its own
+    for row in rows:
+        row["folder"] = str(worker_copy)
+    run.waiting = run.made.drawn = len(rows)
+    draw_rows(ray, rows, [run], studio, 1, 0, "cpu", lambda line: None, None)
+    assert "a worker does not see" in run.made.error and "is the data root shared" in run.made.error
+    assert not worker_copy.exists()  # no book folder of its own made on the worker
+
+    (worker_copy / "images").mkdir(parents=True)  # the worker's copy has the book: it writes there, unseen
+    run.made.error, run.waiting = None, len(rows)
+    draw_rows(ray, rows, [run], studio, 1, 0, "cpu", lambda line: None, None)
+    assert "this machine does not see it (or cannot read it): the data root is not shared" in run.made.error
+    assert not run.made.output and not list((run.folder / "images").glob("*.png"))
+
+
+def test_a_driver_joins_a_two_node_cluster_by_address_and_its_workers_write_into_the_shared_root(studio, tmp_path):
+    """Two Ray nodes (one CPU each, so the two actors land on both), the CLI as a separate driver joining them by
+    address, the data root shared (one machine's disk): the workers write the pictures, the driver exports."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        spec = write_spec(tmp_path, "cluster", characters=["Mia", "Rex"])
+        storybook = str(Path(sys.executable).parent / "storybook")
+        command = [storybook, "--home", str(studio), "make", str(spec), "--ray", "--ray-address", cluster.address]
+        result = subprocess.run(
+            [*command, "--workers", "2", "--shared-root"], capture_output=True, text=True, timeout=240
+        )
+    finally:
+        cluster.shutdown()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "9 pictures to draw on Ray (2 workers, 0 GPU each)" in result.stdout
+    assert "cluster.yaml: 9 pictures drawn on Ray (written by the workers into the shared data root), 0 reused" in (
+        " ".join(result.stdout.split())
+    )
+    assert len(list((studio / "books" / "cluster" / "images").glob("*.png"))) == 9
+    assert len(PdfReader(tmp_path / "out" / "cluster.pdf").pages) == 12
