@@ -1,10 +1,12 @@
 """Image prompts on storybook-mini: each identity field read right, per guidance and image scale.
 
-Registers K held-out characters with the product's registry, builds their image prompts (IP-Adapter), draws the 12
-story pages of each with one seed per setting, and prints, per setting, identity consistency and the share of pages
-on which the evaluator reads each field (the setting, the four attributes, the three signature parts) right.
+Registers K held-out characters (with --training-family, toddlers of the family storybook-mini was trained on, to
+tell what it cannot draw from what it cannot generalise to) with the product's registry, builds their image prompts
+(IP-Adapter), draws the 12 story pages of each with one seed per setting, and prints, per setting, identity
+consistency, pairwise agreement and the share of pages on which the evaluator reads each field (the setting, the four
+attributes, the three signature parts) right.
 
-Usage: python bench/image_prompt_sweep.py [--characters 3] [--work DIR] GUIDANCE,SCALE [GUIDANCE,SCALE ...]
+Usage: python bench/image_prompt_sweep.py [--characters 3] [--work DIR] [--training-family] GUIDANCE,SCALE [...]
     e.g. python bench/image_prompt_sweep.py 7.5,1 5,1.5 3,1
 """
 
@@ -15,43 +17,28 @@ from pathlib import Path
 
 from storybook.book import RenderSettings
 from storybook.lab import world
-from storybook.lab.benchmark import benchmark_toddlers, draw_all, register
-from storybook.lab.evaluator import labels_of, load_evaluator
-from storybook.lab.metrics import identity_consistency
+from storybook.lab.benchmark import draw_all
+from storybook.lab.evaluator import load_evaluator
+from storybook.lab.sweep import FieldTally, image_prompt_characters
 from storybook.models import MINI_MODEL
 from storybook.renderer import Renderer
-from storybook.training.personalize import build_identity
-
-FIELDS = ["setting", *world.ATTRIBUTES, *world.SIGNATURE]
 
 
-def sweep(work: Path, characters: int, settings: list[tuple[float, float]]) -> None:
-    """Print one line per (guidance, image scale) in `settings`: identity consistency and each field's share."""
+def sweep(work: Path, characters: int, settings: list[tuple[float, float]], held_out: bool = True) -> None:
+    """Print one line per (guidance, image scale) in `settings`: identity consistency, pairwise agreement and each
+    field's share."""
     home, evaluator = work / "home", load_evaluator()
-    toddlers = benchmark_toddlers(characters)
-    subjects = []
-    for number, toddler in enumerate(toddlers):
-        token = register(home, f"kid{number}", toddler, MINI_MODEL)
-        build_identity(home, f"kid{number}", "ip-adapter", MINI_MODEL)
-        subjects.append(f"{token} toddler with {toddler.description}")
+    characters_drawn = image_prompt_characters(home, characters, held_out=held_out)
     renderer = Renderer(home, MINI_MODEL)
-    renderer.load_identities([f"kid{number}" for number in range(characters)])
+    renderer.load_identities([character.slug for character in characters_drawn])
     for guidance, scale in settings:
-        started, right, identity, pages = time.perf_counter(), dict.fromkeys(FIELDS, 0), [], 0
-        for number, (toddler, subject) in enumerate(zip(toddlers, subjects, strict=True)):
-            slug = f"kid{number}"
-            render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={slug: scale})
-            readings = evaluator.read(draw_all(renderer, world.page_prompts(subject), 1, (slug,), render))
-            truths = [labels_of(scene) for scene in world.page_scenes(toddler, 1)]
-            for reading, truth in zip(readings, truths, strict=True):
-                pages += 1
-                for field in FIELDS:
-                    right[field] += reading[field] == truth[field]
-            identity.append(identity_consistency(readings, toddler))
-        shares = " ".join(f"{field} {right[field] / pages:.0%}" for field in FIELDS)
+        started, tally = time.perf_counter(), FieldTally()
+        for character in characters_drawn:
+            render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={character.slug: scale})
+            prompts = world.page_prompts(character.subject)
+            tally.add(evaluator.read(draw_all(renderer, prompts, 1, (character.slug,), render)), character.toddler)
         print(
-            f"guidance {guidance:g}, scale {scale:g}: identity {sum(identity) / len(identity):.0%}; {shares} "
-            f"({time.perf_counter() - started:.0f} s)",
+            f"guidance {guidance:g}, scale {scale:g}: {tally.summary()} ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
 
@@ -62,10 +49,13 @@ def main() -> None:
     parser.add_argument("settings", nargs="+", help="GUIDANCE,SCALE pairs, e.g. 7.5,1")
     parser.add_argument("--characters", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="Keep the characters here (default: a temp folder).")
+    parser.add_argument(
+        "--training-family", action="store_true", help="Toddlers of the training family instead of held-out ones."
+    )
     args = parser.parse_args()
     settings = [tuple(float(value) for value in item.split(",")) for item in args.settings]
     work = args.work or Path(tempfile.mkdtemp(prefix="image-prompt-sweep-"))
-    sweep(work, args.characters, settings)
+    sweep(work, args.characters, settings, held_out=not args.training_family)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,11 @@ from PIL import Image
 from storybook import registry
 from storybook.book import RenderSettings
 from storybook.lab import world
-from storybook.lab.benchmark import benchmark_toddlers, draw_all, register
-from storybook.lab.evaluator import labels_of, load_evaluator
-from storybook.lab.metrics import identity_consistency, pairwise_agreement
+from storybook.lab.benchmark import draw_all
+from storybook.lab.evaluator import load_evaluator
+from storybook.lab.sweep import FieldTally, image_prompt_characters
 from storybook.models import MINI_MODEL
 from storybook.renderer import Renderer
-from storybook.training.personalize import build_identity
-
-FIELDS = ["setting", *world.ATTRIBUTES, *world.SIGNATURE]
 
 
 @dataclass
@@ -119,38 +116,25 @@ def photo_latents(renderer: Renderer, home: Path, slug: str, count: int) -> torc
 def sweep(work: Path, characters: int, settings: list[tuple[float, ...]]) -> None:
     """Print one line per setting: identity consistency, pairwise agreement and each field's share."""
     home, evaluator = work / "home", load_evaluator()
-    toddlers = benchmark_toddlers(characters)
-    subjects = []
-    for number, toddler in enumerate(toddlers):
-        token = register(home, f"kid{number}", toddler, MINI_MODEL)
-        build_identity(home, f"kid{number}", "ip-adapter", MINI_MODEL)
-        subjects.append(f"{token} toddler with {toddler.description}")
+    characters_drawn = image_prompt_characters(home, characters)
     renderer = Renderer(home, MINI_MODEL)
-    renderer.load_identities([f"kid{number}" for number in range(characters)])
+    renderer.load_identities([character.slug for character in characters_drawn])
     reference = Reference()
     install(renderer, reference)
     for photos, weight, steps, guidance, scale in settings:
         reference.weight, reference.steps = weight, steps
-        started, right, identity, agreement, pages = time.perf_counter(), dict.fromkeys(FIELDS, 0), [], [], 0
-        for number, (toddler, subject) in enumerate(zip(toddlers, subjects, strict=True)):
-            slug = f"kid{number}"
-            reference.latents = photo_latents(renderer, home, slug, int(photos)) if photos else None
+        started, tally = time.perf_counter(), FieldTally()
+        for character in characters_drawn:
+            reference.latents = photo_latents(renderer, home, character.slug, int(photos)) if photos else None
             if photos:
                 noise = torch.randn(reference.latents.shape, generator=torch.Generator().manual_seed(0))
                 reference.noise = noise.to(reference.latents.device, reference.latents.dtype)
-            render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={slug: scale})
-            readings = evaluator.read(draw_all(renderer, world.page_prompts(subject), 1, (slug,), render))
-            for reading, truth in zip(readings, [labels_of(s) for s in world.page_scenes(toddler, 1)], strict=True):
-                pages += 1
-                for name in FIELDS:
-                    right[name] += reading[name] == truth[name]
-            identity.append(identity_consistency(readings, toddler))
-            agreement.append(pairwise_agreement(readings))
-        shares = " ".join(f"{name} {right[name] / pages:.0%}" for name in FIELDS)
+            render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={character.slug: scale})
+            prompts = world.page_prompts(character.subject)
+            tally.add(evaluator.read(draw_all(renderer, prompts, 1, (character.slug,), render)), character.toddler)
         print(
             f"photos {photos:g}, weight {weight:g}, steps {steps:g}, guidance {guidance:g}, scale {scale:g}: "
-            f"identity {np.mean(identity):.0%}, agreement {np.mean(agreement):.0%}; {shares} "
-            f"({time.perf_counter() - started:.0f} s)",
+            f"{tally.summary()} ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
 

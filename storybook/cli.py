@@ -1152,11 +1152,20 @@ def lab_train_mini(
     work: Annotated[Path, typer.Option(help="Checkpoints; run again to resume.")] = Path(".cache/storybook-mini"),
     unet_steps: Annotated[int, typer.Option(min=1, help="Resume a finished run with more to train it longer.")] = 4000,
     seed: int = 0,
+    device: Annotated[
+        str, typer.Option(help="Train on this device, e.g. cuda (the pictures are drawn on the CPU).")
+    ] = "cpu",
 ) -> None:
     """Train storybook-mini from scratch on the lab's world (about 1.5 h on 2 CPU cores; resumable)."""
-    from storybook.lab.mini_model import train_mini
 
-    run(lambda: train_mini(out, work, unet_steps=unet_steps, seed=seed, progress=console.print), loads_models=True)
+    def train() -> None:
+        from storybook.lab.mini_model import train_mini
+        from storybook.models import pick_device
+
+        on = str(pick_device(device))
+        train_mini(out, work, unet_steps=unet_steps, seed=seed, device=on, progress=console.print)
+
+    run(train, loads_models=True)
 
 
 @lab_app.command("train-adapter")
@@ -1175,16 +1184,22 @@ def lab_train_adapter(
     ] = Path(".cache/storybook-mini-text"),
     unet_steps: Annotated[int, typer.Option(min=1, help="Adapter + UNet steps.")] = 2400,
     seed: int = 0,
+    device: Annotated[
+        str, typer.Option(help="Train on this device, e.g. cuda (the pictures are drawn on the CPU).")
+    ] = "cpu",
 ) -> None:
     """Train storybook-mini's image encoder and IP-Adapter with its UNet (about 1.2 h on 2 CPU cores; resumable)."""
-    from storybook.lab.mini_adapter import train_mini_adapter
 
-    run(
-        lambda: train_mini_adapter(
-            out, adapter_out, work, base, unet_steps=unet_steps, seed=seed, progress=console.print
-        ),
-        loads_models=True,
-    )
+    def train() -> None:
+        from storybook.lab.mini_adapter import train_mini_adapter
+        from storybook.models import pick_device
+
+        on = str(pick_device(device))
+        train_mini_adapter(
+            out, adapter_out, work, base, unet_steps=unet_steps, seed=seed, device=on, progress=console.print
+        )
+
+    run(train, loads_models=True)
 
 
 @lab_app.command("train-evaluator")

@@ -98,12 +98,13 @@ class MethodResult:
     peak_mb: float  # peak RSS of the process that built the identity (spawned for it; 0: nothing built)
 
 
-def benchmark_toddlers(count: int, seed: int = 0) -> list[world.Toddler]:
+def benchmark_toddlers(count: int, seed: int = 0, held_out: bool = True) -> list[world.Toddler]:
     """`count` different held-out toddlers (signature and attribute combination never drawn in training), the same
-    for the same seed."""
+    for the same seed; with `held_out` False, training-family ones instead (combinations of the kind storybook-mini
+    trains on, not necessarily among its training pictures)."""
     rng, toddlers = random.Random(f"benchmark-{seed}"), []
     while len(toddlers) < count:
-        toddler = world.random_toddler(rng, held_out=True)
+        toddler = world.random_toddler(rng, held_out=held_out)
         if toddler.signature not in {t.signature for t in toddlers}:
             toddlers.append(toddler)
     return toddlers

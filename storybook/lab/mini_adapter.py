@@ -29,7 +29,7 @@ from storybook.adapter_format import adapter_weights, load_adapter_weights, new_
 from storybook.errors import LabError
 from storybook.image_prompt import MINI_ADAPTER_FILE, image_processor
 from storybook.lab import world
-from storybook.lab.mini_model import RESOLUTION, SCHEDULE, save_state, training_caption, warmup_cosine
+from storybook.lab.mini_model import RESOLUTION, SCHEDULE, cpu_state, save_state, training_caption, warmup_cosine
 from storybook.models import MINI_MODEL_FOLDER
 
 ENCODER_SIZE = 64  # pixels the image encoder sees (CLIP's processor resizes and centre-crops to it)
@@ -73,14 +73,16 @@ def train_image_encoder(
     """Train `encoder` so that its image embedding tells every identity field (a linear head each, then dropped);
     return the share of fresh training-family photos whose seven fields all read right."""
     heads = torch.nn.ModuleDict({f: torch.nn.Linear(IMAGE_EMBED_DIM, len(v)) for f, v in IDENTITY_FIELDS.items()})
+    heads.to(encoder.device)
     parameters = [*encoder.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
     encoder.train()
     for step in range(steps):
         toddlers = [world.random_toddler(rng, held_out=False) for _ in range(64)]
-        embeddings = encoder(photo_pixels(toddlers, [rng.randrange(100) for _ in toddlers])).image_embeds
-        targets = field_targets(toddlers)
+        pixels = photo_pixels(toddlers, [rng.randrange(100) for _ in toddlers]).to(encoder.device)
+        embeddings = encoder(pixels).image_embeds
+        targets = {name: target.to(encoder.device) for name, target in field_targets(toddlers).items()}
         loss = sum(F.cross_entropy(heads[f](embeddings), targets[f]) for f in IDENTITY_FIELDS)
         optimizer.zero_grad()
         loss.backward()
@@ -91,8 +93,9 @@ def train_image_encoder(
     encoder.eval()
     with torch.no_grad():
         toddlers = [world.random_toddler(rng, held_out=False) for _ in range(256)]
-        embeddings = encoder(photo_pixels(toddlers, [rng.randrange(100) for _ in toddlers])).image_embeds
-        targets = field_targets(toddlers)
+        pixels = photo_pixels(toddlers, [rng.randrange(100) for _ in toddlers]).to(encoder.device)
+        embeddings = encoder(pixels).image_embeds
+        targets = {name: target.to(encoder.device) for name, target in field_targets(toddlers).items()}
         right = torch.stack([heads[f](embeddings).argmax(1) == targets[f] for f in IDENTITY_FIELDS]).all(0)
     return right.float().mean().item()
 
@@ -102,15 +105,16 @@ def encode_pairs(
     vae: AutoencoderKL, encoder: CLIPVisionModelWithProjection, count: int, rng: random.Random
 ) -> tuple[torch.Tensor, torch.Tensor, list[world.Scene]]:
     """`count` story scenes of training-family toddlers: their scaled latents (count, 4, 16, 16), the image embedding
-    of one registration photo of each scene's toddler (count, 64), and the scenes (for captions)."""
+    of one registration photo of each scene's toddler (count, 64), on the VAE's and the encoder's devices, and the
+    scenes (for captions)."""
     scenes = [world.random_scene(rng, world.random_toddler(rng, held_out=False)) for _ in range(count)]
     latents, embeddings = [], []
     for start in range(0, count, 256):
         chunk = scenes[start : start + 256]
-        pictures = world.to_tensor([world.draw_scene(scene, RESOLUTION) for scene in chunk])
+        pictures = world.to_tensor([world.draw_scene(scene, RESOLUTION) for scene in chunk]).to(vae.device)
         latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
         pixels = photo_pixels([scene.toddler for scene in chunk], [rng.randrange(100) for _ in chunk])
-        embeddings.append(encoder(pixels).image_embeds)
+        embeddings.append(encoder(pixels.to(encoder.device)).image_embeds)
     return torch.cat(latents), torch.cat(embeddings), scenes
 
 
@@ -136,12 +140,15 @@ def train_mini_adapter(
     learning_rate: float = 2e-4,
     seed: int = 0,
     checkpoint_every: int = 250,
+    device: str = "cpu",
     progress: Callable[[str], None] = print,
 ) -> tuple[Path, Path]:
-    """Train the image encoder and the adapter with the UNet of the pipeline in `base`; save the pipeline with its new
-    UNet to `out` and the adapter (weights file and `image_encoder/`) to `adapter_out`; return both folders.
+    """Train the image encoder and the adapter with the UNet of the pipeline in `base`, on `device`; save the pipeline
+    with its new UNet to `out` and the adapter (weights file and `image_encoder/`) to `adapter_out`; return both
+    folders.
 
-    `work` keeps each finished stage and UNet checkpoints: run again after an interruption and it resumes.
+    `work` keeps each finished stage and UNet checkpoints: run again after an interruption (on this device or
+    another) and it resumes. Noise, timesteps and image drops come from CPU generators, as in `train_mini`.
     """
     if not (base / "model_index.json").is_file():
         raise LabError(
@@ -150,43 +157,44 @@ def train_mini_adapter(
         )
     torch.manual_seed(seed)
     work.mkdir(parents=True, exist_ok=True)
-    encoder = build_image_encoder()
+    encoder = build_image_encoder().to(device)
     encoder_file = work / "image-encoder.safetensors"
     if encoder_file.exists():
-        encoder.load_state_dict(load_file(encoder_file))
+        encoder.load_state_dict(load_file(encoder_file, device=device))
     else:
         started = time.perf_counter()
         accuracy = train_image_encoder(encoder, encoder_steps, random.Random(f"encoder-{seed}"), progress)
-        save_file(encoder.state_dict(), encoder_file)
+        save_file(cpu_state(encoder), encoder_file)
         progress(f"image encoder trained in {time.perf_counter() - started:.0f} s; all fields read on {accuracy:.0%}")
     encoder.eval().requires_grad_(False)
 
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=torch.float32).requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=torch.float32).requires_grad_(False).to(device)
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=torch.float32)
-    text_encoder.requires_grad_(False)
+    text_encoder.requires_grad_(False).to(device)
     tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", dtype=torch.float32)
     base_config = dict(unet.config)
 
     dataset_file = work / "pairs.pt"
     if dataset_file.exists():
-        latents, embeddings, scenes = torch.load(dataset_file, weights_only=False)
+        latents, embeddings, scenes = torch.load(dataset_file, map_location=device, weights_only=False)
     else:
         latents, embeddings, scenes = encode_pairs(vae, encoder, dataset_size, random.Random(f"pairs-{seed}"))
-        torch.save((latents, embeddings, scenes), dataset_file)
+        torch.save((latents.cpu(), embeddings.cpu(), scenes), dataset_file)
         progress(f"encoded {len(scenes)} training pairs")
 
     load_adapter_weights(unet, new_adapter_weights(unet, IMAGE_EMBED_DIM, torch.Generator().manual_seed(seed)))
+    unet.to(device)
     scheduler = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
     rng, generator, step = random.Random(f"adapter-{seed}"), torch.Generator().manual_seed(seed), 0
     checkpoint_file = work / "adapter-checkpoint.pt"
     if checkpoint_file.exists():
-        state = torch.load(checkpoint_file, weights_only=False)
+        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)  # step counts stay on the CPU
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         step = state["step"]
         progress(f"resumed at step {step}")
     started = time.perf_counter()
@@ -196,14 +204,14 @@ def train_mini_adapter(
             group["lr"] = learning_rate * warmup_cosine(step, 100, unet_steps)
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
         captions = [training_caption(scenes[i], rng) for i in indices]
-        keep_image, branch_on = image_condition(torch.tensor([rng.random() for _ in indices]))
+        keep_image, branch_on = image_condition(torch.tensor([rng.random() for _ in indices], device=device))
         token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         with torch.no_grad():
-            text = text_encoder(token_ids.input_ids)[0]
+            text = text_encoder(token_ids.input_ids.to(device))[0]
         image = (embeddings[indices] * keep_image[:, None])[:, None, :]  # (B, 1 image, 64)
         batch = latents[indices]
-        noise = torch.randn(batch.shape, generator=generator)
-        timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator)
+        noise = torch.randn(batch.shape, generator=generator).to(device)
+        timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator).to(device)
         noisy = scheduler.add_noise(batch, noise, timesteps)
         masks = branch_on[:, None, None, None].expand(-1, 1, *batch.shape[2:])  # (B, 1 image, 16, 16)
         prediction = unet(
@@ -232,7 +240,7 @@ def train_mini_adapter(
                 "step": step,
             }
             save_state(checkpoint_file, state)
-    return save_mini_adapter(unet, base_config, encoder, base, out, adapter_out)
+    return save_mini_adapter(unet.cpu(), base_config, encoder.cpu(), base, out, adapter_out)
 
 
 def save_mini_adapter(

@@ -111,6 +111,7 @@ def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Call
     vae.train()
     for step in range(steps):
         pictures = world.to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(32)])
+        pictures = pictures.to(vae.device)
         x, y = rng.randrange(0, 33, 4), rng.randrange(0, 33, 4)
         crops = pictures[:, :, y : y + 32, x : x + 32]
         loss = F.l1_loss(vae.decode(vae.encode(crops).latent_dist.mean).sample, crops)
@@ -125,17 +126,18 @@ def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Call
         vae.quant_conv.weight[vae.config.latent_channels :] = 0
         vae.quant_conv.bias[vae.config.latent_channels :] = -30
         sample = world.to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(64)])
-        latents = vae.encode(sample).latent_dist.mean
+        latents = vae.encode(sample.to(vae.device)).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
 
 def encode_dataset(vae: AutoencoderKL, count: int, rng: random.Random) -> tuple[torch.Tensor, list[world.Scene]]:
-    """`count` training scenes and their scaled VAE latents (count, 4, 16, 16), encoded once."""
+    """`count` training scenes and their scaled VAE latents (count, 4, 16, 16, on the VAE's device), encoded once."""
     scenes = [training_scene(rng) for _ in range(count)]
     latents = []
     with torch.no_grad():
         for start in range(0, count, 256):
             pictures = world.to_tensor([world.draw_scene(scene, RESOLUTION) for scene in scenes[start : start + 256]])
+            pictures = pictures.to(vae.device)
             latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
     return torch.cat(latents), scenes
 
@@ -163,7 +165,7 @@ def refine_decoder(
     vae.train()
     for step in range(steps):
         indices = [rng.randrange(len(scenes)) for _ in range(32)]
-        pictures = world.to_tensor([world.draw_scene(scenes[i], RESOLUTION) for i in indices])
+        pictures = world.to_tensor([world.draw_scene(scenes[i], RESOLUTION) for i in indices]).to(vae.device)
         drawn = vae.decode(unscaled[indices]).sample
         loss = F.l1_loss(drawn, pictures) + F.mse_loss(drawn, pictures)
         optimizer.zero_grad()
@@ -207,47 +209,50 @@ def train_mini(
     batch_size: int = 32,
     seed: int = 0,
     checkpoint_every: int = 250,
+    device: str = "cpu",
     progress: Callable[[str], None] = print,
 ) -> Path:
     """Train storybook-mini from scratch and save it to `out` (fp16 safetensors, diffusers layout); return `out`.
 
     Stages: VAE (`vae_steps`), dataset encoding, decoder refinement (`decoder_steps`), UNet + text encoder
-    (`unet_steps`). `work` keeps each finished stage and UNet checkpoints: run again after an interruption and it
-    resumes where it stopped. The same arguments give the same weights on the same machine.
+    (`unet_steps`), each on `device` (the world's pictures are drawn on the CPU; noise and timesteps come from a CPU
+    generator, so a run draws the same samples on any device). `work` keeps each finished stage and UNet checkpoints:
+    run again after an interruption, on this device or another, and it resumes where it stopped. On the CPU the same
+    arguments give the same weights on the same machine (a GPU's cuDNN kernels need not be deterministic).
     """
     torch.manual_seed(seed)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(mini_words(), whole_words=True)
-    text_encoder = build_text_encoder(tokenizer, width=64, layers=3)
-    unet, vae = build_unet(), build_vae()
+    text_encoder = build_text_encoder(tokenizer, width=64, layers=3).to(device)
+    unet, vae = build_unet().to(device), build_vae().to(device)
 
     vae_file = work / "vae.safetensors"
     if vae_file.exists():
-        vae.load_state_dict(load_file(vae_file))
+        vae.load_state_dict(load_file(vae_file, device=device))
         vae.register_to_config(scaling_factor=float(vae_file.with_suffix(".scaling.txt").read_text()))
     else:
         started = time.perf_counter()
         train_vae(vae, vae_steps, random.Random(f"vae-{seed}"), progress)
-        save_file(vae.state_dict(), vae_file)
+        save_file(cpu_state(vae), vae_file)
         vae_file.with_suffix(".scaling.txt").write_text(str(vae.config.scaling_factor))
         progress(f"vae trained in {time.perf_counter() - started:.0f} s")
     vae.eval().requires_grad_(False)
 
     dataset_file = work / "dataset.pt"
     if dataset_file.exists():
-        latents, scenes = torch.load(dataset_file, weights_only=False)
+        latents, scenes = torch.load(dataset_file, map_location=device, weights_only=False)
     else:
         latents, scenes = encode_dataset(vae, dataset_size, random.Random(f"data-{seed}"))
-        torch.save((latents, scenes), dataset_file)
+        torch.save((latents.cpu(), scenes), dataset_file)
         progress(f"encoded {len(scenes)} training pictures")
 
     decoder_file = work / "vae-refined.safetensors"
     if decoder_file.exists():
-        vae.load_state_dict(load_file(decoder_file))
+        vae.load_state_dict(load_file(decoder_file, device=device))
     else:
         started = time.perf_counter()
         refine_decoder(vae, latents, scenes, decoder_steps, random.Random(f"decoder-{seed}"), progress)
-        save_file(vae.state_dict(), decoder_file)
+        save_file(cpu_state(vae), decoder_file)
         progress(f"decoder refined in {time.perf_counter() - started:.0f} s")
 
     scheduler = DDPMScheduler(**SCHEDULE)
@@ -257,12 +262,12 @@ def train_mini(
     rng, generator, step = random.Random(f"unet-{seed}"), torch.Generator().manual_seed(seed), 0
     checkpoint_file = work / "unet-checkpoint.pt"
     if checkpoint_file.exists():
-        state = torch.load(checkpoint_file, weights_only=False)
+        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)  # step counts stay on the CPU
         for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
             module.load_state_dict(state[key])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         step = state["step"]
         progress(f"resumed at step {step}")
     started = time.perf_counter()
@@ -275,9 +280,9 @@ def train_mini(
         captions = [training_caption(scenes[i], rng) for i in indices]
         token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         batch = latents[indices]
-        noise = torch.randn(batch.shape, generator=generator)
-        timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator)
-        embeddings = text_encoder(token_ids.input_ids)[0]
+        noise = torch.randn(batch.shape, generator=generator).to(device)
+        timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator).to(device)
+        embeddings = text_encoder(token_ids.input_ids.to(device))[0]
         prediction = unet(scheduler.add_noise(batch, noise, timesteps), timesteps, embeddings).sample
         loss = F.mse_loss(prediction, scheduler.get_velocity(batch, noise, timesteps))
         optimizer.zero_grad()
@@ -306,5 +311,10 @@ def train_mini(
 
     scheduler = DPMSolverMultistepScheduler(**SCHEDULE, steps_offset=1)
     pipeline = assemble_pipeline(vae, ema_text, tokenizer, ema_unet, scheduler)
-    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    pipeline.to("cpu", torch.float16, silence_dtype_warnings=True).save_pretrained(out, safe_serialization=True)
     return out
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s weights on the CPU (what a checkpoint file keeps, whatever device trained it)."""
+    return {key: value.cpu() for key, value in module.state_dict().items()}

@@ -3,7 +3,9 @@ import random
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from typer.testing import CliRunner
 
+from storybook.cli import app
 from storybook.lab import world
 from storybook.lab.evaluator import load_evaluator
 from storybook.lab.mini_model import build_unet, mini_words, train_mini
@@ -58,3 +60,15 @@ def test_training_runs_resume_and_write_a_loadable_pipeline(tmp_path):
     pipeline = DiffusionPipeline.from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert list(pipeline.unet.config.block_out_channels) == list(build_unet().config.block_out_channels)
     assert pipeline("a toddler at the beach", num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the refusal is for machines without it")
+@pytest.mark.parametrize("command", ["train-mini", "train-adapter"])
+def test_training_on_a_device_this_machine_lacks_says_so_and_writes_nothing(tmp_path, command):
+    work, out = tmp_path / "work", ["--out", str(tmp_path / "out")]
+    if command == "train-adapter":  # never the committed weights, whatever happens
+        out += ["--adapter-out", str(tmp_path / "adapter"), "--base", str(tmp_path / "base")]
+    result = CliRunner().invoke(app, ["lab", command, "--device", "cuda", "--work", str(work), *out])
+    assert result.exit_code == 1
+    assert " ".join(result.output.split()).startswith("Error: This machine has no cuda device: use --device cpu")
+    assert not work.exists() and not (tmp_path / "out").exists()
