@@ -21,13 +21,11 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
-from storybook.book import RenderSettings
 from storybook.image_prompt import MINI_ADAPTER_SOURCE, adapter_files, image_processor
 from storybook.lab import world
-from storybook.lab.benchmark import draw_all
 from storybook.lab.evaluator import load_evaluator
 from storybook.lab.metrics import is_same_character
-from storybook.lab.sweep import FieldTally, image_prompt_characters
+from storybook.lab.sweep import FieldTally, draw_pages, image_prompt_characters
 from storybook.models import MINI_MODEL
 from storybook.registry import load_character, prepared_photo_paths
 from storybook.renderer import Renderer
@@ -57,8 +55,7 @@ def sweep(work: Path, characters: int, seeds: int, guidance: float, image_scale:
         photos = prepared_photo_paths(home, load_character(home, character.slug))
         photo_embeddings = unit_embeddings(encoder, [Image.open(path).convert("RGB") for path in photos])
         target = torch.nn.functional.normalize(photo_embeddings.mean(0), dim=0)
-        render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={character.slug: image_scale})
-        pictures = draw_all(renderer, world.page_prompts(character.subject), seeds, (character.slug,), render)
+        pictures = draw_pages(renderer, character, guidance, image_scale, seeds)
         readings = evaluator.read(pictures)
         similarities = (unit_embeddings(encoder, pictures) @ target).tolist()
         books.append(([readings[p * seeds : (p + 1) * seeds] for p in range(PAGES)], similarities))

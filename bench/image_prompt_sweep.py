@@ -15,11 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from storybook.book import RenderSettings
-from storybook.lab import world
-from storybook.lab.benchmark import draw_all
 from storybook.lab.evaluator import load_evaluator
-from storybook.lab.sweep import FieldTally, image_prompt_characters
+from storybook.lab.sweep import FieldTally, draw_pages, image_prompt_characters
 from storybook.models import MINI_MODEL
 from storybook.renderer import Renderer
 
@@ -34,9 +31,7 @@ def sweep(work: Path, characters: int, settings: list[tuple[float, float]], held
     for guidance, scale in settings:
         started, tally = time.perf_counter(), FieldTally()
         for character in characters_drawn:
-            render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={character.slug: scale})
-            prompts = world.page_prompts(character.subject)
-            tally.add(evaluator.read(draw_all(renderer, prompts, 1, (character.slug,), render)), character.toddler)
+            tally.add(evaluator.read(draw_pages(renderer, character, guidance, scale)), character.toddler)
         print(
             f"guidance {guidance:g}, scale {scale:g}: {tally.summary()} ({time.perf_counter() - started:.0f} s)",
             flush=True,

@@ -24,11 +24,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from storybook import registry
-from storybook.book import RenderSettings
-from storybook.lab import world
-from storybook.lab.benchmark import draw_all
 from storybook.lab.evaluator import load_evaluator
-from storybook.lab.sweep import FieldTally, image_prompt_characters
+from storybook.lab.sweep import FieldTally, draw_pages, image_prompt_characters
 from storybook.models import MINI_MODEL
 from storybook.renderer import Renderer
 
@@ -129,9 +126,7 @@ def sweep(work: Path, characters: int, settings: list[tuple[float, ...]]) -> Non
             if photos:
                 noise = torch.randn(reference.latents.shape, generator=torch.Generator().manual_seed(0))
                 reference.noise = noise.to(reference.latents.device, reference.latents.dtype)
-            render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={character.slug: scale})
-            prompts = world.page_prompts(character.subject)
-            tally.add(evaluator.read(draw_all(renderer, prompts, 1, (character.slug,), render)), character.toddler)
+            tally.add(evaluator.read(draw_pages(renderer, character, guidance, scale)), character.toddler)
         print(
             f"photos {photos:g}, weight {weight:g}, steps {steps:g}, guidance {guidance:g}, scale {scale:g}: "
             f"{tally.summary()} ({time.perf_counter() - started:.0f} s)",

@@ -5,12 +5,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from storybook.book import RenderSettings
 from storybook.lab import world
-from storybook.lab.benchmark import benchmark_toddlers, register
+from storybook.lab.benchmark import benchmark_toddlers, draw_all, register
 from storybook.lab.evaluator import labels_of
 from storybook.lab.metrics import identity_consistency, pairwise_agreement
 from storybook.models import MINI_MODEL
+from storybook.renderer import Renderer
 from storybook.training.personalize import build_identity
 
 FIELDS = ["setting", *world.ATTRIBUTES, *world.SIGNATURE]
@@ -37,6 +40,15 @@ def image_prompt_characters(
         build_identity(home, slug, "ip-adapter", model)
         characters.append(SweepCharacter(slug, toddler, f"{token} toddler with {toddler.description}"))
     return characters
+
+
+def draw_pages(
+    renderer: Renderer, character: SweepCharacter, guidance: float, image_scale: float, seeds: int = 1
+) -> list[Image.Image]:
+    """`character`'s 12 story pages drawn with its image prompt at `guidance` and `image_scale`, each with seeds
+    0..seeds-1 (page-major, seeds inner), on storybook-mini."""
+    render = RenderSettings(model=MINI_MODEL, guidance=guidance, image_scales={character.slug: image_scale})
+    return draw_all(renderer, world.page_prompts(character.subject), seeds, (character.slug,), render)
 
 
 @dataclass
