@@ -28,13 +28,11 @@ def prepare(root: Path, steps: int) -> list[Path]:
     """A data root with Mia and Rex trained briefly on the tiny model, and four spec files; return the specs."""
     import yaml
 
-    from storybook.models import tiny_model_path
     from storybook.registry import add_character
     from storybook.sample_photos import write_sample_photos
     from storybook.tiny_model import build_tokenizer
     from storybook.training.loop import train_identity
 
-    tiny_model_path(root)
     photos = write_sample_photos(root / "photos")
     quick = {"steps": 10, "num_class_images": 4, "class_image_steps": 4, "checkpoint_every": 11}
     for name, class_noun in (("Mia", "toddler"), ("Rex", "dog")):

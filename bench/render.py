@@ -159,13 +159,10 @@ def main() -> None:
     import torch
 
     from storybook.memory import peak_memory_kind
-    from storybook.models import tiny_model_path
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="storybook-bench-") as temp:
         root = Path(temp)
-        print("building the tiny model ...", file=sys.stderr)
-        tiny_model_path(root / "tiny-home")
         models = [("tiny", "tiny", root / "tiny-home")]
         if torch.cuda.is_available():
             print("building the SD-1.5-shaped model ...", file=sys.stderr)

@@ -107,7 +107,6 @@ def run_one(spec: dict) -> dict:
 
     home = Path(spec["home"])
     home.mkdir(parents=True)
-    (home / "models").symlink_to(spec["models_dir"], target_is_directory=True)  # the prebuilt tiny model
     character = add_character(home, "Mia", write_sample_photos(home / "photos"), build_tokenizer())
     cuda = torch.cuda.is_available()
     stamps: list[float] = []
@@ -224,7 +223,6 @@ def main() -> None:
     import torch
 
     from storybook.memory import peak_memory_kind
-    from storybook.models import tiny_model_path
 
     cuda = torch.cuda.is_available()
     base = {"steps": args.steps, "num_class_images": 4, "class_image_steps": 4, "checkpoint_every": args.steps + 1}
@@ -232,8 +230,6 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="storybook-bench-") as temp:
         root = Path(temp)
-        print("building the tiny model ...", file=sys.stderr)
-        tiny_model_path(root / "shared")
         models = [("tiny", "tiny")]
         if cuda:
             print("building the SD-1.5-shaped model ...", file=sys.stderr)
@@ -243,7 +239,7 @@ def main() -> None:
                 for cache in (True, False):
                     overrides = {**base, "cache_latents": cache, **(gpu_settings[method] if cuda else {})}
                     spec = {"label": label, "model": model, "method": method, "overrides": overrides}
-                    spec |= {"home": str(root / f"run-{len(rows)}"), "models_dir": str(root / "shared" / "models")}
+                    spec |= {"home": str(root / f"run-{len(rows)}")}
                     print(f"training {label} / {method} / cache {'on' if cache else 'off'} ...", file=sys.stderr)
                     rows.append(table_row(spec, run_in_subprocess(spec)))
 

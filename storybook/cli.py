@@ -1151,19 +1151,43 @@ def lab_train_mini(
     ] = Path(".cache/storybook-mini-text"),
     work: Annotated[Path, typer.Option(help="Checkpoints; run again to resume.")] = Path(".cache/storybook-mini"),
     unet_steps: Annotated[int, typer.Option(min=1, help="Resume a finished run with more to train it longer.")] = 4000,
+    schedule_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="The learning rate's schedule length, if longer than --unet-steps (a run to go on)."),
+    ] = None,
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(
+            help="A weights-only snapshot folder: started from when --work holds no checkpoint (a new machine), "
+            "rewritten at every checkpoint (commit it to carry a long run to another machine)."
+        ),
+    ] = None,
+    vae_from: Annotated[
+        Path | None, typer.Option(help="A storybook-mini folder whose trained VAE to use instead of training one.")
+    ] = None,
     seed: int = 0,
     device: Annotated[
         str, typer.Option(help="Train on this device, e.g. cuda (the pictures are drawn on the CPU).")
     ] = "cpu",
 ) -> None:
-    """Train storybook-mini from scratch on the lab's world (about 1.5 h on 2 CPU cores; resumable)."""
+    """Train storybook-mini from scratch on the lab's world (resumable; README "storybook-mini" gives the times)."""
 
     def train() -> None:
         from storybook.lab.mini_model import train_mini
         from storybook.models import pick_device
 
         on = str(pick_device(device))
-        train_mini(out, work, unet_steps=unet_steps, seed=seed, device=on, progress=console.print)
+        train_mini(
+            out,
+            work,
+            unet_steps=unet_steps,
+            seed=seed,
+            device=on,
+            progress=console.print,
+            vae_from=vae_from,
+            schedule_steps=schedule_steps,
+            snapshot=snapshot,
+        )
 
     run(train, loads_models=True)
 

@@ -12,22 +12,13 @@ from diffusers import DiffusionPipeline
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from storybook.errors import ModelError
-from storybook.storage import MINI_MODEL, atomic_write_text, build_folder
-from storybook.tiny_model import make_tiny
+from storybook.storage import MINI_MODEL, atomic_write_text
 
-TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, built under <home>/models/tiny on first use
+TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, committed (`storybook models make-tiny` rebuilds it)
 MINI_MODEL_FOLDER = Path(__file__).resolve().parent / "weights" / MINI_MODEL
+TINY_MODEL_FOLDER = Path(__file__).resolve().parent / "weights" / TINY_MODEL
 SDXL_PIPELINES = {"StableDiffusionXLPipeline"}
 SD_PIPELINES = {"StableDiffusionPipeline"} | SDXL_PIPELINES  # text-to-image: a page is drawn from its prompt
-
-
-def tiny_model_path(home: Path) -> Path:
-    """The folder of the embedded tiny model under `home`, built (about 30 s on a CPU) when missing."""
-    folder = home / "models" / TINY_MODEL
-    if not (folder / "model_index.json").exists():
-        with build_folder(folder) as building:
-            make_tiny(building)
-    return folder
 
 
 def resolve_model(model: str, home: Path) -> str:
@@ -36,7 +27,7 @@ def resolve_model(model: str, home: Path) -> str:
     Raises ModelError when `model` looks like a local path but holds no diffusers pipeline.
     """
     if model == TINY_MODEL:
-        return str(tiny_model_path(home))
+        return str(TINY_MODEL_FOLDER)
     if model == MINI_MODEL:
         return str(MINI_MODEL_FOLDER)
     path = Path(model).expanduser()

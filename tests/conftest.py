@@ -4,23 +4,19 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+# isort: off
+import storybook  # noqa: F401  first: it sets how torch's threads wait (OMP_WAIT_POLICY) before torch loads
+
+# isort: on
 import pytest
 import torch
 
 from storybook import registry
-from storybook.models import tiny_model_path
+from storybook.models import TINY_MODEL_FOLDER
 from storybook.sample_photos import write_sample_photos
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
 os.environ.setdefault("STORYBOOK_MODEL", "tiny")  # the suite runs on the tiny model unless a test names another
-
-
-@pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
-    """A `models/` folder holding the tiny model, built once (~1-2 min on 2 CPU cores)."""
-    root = tmp_path_factory.mktemp("shared-home")
-    tiny_model_path(root)
-    return root / "models"
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +28,10 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path, tiny_models_dir) -> Path:
-    """An empty data root whose models/ is the shared tiny model."""
+def home(tmp_path) -> Path:
+    """An empty data root."""
     root = tmp_path / "home"
     root.mkdir()
-    (root / "models").symlink_to(tiny_models_dir, target_is_directory=True)
     return root
 
 
@@ -74,13 +69,12 @@ def family_home(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_characters(tmp_path_factory, tiny_models_dir, sample_photos) -> Path:
+def trained_characters(tmp_path_factory, sample_photos) -> Path:
     """A `characters/` folder with two LoRA identities trained on the tiny model: Mia (toddler) and Rex (dog)."""
     from storybook.tiny_model import build_tokenizer
     from storybook.training.loop import train_identity
 
     root = tmp_path_factory.mktemp("trained-home")
-    (root / "models").symlink_to(tiny_models_dir, target_is_directory=True)
     quick = {"steps": 20, "num_class_images": 4, "class_image_steps": 4, "checkpoint_every": 50}
     for name, class_noun, description in [
         ("Mia", "toddler", "curly red hair, yellow raincoat"),
@@ -101,7 +95,7 @@ def studio(home, trained_characters) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_ip_adapter(tmp_path_factory, tiny_models_dir):
+def tiny_ip_adapter(tmp_path_factory):
     """A random-weight IP-Adapter for the tiny model in h94/IP-Adapter's layout (`models/ip-adapter_sd15.safetensors`,
     `models/image_encoder/`), built offline; returns its AdapterSource."""
     import torch
@@ -112,7 +106,7 @@ def tiny_ip_adapter(tmp_path_factory, tiny_models_dir):
     from storybook.image_prompt import AdapterSource
 
     root = tmp_path_factory.mktemp("ip-adapter")
-    unet = UNet2DConditionModel.from_pretrained(tiny_models_dir / "tiny", subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(TINY_MODEL_FOLDER, subfolder="unet")
     torch.manual_seed(0)
     encoder = CLIPVisionModelWithProjection(
         CLIPVisionConfig(

@@ -16,7 +16,7 @@ from storybook.book import RenderSettings, load_book, save_book
 from storybook.cli import app
 from storybook.errors import ModelError
 from storybook.image_prompt import AdapterSource, load_image_embeds, read_image_prompt
-from storybook.models import tiny_model_path
+from storybook.models import TINY_MODEL_FOLDER
 from storybook.registry import identity_hash
 from storybook.render_book import render_book, with_settings
 from storybook.renderer import ImageJob, Renderer, region_masks
@@ -56,7 +56,7 @@ def test_an_image_prompt_needs_no_training_and_changes_only_the_pages_with_its_c
     assert (pixels(with_mia) == pixels(again)).all()  # the same seed, the same picture
 
     # A page without her is exactly what the base model draws with no adapter loaded at all.
-    plain = StableDiffusionPipeline.from_pretrained(tiny_model_path(home), safety_checker=None)
+    plain = StableDiffusionPipeline.from_pretrained(TINY_MODEL_FOLDER, safety_checker=None)
     plain.scheduler = renderer.pipeline.scheduler
     reference = plain(
         "a toddler at the beach",
@@ -69,7 +69,7 @@ def test_an_image_prompt_needs_no_training_and_changes_only_the_pages_with_its_c
 
 
 def test_the_adapter_file_round_trips_through_diffusers_load_ip_adapter(home, tiny_ip_adapter):
-    pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_path(home), safety_checker=None)
+    pipeline = StableDiffusionPipeline.from_pretrained(TINY_MODEL_FOLDER, safety_checker=None)
     pipeline.load_ip_adapter(tiny_ip_adapter.source, "models", "ip-adapter_sd15.safetensors", "image_encoder")
     written = load_file(f"{tiny_ip_adapter.source}/{tiny_ip_adapter.weight_name}")
     loaded = adapter_weights(pipeline.unet)

@@ -7,6 +7,7 @@ from diffusers import StableDiffusionPipeline
 
 from storybook.errors import ModelError
 from storybook.models import (
+    TINY_MODEL_FOLDER,
     load_pipeline,
     model_family,
     model_fingerprint,
@@ -16,8 +17,8 @@ from storybook.models import (
 )
 
 
-def test_tiny_model_is_a_diffusers_folder_loaded_by_from_pretrained(home):
-    folder = home / "models" / "tiny"
+def test_tiny_model_is_a_committed_diffusers_folder_loaded_by_from_pretrained_without_training(home):
+    folder = TINY_MODEL_FOLDER
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     for part in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]:
@@ -26,6 +27,7 @@ def test_tiny_model_is_a_diffusers_folder_loaded_by_from_pretrained(home):
     pipeline, path = load_pipeline("tiny", home)
     assert isinstance(pipeline, StableDiffusionPipeline) and path == str(folder)
     assert model_family(path) == "sd"
+    assert not any(home.iterdir())  # nothing built or trained in the data root
 
 
 def test_the_unets_size_is_read_without_its_weights(home):

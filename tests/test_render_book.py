@@ -17,6 +17,7 @@ from PIL import Image
 from storybook import registry
 from storybook.book import load_book, save_book
 from storybook.errors import ModelError
+from storybook.models import TINY_MODEL_FOLDER
 from storybook.render_book import IMAGES_DIR, render_book, with_settings
 from storybook.story import book_edits
 from storybook.story.stage import StoryRequest, write_story
@@ -84,7 +85,7 @@ def test_same_seed_same_picture_and_a_new_identity_weight_redraws_its_pages(stud
 
 def bare_pipeline(home, adapters):
     """The reference: a plain diffusers pipeline with the LoRAs loaded and the renderer's default sampler."""
-    pipeline = StableDiffusionPipeline.from_pretrained(home / "models" / "tiny")
+    pipeline = StableDiffusionPipeline.from_pretrained(TINY_MODEL_FOLDER)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
         pipeline.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=True

@@ -14,6 +14,7 @@ from transformers import CLIPConfig, CLIPImageProcessor
 from storybook.book import load_book
 from storybook.config import load_config, update_config
 from storybook.errors import BookError, ModelError
+from storybook.models import TINY_MODEL_FOLDER
 from storybook.printing.book_pdf import export_book
 from storybook.render_book import SAFETY_REDRAWS, render_book
 from storybook.renderer import ImageJob, Renderer
@@ -114,10 +115,8 @@ def test_the_configured_checker_loads_in_diffusers_format_and_a_missing_one_is_r
     assert Renderer(home, "tiny").safety is None
 
 
-def test_a_model_that_ships_a_checker_uses_its_own_and_one_left_out_of_the_download_is_named(
-    home, tmp_path, tiny_models_dir
-):
-    model = shutil.copytree(tiny_models_dir / "tiny", tmp_path / "with-checker")
+def test_a_model_that_ships_a_checker_uses_its_own_and_one_left_out_of_the_download_is_named(home, tmp_path):
+    model = shutil.copytree(TINY_MODEL_FOLDER, tmp_path / "with-checker")
     index = json.loads((model / "model_index.json").read_text())
     index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
     (model / "model_index.json").write_text(json.dumps(index))
@@ -131,4 +130,4 @@ def test_a_model_that_ships_a_checker_uses_its_own_and_one_left_out_of_the_downl
     assert checker.source == str(model) and checker.flagged([Image.new("RGB", (32, 32))]) == [True]
     update_config(home, {"safety_checker": str(model / "safety_checker")})  # a pipeline's folder names one too
     assert Renderer(home, "tiny").safety.fingerprint == checker.fingerprint
-    assert load_safety_checker(None, str(tiny_models_dir / "tiny"), home, torch.device("cpu"), torch.float32) is None
+    assert load_safety_checker(None, str(TINY_MODEL_FOLDER), home, torch.device("cpu"), torch.float32) is None

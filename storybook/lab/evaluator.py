@@ -74,13 +74,16 @@ def labels_of(scene: world.Scene) -> dict[str, str]:
 
 
 def sample_scenes(count: int, rng: random.Random) -> list[world.Scene]:
-    """`count` scenes of toddlers of both families; one in six a plain registration photo."""
+    """`count` scenes of toddlers of both families; one in six a plain registration photo, the story scenes half
+    in the story framing and half full-body (storybook-mini v3's framing, so both can be compared)."""
     scenes = []
     for _ in range(count):
         toddler = world.random_toddler(rng, held_out=rng.random() < 0.5)
-        scenes.append(
-            world.photo_scene(toddler, rng.randrange(100)) if rng.random() < 1 / 6 else world.random_scene(rng, toddler)
-        )
+        if rng.random() < 1 / 6:
+            scenes.append(world.photo_scene(toddler, rng.randrange(100)))
+        else:
+            heights = rng.choice((world.STORY_HEIGHTS, world.FULL_BODY_HEIGHTS))
+            scenes.append(world.random_scene(rng, toddler, heights=heights))
     return scenes
 
 

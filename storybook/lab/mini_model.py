@@ -9,17 +9,20 @@ storybook/weights/storybook-mini (see README, "storybook-mini").
 
 import copy
 import io
+import json
 import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
+from storybook.errors import LabError
 from storybook.lab import world
 from storybook.storage import atomic_write_bytes
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
@@ -36,6 +39,21 @@ SCHEDULE = {
     "num_train_timesteps": 1000,
     "prediction_type": "v_prediction",
 }
+
+
+@dataclass(frozen=True)
+class MiniRecipe:
+    """What a storybook-mini run draws and how its UNet learns; saved beside its checkpoints so a resume keeps it.
+
+    `heights`: the toddler's height in story scenes (a share of the picture). `part_weight`: the loss on the latent
+    pixels the toddler covers counts 1 + part_weight times (the renderer knows where the toddler is). `min_snr_gamma`:
+    Min-SNR-gamma weighting of timesteps (Hang et al. 2023, arXiv 2303.09556), None for the plain loss.
+    """
+
+    resolution: int = RESOLUTION
+    heights: tuple[float, float] = world.STORY_HEIGHTS
+    part_weight: float = 0.0
+    min_snr_gamma: float | None = None
 
 
 def mini_words() -> list[str]:
@@ -56,10 +74,10 @@ def mini_words() -> list[str]:
     return sorted(set(PROMPT_WORDS) | {word for phrase in phrases for word in phrase.split()})
 
 
-def build_vae() -> AutoencoderKL:
+def build_vae(resolution: int = RESOLUTION) -> AutoencoderKL:
     """A three-level VAE (32, 64, 128 channels, one ResNet per level): 64 px pictures to 4x16x16 latents."""
     return AutoencoderKL(
-        sample_size=RESOLUTION,
+        sample_size=resolution,
         block_out_channels=(32, 64, 128),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
@@ -69,10 +87,10 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet() -> UNet2DConditionModel:
+def build_unet(resolution: int = RESOLUTION) -> UNet2DConditionModel:
     """A 5.8 M-parameter UNet (64, 128, 128 channels) with cross-attention to the 64-wide text encoder."""
     return UNet2DConditionModel(
-        sample_size=RESOLUTION // 4,
+        sample_size=resolution // 4,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
@@ -85,12 +103,13 @@ def build_unet() -> UNet2DConditionModel:
     )
 
 
-def training_scene(rng: random.Random) -> world.Scene:
-    """A scene of a training-family toddler: a story scene, or now and then a plain registration-style photo."""
+def training_scene(rng: random.Random, heights: tuple[float, float] = world.STORY_HEIGHTS) -> world.Scene:
+    """A scene of a training-family toddler: a story scene (the toddler's height drawn from `heights`), or now and
+    then a plain registration-style photo."""
     toddler = world.random_toddler(rng, held_out=False)
     if rng.random() < PHOTO_SHARE:
         return world.photo_scene(toddler, rng.randrange(100))
-    return world.random_scene(rng, toddler)
+    return world.random_scene(rng, toddler, heights=heights)
 
 
 def training_caption(scene: world.Scene, rng: random.Random) -> str:
@@ -100,19 +119,26 @@ def training_caption(scene: world.Scene, rng: random.Random) -> str:
     return world.caption(scene, describe=rng.random() >= UNDESCRIBED_SHARE)
 
 
-def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Callable[[str], None]) -> None:
+def train_vae(
+    vae: AutoencoderKL,
+    steps: int,
+    rng: random.Random,
+    progress: Callable[[str], None],
+    heights: tuple[float, float] = world.STORY_HEIGHTS,
+) -> None:
     """Fit the VAE as an autoencoder (L1 on the posterior mean) on random 32 px crops of fresh world pictures.
 
     The VAE is convolutional, so crops teach it the full-size pictures at a quarter of the cost. Afterwards the
     encoder is made deterministic (as real SD VAEs nearly are) and `scaling_factor` set so latents have unit variance.
     """
+    size = vae.config.sample_size
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
     vae.train()
     for step in range(steps):
-        pictures = world.to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(32)])
+        pictures = world.to_tensor([world.draw_scene(training_scene(rng, heights), size) for _ in range(32)])
         pictures = pictures.to(vae.device)
-        x, y = rng.randrange(0, 33, 4), rng.randrange(0, 33, 4)
+        x, y = rng.randrange(0, size - 31, 4), rng.randrange(0, size - 31, 4)
         crops = pictures[:, :, y : y + 32, x : x + 32]
         loss = F.l1_loss(vae.decode(vae.encode(crops).latent_dist.mean).sample, crops)
         optimizer.zero_grad()
@@ -125,21 +151,27 @@ def train_vae(vae: AutoencoderKL, steps: int, rng: random.Random, progress: Call
     with torch.no_grad():
         vae.quant_conv.weight[vae.config.latent_channels :] = 0
         vae.quant_conv.bias[vae.config.latent_channels :] = -30
-        sample = world.to_tensor([world.draw_scene(training_scene(rng), RESOLUTION) for _ in range(64)])
+        sample = world.to_tensor([world.draw_scene(training_scene(rng, heights), size) for _ in range(64)])
         latents = vae.encode(sample.to(vae.device)).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
 
-def encode_dataset(vae: AutoencoderKL, count: int, rng: random.Random) -> tuple[torch.Tensor, list[world.Scene]]:
-    """`count` training scenes and their scaled VAE latents (count, 4, 16, 16, on the VAE's device), encoded once."""
-    scenes = [training_scene(rng) for _ in range(count)]
-    latents = []
+def encode_dataset(
+    vae: AutoencoderKL, count: int, rng: random.Random, recipe: MiniRecipe = MiniRecipe()
+) -> tuple[torch.Tensor, torch.Tensor, list[world.Scene]]:
+    """`count` training scenes of `recipe`, their scaled VAE latents (count, 4, h, w, on the VAE's device) and where
+    the toddler is on the latent grid (count, 1, h, w: the share of each latent pixel it covers), computed once."""
+    size, heights = recipe.resolution, recipe.heights
+    scenes = [training_scene(rng, heights) for _ in range(count)]
+    latents, masks = [], []
     with torch.no_grad():
         for start in range(0, count, 256):
-            pictures = world.to_tensor([world.draw_scene(scene, RESOLUTION) for scene in scenes[start : start + 256]])
-            pictures = pictures.to(vae.device)
+            chunk = scenes[start : start + 256]
+            pictures = world.to_tensor([world.draw_scene(scene, size) for scene in chunk]).to(vae.device)
             latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
-    return torch.cat(latents), scenes
+            covered = world.to_tensor([world.toddler_mask(scene, size).convert("RGB") for scene in chunk])[:, :1]
+            masks.append(F.avg_pool2d((covered + 1) / 2, size // latents[-1].shape[-1]).to(vae.device))
+    return torch.cat(latents), torch.cat(masks), scenes
 
 
 def refine_decoder(
@@ -155,6 +187,7 @@ def refine_decoder(
     The encoder, and so every latent the UNet learns, stays as it is; only the pictures drawn from latents get sharper
     (the way Stability refined SD's decoder, "ft-MSE"). The crop-trained decoder smears the toddler's small details.
     """
+    size = vae.config.sample_size
     decoder = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
     optimizer = torch.optim.AdamW(decoder, lr=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
@@ -165,7 +198,7 @@ def refine_decoder(
     vae.train()
     for step in range(steps):
         indices = [rng.randrange(len(scenes)) for _ in range(32)]
-        pictures = world.to_tensor([world.draw_scene(scenes[i], RESOLUTION) for i in indices]).to(vae.device)
+        pictures = world.to_tensor([world.draw_scene(scenes[i], size) for i in indices]).to(vae.device)
         drawn = vae.decode(unscaled[indices]).sample
         loss = F.l1_loss(drawn, pictures) + F.mse_loss(drawn, pictures)
         optimizer.zero_grad()
@@ -183,6 +216,33 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
     with torch.no_grad():
         for ema_parameter, parameter in zip(ema.parameters(), model.parameters(), strict=True):
             ema_parameter.lerp_(parameter, 1 - rate)
+
+
+def warmup_stable_decay(step: int, warmup: int, total: int, decay: float = 0.2) -> float:
+    """The learning-rate factor at `step`: linear warm-up over `warmup` steps, constant, then cosine decay to 0.1 over
+    the last `decay` share of `total`. A run stopped before its decay goes on unchanged with a larger `total`."""
+    decay_start = total - int(decay * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step < decay_start:
+        return 1.0
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - decay_start) / max(1, total - decay_start)))
+
+
+def denoising_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    snr: torch.Tensor,
+    covered: torch.Tensor,
+    recipe: MiniRecipe,
+) -> torch.Tensor:
+    """The v-prediction MSE, each latent pixel weighted 1 + part_weight x the share of it the toddler covers
+    (`covered`, (B, 1, h, w)) and each sample by Min-SNR-gamma (min(SNR, gamma) / (SNR + 1) for v-prediction)."""
+    pixel_weight = 1 + recipe.part_weight * covered
+    per_sample = ((prediction - target) ** 2 * pixel_weight).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
+    if recipe.min_snr_gamma is not None:
+        per_sample = per_sample * snr.clamp(max=recipe.min_snr_gamma) / (snr + 1)
+    return per_sample.mean()
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -211,51 +271,51 @@ def train_mini(
     checkpoint_every: int = 250,
     device: str = "cpu",
     progress: Callable[[str], None] = print,
+    recipe: MiniRecipe = MiniRecipe(),
+    vae_from: Path | None = None,
+    schedule_steps: int | None = None,
+    snapshot: Path | None = None,
 ) -> Path:
     """Train storybook-mini from scratch and save it to `out` (fp16 safetensors, diffusers layout); return `out`.
 
     Stages: VAE (`vae_steps`), dataset encoding, decoder refinement (`decoder_steps`), UNet + text encoder
     (`unet_steps`), each on `device` (the world's pictures are drawn on the CPU; noise and timesteps come from a CPU
-    generator, so a run draws the same samples on any device). `work` keeps each finished stage and UNet checkpoints:
-    run again after an interruption, on this device or another, and it resumes where it stopped. On the CPU the same
-    arguments give the same weights on the same machine (a GPU's cuDNN kernels need not be deterministic).
+    generator, so a run draws the same samples on any device). `vae_from`, a saved pipeline, gives a trained VAE
+    instead of the first and third stages. The learning rate warms up, stays, and decays over the last fifth of
+    `schedule_steps` (default `unet_steps`): a run stopped before then goes on unchanged. `work` keeps each finished
+    stage, the recipe and UNet checkpoints: run again after an interruption, on this device or another, and it resumes
+    where it stopped (with another recipe it refuses). Where `work` holds no checkpoint, a weights-only `snapshot`
+    folder (`save_snapshot`) starts the UNet and text encoder at its step with a fresh optimiser: how a new machine
+    goes on with a long run; every checkpoint then rewrites it. On the CPU the same arguments give the same weights
+    on the same machine (a GPU's cuDNN kernels need not be deterministic).
     """
     torch.manual_seed(seed)
     work.mkdir(parents=True, exist_ok=True)
+    check_recipe(work / "recipe.json", recipe)
     tokenizer = build_tokenizer(mini_words(), whole_words=True)
     text_encoder = build_text_encoder(tokenizer, width=64, layers=3).to(device)
-    unet, vae = build_unet().to(device), build_vae().to(device)
-
-    vae_file = work / "vae.safetensors"
-    if vae_file.exists():
-        vae.load_state_dict(load_file(vae_file, device=device))
-        vae.register_to_config(scaling_factor=float(vae_file.with_suffix(".scaling.txt").read_text()))
-    else:
-        started = time.perf_counter()
-        train_vae(vae, vae_steps, random.Random(f"vae-{seed}"), progress)
-        save_file(cpu_state(vae), vae_file)
-        vae_file.with_suffix(".scaling.txt").write_text(str(vae.config.scaling_factor))
-        progress(f"vae trained in {time.perf_counter() - started:.0f} s")
-    vae.eval().requires_grad_(False)
+    unet = build_unet(recipe.resolution).to(device)
+    vae = trained_vae(work, vae_from, vae_steps, recipe, seed, device, progress)
 
     dataset_file = work / "dataset.pt"
     if dataset_file.exists():
-        latents, scenes = torch.load(dataset_file, map_location=device, weights_only=False)
+        latents, masks, scenes = torch.load(dataset_file, map_location=device, weights_only=False)
     else:
-        latents, scenes = encode_dataset(vae, dataset_size, random.Random(f"data-{seed}"))
-        torch.save((latents.cpu(), scenes), dataset_file)
+        latents, masks, scenes = encode_dataset(vae, dataset_size, random.Random(f"data-{seed}"), recipe)
+        torch.save((latents.cpu(), masks.cpu(), scenes), dataset_file)
         progress(f"encoded {len(scenes)} training pictures")
 
     decoder_file = work / "vae-refined.safetensors"
-    if decoder_file.exists():
+    if vae_from is None and decoder_file.exists():
         vae.load_state_dict(load_file(decoder_file, device=device))
-    else:
+    elif vae_from is None:
         started = time.perf_counter()
         refine_decoder(vae, latents, scenes, decoder_steps, random.Random(f"decoder-{seed}"), progress)
         save_file(cpu_state(vae), decoder_file)
         progress(f"decoder refined in {time.perf_counter() - started:.0f} s")
 
     scheduler = DDPMScheduler(**SCHEDULE)
+    snr_of = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).to(device)  # per timestep
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=1e-2)
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
@@ -270,21 +330,26 @@ def train_mini(
         generator.set_state(state["generator"].cpu())
         step = state["step"]
         progress(f"resumed at step {step}")
+    elif snapshot is not None:
+        step = load_snapshot(snapshot, recipe, (unet, ema_unet), (text_encoder, ema_text))
+        rng, generator = random.Random(f"unet-{seed}-{step}"), torch.Generator().manual_seed(seed + step)
+        progress(f"resumed at step {step} from the snapshot {snapshot} (fresh optimiser)")
     started = time.perf_counter()
     unet.train()
     text_encoder.train()
     while step < unet_steps:
         for group in optimizer.param_groups:
-            group["lr"] = 5e-4 * warmup_cosine(step, 200, unet_steps)
+            group["lr"] = 5e-4 * warmup_stable_decay(step, 200, schedule_steps or unet_steps)
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
         captions = [training_caption(scenes[i], rng) for i in indices]
         token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        batch = latents[indices]
+        batch = latents[indices]  # (B, 4, h, w)
         noise = torch.randn(batch.shape, generator=generator).to(device)
         timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator).to(device)
         embeddings = text_encoder(token_ids.input_ids.to(device))[0]
         prediction = unet(scheduler.add_noise(batch, noise, timesteps), timesteps, embeddings).sample
-        loss = F.mse_loss(prediction, scheduler.get_velocity(batch, noise, timesteps))
+        target = scheduler.get_velocity(batch, noise, timesteps)
+        loss = denoising_loss(prediction, target, snr_of[timesteps], masks[indices], recipe)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -308,11 +373,80 @@ def train_mini(
                 "step": step,
             }
             save_state(checkpoint_file, state)
+            if snapshot is not None:
+                save_snapshot(work, snapshot)
 
     scheduler = DPMSolverMultistepScheduler(**SCHEDULE, steps_offset=1)
     pipeline = assemble_pipeline(vae, ema_text, tokenizer, ema_unet, scheduler)
     pipeline.to("cpu", torch.float16, silence_dtype_warnings=True).save_pretrained(out, safe_serialization=True)
     return out
+
+
+def save_snapshot(work: Path, folder: Path) -> int:
+    """Save the EMA weights of `work`'s last UNet checkpoint in fp16, with its step and recipe, to `folder` (what a
+    new machine resumes from: `train_mini(..., snapshot=folder)`); return the step. Written atomically, file by file.
+    """
+    state = torch.load(work / "unet-checkpoint.pt", map_location="cpu", weights_only=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, name in (("ema_unet", "unet"), ("ema_text", "text_encoder")):
+        weights = {k: v.to(torch.float16).contiguous() for k, v in state[key].items()}
+        atomic_write_bytes(folder / f"{name}.safetensors", save(weights))
+    recipe = json.loads((work / "recipe.json").read_text())
+    atomic_write_bytes(folder / "snapshot.json", json.dumps({"step": state["step"], "recipe": recipe}).encode())
+    return state["step"]
+
+
+def load_snapshot(
+    folder: Path, recipe: MiniRecipe, unets: tuple[torch.nn.Module, ...], texts: tuple[torch.nn.Module, ...]
+) -> int:
+    """Load a `save_snapshot` folder into every module of `unets` and `texts` (the trained and EMA copies); return its
+    step. A snapshot of another recipe is refused."""
+    saved = json.loads((folder / "snapshot.json").read_text())
+    if saved["recipe"] != json.loads(json.dumps(asdict(recipe))):
+        raise LabError(f"The snapshot {folder} was trained with another recipe ({saved['recipe']}); use its recipe.")
+    for modules, name in ((unets, "unet"), (texts, "text_encoder")):
+        weights = load_file(folder / f"{name}.safetensors")
+        for module in modules:
+            module.load_state_dict({key: value.float() for key, value in weights.items()})
+    return saved["step"]
+
+
+def check_recipe(path: Path, recipe: MiniRecipe) -> None:
+    """Write `recipe` to `path` for a new run; refuse to resume a run that was started with another recipe."""
+    wanted = json.loads(json.dumps(asdict(recipe)))
+    if path.exists() and json.loads(path.read_text()) != wanted:
+        raise LabError(
+            f"{path.parent} holds a run with another recipe ({path.read_text().strip()}); "
+            "use another --work folder or the same recipe."
+        )
+    atomic_write_bytes(path, json.dumps(wanted).encode())
+
+
+def trained_vae(
+    work: Path,
+    vae_from: Path | None,
+    steps: int,
+    recipe: MiniRecipe,
+    seed: int,
+    device: str,
+    progress: Callable[[str], None],
+) -> AutoencoderKL:
+    """The run's VAE: `vae_from`'s (a saved pipeline), else the one trained in `work` (trained there first if new)."""
+    if vae_from is not None:
+        vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae", torch_dtype=torch.float32).to(device)
+        return vae.eval().requires_grad_(False)
+    vae = build_vae(recipe.resolution).to(device)
+    vae_file = work / "vae.safetensors"
+    if vae_file.exists():
+        vae.load_state_dict(load_file(vae_file, device=device))
+        vae.register_to_config(scaling_factor=float(vae_file.with_suffix(".scaling.txt").read_text()))
+    else:
+        started = time.perf_counter()
+        train_vae(vae, steps, random.Random(f"vae-{seed}"), progress, recipe.heights)
+        save_file(cpu_state(vae), vae_file)
+        vae_file.with_suffix(".scaling.txt").write_text(str(vae.config.scaling_factor))
+        progress(f"vae trained in {time.perf_counter() - started:.0f} s")
+    return vae.eval().requires_grad_(False)
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

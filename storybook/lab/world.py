@@ -12,6 +12,7 @@ registration "photo", and the evaluator knows the true answer for every picture.
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,6 +76,12 @@ OBJECTS = {
 POSES = ("standing", "waving", "jumping", "sitting")
 FRIENDS: dict[str, Colour] = {"dog": (150, 95, 50), "cat": (130, 130, 140), "bunny": (245, 245, 245)}
 STYLE = "picture book style"
+# The toddler's height in a story scene, as a share of the picture's. Toddler books show the child big: from the
+# knees up, the hat kept in the frame (`draw_scene` lowers the feet below the edge when they would push it out).
+STORY_HEIGHTS = (0.72, 0.92)
+FULL_BODY_HEIGHTS = (0.48, 0.66)  # storybook-mini v3's framing: the whole toddler, feet on the ground
+HEAD_ROOM = 0.03  # the least space above the tallest hat, as a share of the picture
+TALLEST = 1.17  # from the feet to the top of the tallest hat (a cone), in toddler heights
 
 # Which named field belongs to which part of a character, in the order the evaluator reads them.
 ATTRIBUTES = {
@@ -181,13 +188,16 @@ def random_toddler(rng: random.Random, held_out: bool) -> Toddler:
             return toddler
 
 
-def random_scene(rng: random.Random, toddler: Toddler, setting: str | None = None) -> Scene:
-    """A scene of `toddler` in `setting` (random when None) with a random pose, place, size, object and friend."""
+def random_scene(
+    rng: random.Random, toddler: Toddler, setting: str | None = None, heights: tuple[float, float] = STORY_HEIGHTS
+) -> Scene:
+    """A scene of `toddler` in `setting` (random when None) with a random pose, place, object and friend, and a height
+    drawn from `heights` (a share of the picture)."""
     return Scene(
         setting=setting or rng.choice(SETTINGS),
         toddler=toddler,
         x=rng.uniform(0.3, 0.7),
-        height=rng.uniform(0.48, 0.66),  # tall enough to read, short enough that no hat is cut off
+        height=rng.uniform(*heights),
         pose=rng.choice(POSES),
         facing=rng.choice((-1, 1)),
         object=rng.choice([None, None, *OBJECTS]),
@@ -281,9 +291,7 @@ def draw_scene(scene: Scene, size: int = 64) -> Image.Image:
     side = size * scale
     rng = random.Random(scene.seed)
     ground = draw_setting(draw, scene.setting, side, rng)
-    feet_y = ground + (0.02 if scene.setting == PLAIN else rng.uniform(0.0, 0.06))
-    if scene.pose == "jumping":
-        feet_y -= 0.07
+    feet_y = feet_line(scene, ground, rng)
     if scene.friend:
         friend_x = min(max(scene.x - scene.facing * 0.32, 0.12), 0.88)
         draw_friend(draw, scene.friend, friend_x, ground + 0.04, scene.height * 0.45, side)
@@ -298,6 +306,37 @@ def draw_scene(scene: Scene, size: int = 64) -> Image.Image:
             side,
         )
     return canvas.resize((size, size), Image.Resampling.LANCZOS) if scale > 1 else canvas
+
+
+def feet_line(scene: Scene, ground: float, rng: random.Random) -> float:
+    """Where the toddler's feet are, as a share of the height: on the ground (`ground`), up when jumping, and below the
+    picture's edge when the toddler is too tall for its hat to fit above them."""
+    feet_y = ground + (0.02 if scene.setting == PLAIN else rng.uniform(0.0, 0.06))
+    if scene.pose == "jumping":
+        feet_y -= 0.07
+    return max(feet_y, HEAD_ROOM + TALLEST * scene.height)
+
+
+def toddler_mask(scene: Scene, size: int = 64) -> Image.Image:
+    """Where `scene`'s toddler is (hair, head, hat, shirt, arms, legs) as a `size` px greyscale mask: 255 on the
+    toddler, 0 elsewhere, with the same smooth edges as `draw_scene`. Training weighs the loss there."""
+    scale = 4 if size < 128 else 1
+    rng = random.Random(scene.seed)
+    ground = draw_setting(ImageDraw.Draw(Image.new("RGB", (4, 4))), scene.setting, 4, rng)  # the same random draws
+    canvas = Image.new("L", (size * scale, size * scale))
+    draw_toddler(SilhouetteDraw(ImageDraw.Draw(canvas)), scene, feet_line(scene, ground, rng), size * scale)
+    return canvas.resize((size, size), Image.Resampling.LANCZOS) if scale > 1 else canvas
+
+
+class SilhouetteDraw:
+    """An ImageDraw stand-in that paints every shape in white: what `draw_toddler` draws, as a mask."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw):
+        self.draw = draw
+
+    def __getattr__(self, name: str) -> Callable:
+        method = getattr(self.draw, name)
+        return lambda *args, **kwargs: method(*args, **(kwargs | {"fill": 255}))
 
 
 def draw_setting(draw: ImageDraw.ImageDraw, setting: str, side: int, rng: random.Random) -> float:

@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -6,9 +7,18 @@ from diffusers import DiffusionPipeline
 from typer.testing import CliRunner
 
 from storybook.cli import app
+from storybook.errors import LabError
 from storybook.lab import world
 from storybook.lab.evaluator import load_evaluator
-from storybook.lab.mini_model import build_unet, mini_words, train_mini
+from storybook.lab.mini_model import (
+    MiniRecipe,
+    build_unet,
+    denoising_loss,
+    mini_words,
+    save_snapshot,
+    train_mini,
+    warmup_stable_decay,
+)
 from storybook.models import MINI_MODEL, MINI_MODEL_FOLDER, load_pipeline
 from storybook.tiny_model import build_tokenizer
 
@@ -72,3 +82,61 @@ def test_training_on_a_device_this_machine_lacks_says_so_and_writes_nothing(tmp_
     assert result.exit_code == 1
     assert " ".join(result.output.split()).startswith("Error: This machine has no cuda device: use --device cpu")
     assert not work.exists() and not (tmp_path / "out").exists()
+
+
+def test_the_loss_weighs_the_toddlers_pixels_more_and_min_snr_weighs_clean_timesteps_less():
+    target, covered = torch.zeros(2, 4, 16, 16), torch.zeros(2, 1, 16, 16)
+    covered[:, :, 4:8, 4:8] = 1  # where the toddler is
+    on_toddler, on_background = target.clone(), target.clone()
+    on_toddler[:, :, 5, 5], on_background[:, :, 12, 12] = 1, 1  # the same error, in one place or the other
+    snr = torch.tensor([0.5, 0.5])
+    plain, parts = MiniRecipe(), MiniRecipe(part_weight=4.0)
+    assert denoising_loss(on_toddler, target, snr, covered, plain) == denoising_loss(
+        on_background, target, snr, covered, plain
+    )
+    assert denoising_loss(on_toddler, target, snr, covered, parts) > 2 * denoising_loss(
+        on_background, target, snr, covered, parts
+    )
+    min_snr = MiniRecipe(min_snr_gamma=5.0)
+    clean, noisy = torch.tensor([50.0, 50.0]), torch.tensor([0.5, 0.5])
+    assert denoising_loss(on_toddler, target, clean, covered, min_snr) < 0.5 * denoising_loss(
+        on_toddler, target, noisy, covered, min_snr
+    )
+
+
+def test_the_learning_rate_holds_until_the_last_fifth_so_a_run_can_be_made_longer():
+    assert warmup_stable_decay(0, 200, 1000) == 1 / 200
+    assert warmup_stable_decay(700, 200, 1000) == warmup_stable_decay(700, 200, 5000) == 1.0
+    assert warmup_stable_decay(999, 200, 1000) < 0.11
+
+
+def test_a_run_resumes_only_with_the_recipe_it_started_with(tmp_path):
+    options = {"dataset_size": 8, "batch_size": 2, "vae_from": MINI_MODEL_FOLDER, "progress": lambda message: None}
+    train_mini(tmp_path / "out", tmp_path / "work", unet_steps=1, recipe=MiniRecipe(part_weight=4.0), **options)
+    checkpoint = (tmp_path / "work" / "unet-checkpoint.pt").read_bytes()
+    with pytest.raises(LabError, match="another recipe"):
+        train_mini(tmp_path / "out", tmp_path / "work", unet_steps=2, recipe=MiniRecipe(), **options)
+    assert (tmp_path / "work" / "unet-checkpoint.pt").read_bytes() == checkpoint
+    assert not (tmp_path / "work" / "vae.safetensors").exists()  # the given VAE is used as it is
+
+
+def test_a_new_machine_goes_on_from_a_weights_only_snapshot(tmp_path):
+    messages = []
+    options = {"dataset_size": 8, "batch_size": 2, "vae_from": MINI_MODEL_FOLDER, "progress": messages.append}
+    train_mini(tmp_path / "out", tmp_path / "work", unet_steps=2, **options)
+    assert save_snapshot(tmp_path / "work", tmp_path / "snapshot") == 2
+    files = sorted((tmp_path / "snapshot").iterdir())
+    assert [path.name for path in files] == ["snapshot.json", "text_encoder.safetensors", "unet.safetensors"]
+    assert sum(path.stat().st_size for path in files) < 15 * 2**20  # fp16 EMA weights only: git grows little
+    train_mini(tmp_path / "out2", tmp_path / "new-work", unet_steps=3, snapshot=tmp_path / "snapshot", **options)
+    assert any(message.startswith("resumed at step 2 from the snapshot") for message in messages)
+    assert json.loads((tmp_path / "snapshot" / "snapshot.json").read_text())["step"] == 3  # rewritten as it goes
+    with pytest.raises(LabError, match="another recipe"):
+        train_mini(
+            tmp_path / "out3",
+            tmp_path / "other-work",
+            unet_steps=3,
+            snapshot=tmp_path / "snapshot",
+            recipe=MiniRecipe(part_weight=1.0),
+            **options,
+        )

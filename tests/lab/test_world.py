@@ -1,6 +1,7 @@
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from storybook.lab import world
@@ -82,3 +83,30 @@ def test_registration_photos_pass_the_registry_checks(tmp_path):
     paths = world.write_photos(tmp_path, world.DEMO_TODDLER, count=5)
     images = load_photos(paths)
     assert len(images) == 5 and all(min(image.size) >= MIN_SIDE for image in images)
+
+
+def test_story_scenes_show_the_toddler_large_with_the_hat_always_in_the_frame():
+    rng = random.Random(5)
+    areas = {}
+    for heights in (world.STORY_HEIGHTS, world.FULL_BODY_HEIGHTS):
+        masks = []
+        for _ in range(100):
+            scene = world.random_scene(rng, world.random_toddler(rng, held_out=False), heights=heights)
+            scene = replace(scene, pose=rng.choice(["jumping", scene.pose]), friend=None, object=None)
+            mask = np.asarray(world.toddler_mask(scene, 64)) > 127
+            assert not mask[0].any(), scene  # nothing of the toddler, hat included, touches the top edge
+            masks.append(mask)
+        areas[heights] = np.mean([mask.mean() for mask in masks])
+    assert areas[world.STORY_HEIGHTS] > 1.5 * areas[world.FULL_BODY_HEIGHTS]
+
+
+def test_the_toddler_mask_covers_what_the_scene_draws_of_the_toddler():
+    rng = random.Random(2)
+    scene = replace(world.random_scene(rng, world.DEMO_TODDLER, "beach"), friend=None, object=None)
+    other = replace(scene, toddler=replace(world.DEMO_TODDLER, hair_colour="black", outfit="blue", hat_colour="gold"))
+    changed = np.abs(np.asarray(world.draw_scene(scene), float) - np.asarray(world.draw_scene(other), float)).sum(-1)
+    mask = np.asarray(world.toddler_mask(scene))
+    near = np.pad(mask > 0, 1)  # on the mask or next to it (the reduced edges ring by a pixel)
+    near = np.max([near[1 + dy : 65 + dy, 1 + dx : 65 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+    assert near[changed > 30].all()  # every pixel a new look repaints lies on the mask
+    assert (mask > 127).sum() > 1.2 * (changed > 30).sum()  # which also covers the face, arms and legs

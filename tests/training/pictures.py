@@ -6,11 +6,12 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from storybook import registry
+from storybook.models import TINY_MODEL_FOLDER
 
 
 def fresh_pipeline(home) -> StableDiffusionPipeline:
     """The tiny base model as saved, without any identity."""
-    pipeline = StableDiffusionPipeline.from_pretrained(home / "models" / "tiny")
+    pipeline = StableDiffusionPipeline.from_pretrained(TINY_MODEL_FOLDER)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

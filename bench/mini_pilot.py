@@ -1,0 +1,120 @@
+"""storybook-mini v4's pilot at equal cost (issue 29): candidate recipes' text-only stage, read while they train.
+
+Each candidate trains the UNet and text encoder from scratch on the committed VAE (its framing's ceiling is measured
+by `bench/mini_ceilings.py`) with a constant learning rate after warm-up, so a run can go on as the long run, and
+saves its EMA weights every `--every` steps with the process's CPU seconds spent training so far (the cost, fair
+between candidates run side by side). `--read` then draws 48 training-family captions with each snapshot (25 steps,
+guidance 7.5) and the evaluator reads the setting and the four worded attributes: one line of
+`<work>/<candidate>/curve.jsonl` per snapshot.
+
+Usage: python bench/mini_pilot.py CANDIDATE [--until 3000] [--every 500] [--work DIR] [--threads 1]
+       python bench/mini_pilot.py CANDIDATE --read [--evaluator FOLDER]
+       python bench/mini_pilot.py v3 --table   (every candidate's curve)
+    candidates: v3, story, story+parts, story96+parts
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from storybook.lab import world
+from storybook.lab.drawing import check_scenes, read_captions
+from storybook.lab.evaluator import load_evaluator
+from storybook.lab.mini_model import MiniRecipe, train_mini
+from storybook.models import MINI_MODEL_FOLDER
+
+CANDIDATES = {
+    "v3": MiniRecipe(heights=world.FULL_BODY_HEIGHTS),  # the current recipe and framing
+    "story": MiniRecipe(),  # the toddler drawn large, the hat in the frame
+    "story+parts": MiniRecipe(part_weight=4.0, min_snr_gamma=5.0),  # and the loss where the toddler is
+    "story96+parts": MiniRecipe(resolution=96, part_weight=4.0, min_snr_gamma=5.0),  # and 24x24 latents
+}
+SCHEDULE_STEPS = 100_000  # far beyond the pilot: its learning rate stays constant after warm-up
+
+
+def pilot(name: str, until: int, every: int, work: Path) -> None:
+    """Train candidate `name` to `until` steps, saving its EMA pipeline every `every` steps (`<work>/<name>/step-N`)
+    with the process's CPU seconds spent training so far (`cpu_s.txt`)."""
+    recipe, folder = CANDIDATES[name], work / name
+    for target in range(every, until + 1, every):
+        snapshot = folder / f"step-{target}"
+        if snapshot.exists():
+            continue
+        cpu_file = folder / "cpu_s.txt"
+        cpu_seconds = float(cpu_file.read_text()) if cpu_file.exists() else 0.0
+        started = time.process_time()
+        train_mini(
+            folder / "pipeline",
+            folder,
+            unet_steps=target,
+            schedule_steps=SCHEDULE_STEPS,
+            recipe=recipe,
+            vae_from=MINI_MODEL_FOLDER,
+            progress=lambda message: print(f"[{name}] {message}", flush=True),
+        )
+        cpu_file.write_text(str(cpu_seconds + time.process_time() - started))
+        (folder / "pipeline" / "cpu_s.txt").write_text(cpu_file.read_text())
+        (folder / "pipeline").rename(snapshot)
+
+
+def read_snapshots(name: str, work: Path, evaluator_folder: Path | None) -> None:
+    """Read every snapshot of candidate `name` not read yet into curve.jsonl (one line each, by step)."""
+    recipe, folder = CANDIDATES[name], work / name
+    evaluator = load_evaluator(evaluator_folder) if evaluator_folder else load_evaluator()
+    scenes = check_scenes(48, heights=recipe.heights)
+    curve_file = folder / "curve.jsonl"
+    done = {json.loads(line)["step"] for line in curve_file.read_text().splitlines()} if curve_file.exists() else set()
+    for snapshot in sorted(folder.glob("step-*"), key=lambda path: int(path.name[5:])):
+        step = int(snapshot.name[5:])
+        if step in done:
+            continue
+        pipeline = DiffusionPipeline.from_pretrained(snapshot, dtype=torch.float32)
+        pipeline.set_progress_bar_config(disable=True)
+        shares = read_captions(pipeline, evaluator, scenes)
+        cpu_seconds = round(float((snapshot / "cpu_s.txt").read_text()))
+        row = {"step": step, "cpu_s": cpu_seconds, **{key: round(value, 3) for key, value in shares.items()}}
+        with curve_file.open("a") as file:
+            file.write(json.dumps(row) + "\n")
+        print(f"[{name}] {json.dumps(row)}", flush=True)
+
+
+def print_table(work: Path) -> None:
+    """Print every candidate's curve as one markdown table: per step, each field's share right and the CPU cost."""
+    print("| candidate | step | CPU s | setting | hair colour | hair style | skin | shirt | all four + setting |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in CANDIDATES:
+        curve_file = work / name / "curve.jsonl"
+        rows = [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
+        for row in sorted(rows, key=lambda row: row["step"]):
+            shares = " | ".join(f"{row[field]:.0%}" for field in ["setting", *world.ATTRIBUTES, "all"])
+            print(f"| {name} | {row['step']} | {row['cpu_s']} | {shares} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("candidate", choices=CANDIDATES)
+    parser.add_argument("--until", type=int, default=3000)
+    parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--work", type=Path, default=Path(".cache/mini-pilot"))
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: candidates side by side share fairly)"
+    )
+    parser.add_argument("--evaluator", type=Path, help="an evaluator folder (default: the committed one)")
+    parser.add_argument("--read", action="store_true", help="read the saved snapshots instead of training")
+    parser.add_argument("--table", action="store_true", help="print every candidate's curve read so far")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.table:
+        print_table(args.work)
+    elif args.read:
+        read_snapshots(args.candidate, args.work, args.evaluator)
+    else:
+        pilot(args.candidate, args.until, args.every, args.work)
+
+
+if __name__ == "__main__":
+    main()
