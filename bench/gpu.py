@@ -45,18 +45,11 @@ DEVICE = "cuda"  # where the plain loop runs (a CPU smoke run of this script's c
 PRECISIONS = ("bf16", "fp16")
 
 
-def build_sdxl_shaped(folder: Path) -> Path:
-    """Save a pipeline with SDXL base 1.0's architecture (UNet, VAE, CLIP ViT-L and OpenCLIP ViT-bigG text encoders)
-    and random weights, in fp16, to `folder`; return the folder."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def sdxl_unet():
+    """A UNet with SDXL base 1.0's architecture (2.6 B parameters) and random weights."""
+    from diffusers import UNet2DConditionModel
 
-    from storybook.tiny_model import build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=128,
         layers_per_block=2,
         block_out_channels=(320, 640, 1280),
@@ -70,38 +63,64 @@ def build_sdxl_shaped(folder: Path) -> Path:
         projection_class_embeddings_input_dim=2816,
         cross_attention_dim=2048,
     )
-    vae = sd_shaped_vae(1024, 0.13025)
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            hidden_act="quick_gelu",
-            pad_token_id=tokenizer.pad_token_id,
-            **special,
-        )
+
+
+def sdxl_text_configs(tokenizer):
+    """The configs of SDXL's text encoders (CLIP ViT-L and OpenCLIP ViT-bigG with projection), with `tokenizer`'s
+    special ids."""
+    from transformers import CLIPTextConfig
+
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    first = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="quick_gelu",
+        **special,
     )
-    text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=1280,
-            intermediate_size=5120,
-            num_hidden_layers=32,
-            num_attention_heads=20,
-            projection_dim=1280,
-            hidden_act="gelu",
-            pad_token_id=tokenizer.pad_token_id,
-            **special,
-        )
+    second = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        projection_dim=1280,
+        hidden_act="gelu",
+        **special,
     )
+    return first, second
+
+
+def build_sdxl_shaped(folder: Path) -> Path:
+    """Save a pipeline with SDXL base 1.0's architecture (UNet, VAE, CLIP ViT-L and OpenCLIP ViT-bigG text encoders)
+    and random weights, in fp16, to `folder`; return the folder."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from storybook.tiny_model import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    first, second = sdxl_text_configs(tokenizer)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
     pipeline = StableDiffusionXLPipeline(
-        vae, text_encoder, text_encoder_2, tokenizer, tokenizer, unet, scheduler, add_watermarker=False
+        sd_shaped_vae(1024, 0.13025),
+        CLIPTextModel(first),
+        CLIPTextModelWithProjection(second),
+        tokenizer,
+        tokenizer,
+        sdxl_unet(),
+        scheduler,
+        add_watermarker=False,
     )
     pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     return folder

@@ -184,6 +184,10 @@ def config_command(
             "CompVis/stable-diffusion-safety-checker for SDXL), or off (default: the base model's own)."
         ),
     ] = None,
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(help="GiB of GPU memory the memory plans use instead of the card's (a card shared with others)."),
+    ] = None,
     unset: Annotated[
         list[str] | None, typer.Option(help="Forget a setting, back to its default (repeatable), e.g. --unset device.")
     ] = None,
@@ -204,6 +208,7 @@ def config_command(
             "image_encoder": image_encoder,
             "upscaler": upscaler,
             "safety_checker": safety_checker,
+            "gpu_memory": gpu_memory,
         }
         changes = {key: value for key, value in given.items() if value is not None}
         for name in unset or []:

@@ -14,6 +14,7 @@ from storybook.training.config import TrainingConfig
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods import lora, textual_inversion
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable
+from storybook.vram import ModelShape
 
 # The LoRA's defaults with its class images (the diffusers script keeps prior preservation optional); the embeddings
 # train at the LoRA's rate, as the script's joint training does. storybook-mini, measured with the consistency lab
@@ -67,4 +68,24 @@ def unload(pipeline: DiffusionPipeline, metadata: IdentityMetadata, adapter_name
     textual_inversion.unload(pipeline, metadata, adapter_name)
 
 
-PART = MethodPart("pivotal", DEFAULTS, prepare, save, load, unload, lora_adapter=True)
+def trained_parameters(shape: ModelShape, config: TrainingConfig) -> int:
+    """The LoRA's and the embedding matrix's."""
+    return lora.trained_parameters(shape, config) + textual_inversion.trained_parameters(shape, config)
+
+
+def resident_text_bytes(shape: ModelShape, config: TrainingConfig, frozen: int) -> int:
+    """The text encoder stays on the card, frozen in the run's precision but for its trained matrix."""
+    return (shape.text_encoders[0] - shape.token_embeddings) * frozen
+
+
+PART = MethodPart(
+    "pivotal",
+    DEFAULTS,
+    prepare,
+    save,
+    load,
+    unload,
+    lora_adapter=True,
+    trained_parameters=trained_parameters,
+    resident_text_bytes=resident_text_bytes,
+)
