@@ -143,12 +143,14 @@ def run_one(spec: dict) -> dict:
     }
 
 
-def run_in_subprocess(spec: dict, script: str = __file__, flag: str = "--one") -> dict:
-    """Run `spec` via `script --one` (or another `flag`) in a child process; return its result, or {"error": ...}
-    when it failed."""
-    child = subprocess.run(
-        [sys.executable, script, flag, json.dumps(spec)], capture_output=True, text=True, check=False
-    )
+def run_in_subprocess(spec: dict, script: str = __file__, flag: str = "--one", timeout: float | None = None) -> dict:
+    """Run `spec` via `script --one` (or another `flag`) in a child process, stopped after `timeout` seconds; return
+    its result, or {"error": ...} when it failed or was stopped."""
+    try:
+        command = [sys.executable, script, flag, json.dumps(spec)]
+        child = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {timeout:.0f} s (the time budget)"}
     lines = [line for line in child.stdout.splitlines() if line.startswith(MARKER)]
     if child.returncode != 0 or not lines:
         sys.stderr.write(child.stderr[-4000:])

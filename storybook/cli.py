@@ -458,7 +458,24 @@ def character_train(
     ] = None,
     optimizer: Annotated[
         str | None,
-        typer.Option(help="adamw or adamw-8bit (bitsandbytes; default on CUDA when it is installed)."),
+        typer.Option(
+            help="adamw, adamw-8bit (bitsandbytes; default on CUDA when it is installed) or adafactor (factored "
+            "moments, almost no state)."
+        ),
+    ] = None,
+    fused_backward: Annotated[
+        bool | None,
+        typer.Option(
+            "--fused-backward/--no-fused-backward",
+            help="DreamBooth with adafactor: update each weight inside the backward pass (no model-sized gradients).",
+        ),
+    ] = None,
+    full_bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--full-bf16/--no-full-bf16",
+            help="DreamBooth with adafactor and bf16: the trained weights in bf16, stochastically rounded.",
+        ),
     ] = None,
     snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR weighting gamma (5 is common).")] = None,
     offset_noise: Annotated[float | None, typer.Option(help="Offset-noise strength (~0.1).")] = None,
@@ -507,6 +524,8 @@ def character_train(
         "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing,
         "optimizer": optimizer,
+        "fused_backward": fused_backward,
+        "full_bf16": full_bf16,
         "snr_gamma": snr_gamma,
         "offset_noise": offset_noise,
         "seed": seed,
@@ -1024,6 +1043,34 @@ def make(
     if failed:
         console.print(Text(f"{failed} of {len(made)} books failed.", "red"))
         raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Plan for a card of this many GiB (default: this machine's card, or the config's)."),
+    ] = None,
+) -> None:
+    """What this machine's GPU can do before anything runs: each method and model family at its defaults fits as it
+    is, fits with a memory policy, or is refused; and drawing pages. From parameter counts alone: nothing loads."""
+
+    def examine():
+        from storybook.doctor import doctor_report
+
+        line, verdicts = doctor_report(state["home"], gpu_memory)
+        console.print(f"GPU: {line}")
+        if not verdicts:
+            return
+        table = Table("model", "what", "fits", "GiB", "how", title="Memory plan (estimates; see README, GPU memory)")
+        for verdict in verdicts:
+            fits = {True: "yes", False: "no", None: "-"}[verdict.fits]
+            table.add_row(
+                verdict.model, verdict.what, fits, f"{verdict.need / 2**30:.1f}" if verdict.need else "", verdict.how
+            )
+        console.print(table)
+
+    run(examine)
 
 
 @app.command()

@@ -13,8 +13,8 @@ Sources of the figures (GiB as nvidia-smi reports them):
   1259): 10 GB with bf16 weights, 16.4 GB with fp32 ones.
 - SDXL LoRA with checkpointing, cached latents and text encoder outputs, an 8-bit optimiser, rank 4-8: "can be done
   with 8GB GPU memory (10GB recommended)" (kohya-ss/sd-scripts README, "Tips for SDXL training").
-SDXL's activations are SD 1.5's scaled by its latent positions: a 1024-px SDXL latent has 4x the positions of a 512-px
-SD 1.5 one at the same channel widths (320/640/1280).
+Activations scale with the latent positions times the UNet's first channel width, from SD 1.5's at 512 px (64 x 64
+x 320): SDXL at 1024 px has 4x the positions at the same widths (320/640/1280), storybook-mini 1/80 of them.
 """
 
 import json
@@ -26,15 +26,14 @@ GIB = 2**30
 CUDA_CONTEXT = int(0.5 * GIB)  # torch's CUDA context and kernels, which nvidia-smi counts and the allocator does not
 FRAGMENTATION = 1.10  # what torch's caching allocator reserves beyond what it hands out
 HALF, FULL = 2, 4  # bytes per value
-# Saved activations per training picture at the family's own size, half precision (fp32: twice), by checkpointing.
-TRAINING_ACTIVATIONS = {
-    "sd": {False: 2.50 * GIB, True: 0.48 * GIB},
-    "sdxl": {False: 4 * 2.50 * GIB, True: 4 * 0.48 * GIB},
-}
-# Drawing, per latent row (classifier-free guidance draws two rows a picture), half precision: a generous bound on the
-# live activations of SD 1.5's UNet at 512 px with scaled-dot-product attention; SDXL's at 1024 px, 4x the positions.
-# Not yet measured (bench/gpu.py reports the peak of a two-character SDXL page beside this estimate).
-DRAWING_ACTIVATIONS = {"sd": 0.10 * GIB, "sdxl": 0.40 * GIB}
+SD15_UNITS = 64 * 64 * 320  # SD 1.5's latent positions at 512 px times its first channel width
+# Saved activations per training picture per unit of (latent positions x first width), half precision (fp32: twice),
+# by checkpointing: SD 1.5's measured 2.50 GiB without, 0.48 GiB with checkpointing at 512 px.
+TRAINING_ACTIVATIONS = {False: 2.50 * GIB / SD15_UNITS, True: 0.48 * GIB / SD15_UNITS}
+# Drawing, per latent row (classifier-free guidance draws two rows a picture) per unit, half precision: a generous
+# bound of 0.1 GiB for SD 1.5's UNet at 512 px with scaled-dot-product attention. Not yet measured (bench/gpu.py
+# reports the peak of a two-character SDXL page beside this estimate).
+DRAWING_ACTIVATIONS = 0.10 * GIB / SD15_UNITS
 DRAWS_VAE_IN_FP32 = {"sd": False, "sdxl": True}  # SDXL's pipeline upcasts a VAE whose config asks; SD's does not
 DECODE_PER_MEGAPIXEL = 3.0 * GIB  # the VAE decoding one fp32 picture of 1024 x 1024 px (halved in fp16)
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw-8bit": 2.0, "adafactor": 0.01}  # state per trained parameter (fp32 weights)
@@ -46,6 +45,8 @@ class ModelShape:
 
     family: str  # 'sd' or 'sdxl'
     native_size: int  # pixels: the side it was trained at
+    latent_side: int  # the UNet's latent side at that size
+    base_channels: int  # the UNet's first channel width
     unet: int
     text_encoders: tuple[int, ...]
     vae: int
@@ -62,6 +63,8 @@ class ModelShape:
 SD15_SHAPE = ModelShape(
     family="sd",
     native_size=512,
+    latent_side=64,
+    base_channels=320,
     unet=859_520_964,
     text_encoders=(123_060_480,),
     vae=83_653_863,
@@ -76,6 +79,8 @@ SD15_SHAPE = ModelShape(
 SDXL_SHAPE = ModelShape(
     family="sdxl",
     native_size=1024,
+    latent_side=128,
+    base_channels=320,
     unet=2_567_463_684,
     text_encoders=(123_060_480, 694_659_840),
     vae=83_653_863,
@@ -113,6 +118,11 @@ class MemoryNeed:
         return int(self.allocated * FRAGMENTATION) + CUDA_CONTEXT
 
 
+def activation_units(shape: ModelShape, size: int) -> float:
+    """Latent positions times the UNet's first width at `size` px: what activations scale with."""
+    return shape.latent_side**2 * shape.base_channels * (size / shape.native_size) ** 2
+
+
 def gib(count: int) -> str:
     """`count` bytes in GiB with one decimal, e.g. '9.9 GiB'."""
     return f"{count / GIB:.1f} GiB"
@@ -142,8 +152,8 @@ def training_need(
     gradients = (shape.largest_tensor if config.fused_backward else trained) * trained_bytes
     optimizer = int(trained * OPTIMIZER_BYTES[config.optimizer])
     pictures = config.batch_size * (2 if config.prior_preservation and config.num_class_images else 1)
-    scale = ((resolution or shape.native_size) / shape.native_size) ** 2
-    activations = TRAINING_ACTIVATIONS[shape.family][config.gradient_checkpointing] * pictures * scale
+    units = activation_units(shape, resolution or shape.native_size)
+    activations = TRAINING_ACTIVATIONS[config.gradient_checkpointing] * units * pictures
     activations *= 1 if half else 2
     if part.whole_model and half and not config.gradient_checkpointing and not config.full_bf16:
         activations += trained * HALF  # autocast's half copies of the weights, kept for the backward pass
@@ -159,8 +169,7 @@ def training_need(
 def drawing_need(shape: ModelShape, dtype_bytes: int, size: int, pictures: int, vae_bytes: int) -> int:
     """Activations of drawing `pictures` of `size` px with guidance (two latent rows each) and decoding them one at
     a time (VAE slicing), in bytes."""
-    scale = (size / shape.native_size) ** 2
-    rows = DRAWING_ACTIVATIONS[shape.family] * 2 * pictures * scale * dtype_bytes / HALF
+    rows = DRAWING_ACTIVATIONS * activation_units(shape, size) * 2 * pictures * dtype_bytes / HALF
     return int(rows + DECODE_PER_MEGAPIXEL * (size * size / 2**20) * vae_bytes / FULL)
 
 
@@ -216,6 +225,8 @@ def model_shape(model_path: str) -> ModelShape:
     return ModelShape(
         family=model_family(model_path),
         native_size=unet.config.sample_size * 2 ** (len(vae_config["block_out_channels"]) - 1),
+        latent_side=unet.config.sample_size,
+        base_channels=unet.config.block_out_channels[0],
         unet=count(unet),
         text_encoders=tuple(count(encoder) for encoder in encoders),
         vae=count(vae),
