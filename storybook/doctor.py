@@ -11,7 +11,7 @@ import torch
 
 from storybook.config import configured_model, load_config
 from storybook.errors import StorybookError, TrainingError
-from storybook.models import check_model_on_disk, pick_device
+from storybook.models import TINY_MODEL, check_model_on_disk, pick_device
 from storybook.training.config import TrainingConfig
 from storybook.training.fit import FALLBACK_METHODS, Card, default_settings, fit_to_card
 from storybook.training.plan import bf16_in_hardware
@@ -96,8 +96,9 @@ def doctor_report(home: Path, gpu_memory: float | None = None) -> tuple[str, lis
         return line, []
     shapes = {"SD 1.5 (public shape)": SD15_SHAPE, "SDXL base (public shape)": SDXL_SHAPE}
     model = configured_model(home)
-    try:
-        own = model_shape(check_model_on_disk(model, home))
+    try:  # the tiny model is counted only once built: the doctor builds nothing
+        built = model != TINY_MODEL or (home / "models" / TINY_MODEL / "model_index.json").is_file()
+        own = model_shape(check_model_on_disk(model, home)) if built else None
     except (StorybookError, OSError):
         own = None
     if own is not None and own not in shapes.values():

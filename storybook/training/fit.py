@@ -128,6 +128,8 @@ def refusal(
     config, need = best.config, best.need
     tried = f" even with {', '.join(best.switches)}" if best.switches else ""
     kept = f" (as set: {', '.join(sorted(fixed))})" if fixed else ""
+    if fixed >= TrainingConfig.model_fields.keys():
+        kept = " (a resumed run keeps the settings it started with)"
     bigger = next((size for size in CARD_SIZES_GIB if size * GIB >= need.on_card), None)
     elsewhere = f"a card of {bigger} GiB" if bigger else "a larger card"
     return (

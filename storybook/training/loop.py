@@ -273,8 +273,10 @@ def train_identity(
 
     def samples(path: Path) -> None:
         """The sample grid at `path`: the VAE back on the card to decode."""
+        with torch.no_grad(), precision():  # a trained text encoder encodes the prompts now, under autocast
+            inputs = sample_inputs or prompt_inputs(pipeline, character)
         with on_card(loaded.parked_vae, device_):
-            save_samples(pipeline, sample_inputs or prompt_inputs(pipeline, character), path, precision)
+            save_samples(pipeline, inputs, path, precision)
 
     saved_scaler = scaler if scaler.is_enabled() else None
     generator = torch.Generator("cpu").manual_seed(config.seed)

@@ -72,6 +72,10 @@ class Adafactor(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
         self.seed = seed
+        self.index_groups()
+
+    def index_groups(self) -> None:
+        """Each parameter's index (for its rounding's seed) and group (for its settings)."""
         self.index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         self.groups = {p: group for group in self.param_groups for p in group["params"]}
 
@@ -79,6 +83,7 @@ class Adafactor(torch.optim.Optimizer):
         """Restore the state saved by `state_dict`, its moments in fp32 (torch would cast them to a bf16
         parameter's dtype)."""
         super().load_state_dict(state_dict)
+        self.index_groups()  # torch made new group dicts
         for state in self.state.values():
             for key, value in state.items():
                 if key != "step":

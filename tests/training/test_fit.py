@@ -77,3 +77,10 @@ def test_a_larger_card_than_needed_changes_nothing():
     config = default_settings("lora", SDXL_SHAPE, card(80))
     fitted = fit_to_card(SDXL_SHAPE, config, card(80))
     assert fitted.config == config and fitted.switches == []
+
+
+def test_a_resumed_run_keeps_its_settings_and_is_refused_with_that_reason():
+    sixteen = card(16)
+    config = default_settings("dreambooth", SDXL_SHAPE, sixteen)
+    with pytest.raises(TrainingError, match=r"\(a resumed run keeps the settings it started with\)"):
+        fit_to_card(SDXL_SHAPE, config, sixteen, fixed=frozenset(type(config).model_fields))
