@@ -50,7 +50,7 @@ def test_two_characters_masks_reach_diffusers_at_the_latents_size_on_the_pipelin
     assert second is first  # made once, not per call
 
 
-def test_a_model_switch_frees_the_old_pipeline_before_the_new_one_loads(studio, monkeypatch):
+def test_a_renderer_switch_frees_the_old_pipeline_before_the_new_one_loads(studio, monkeypatch):
     book = load_book(new_book(studio, characters=("Mia",)))
     first = open_renderer(studio, book)
     old_unet = weakref.ref(first.pipeline.unet)

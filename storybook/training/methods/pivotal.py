@@ -25,8 +25,11 @@ DEFAULTS = lora.DEFAULTS | {"mini": lora.DEFAULTS["mini"] | {"steps": 300}}
 
 def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, dtype: torch.dtype) -> Trainable:
     """The LoRA of `lora.prepare`, and the identifier's new embeddings trainable beside it (at their own rate when
-    set); with `embedding_steps` the LoRA waits that many steps."""
+    set); with `embedding_steps` the LoRA waits that many steps. The text encoder stays in fp32 around its trained
+    fp32 embedding matrix, as Textual Inversion's does: in half precision its first layer norm would meet fp32
+    embeddings (what autocast covers on a GPU and not on a CPU)."""
     lora.prepare(pipeline, character, config, dtype)
+    pipeline.text_encoder.to(torch.float32)  # its LoRA, when it has one, keeps training
     embeddings, restore = textual_inversion.train_identifier_embeddings(pipeline, character, config)
     lora_parameters = [
         parameter
@@ -74,8 +77,8 @@ def trained_parameters(shape: ModelShape, config: TrainingConfig) -> int:
 
 
 def resident_text_bytes(shape: ModelShape, config: TrainingConfig, frozen: int) -> int:
-    """The text encoder stays on the card, frozen in the run's precision but for its trained matrix."""
-    return (shape.text_encoders[0] - shape.token_embeddings) * frozen
+    """The text encoder stays on the card in fp32 beside its trained matrix, as Textual Inversion's."""
+    return textual_inversion.resident_text_bytes(shape, config, frozen)
 
 
 PART = MethodPart(
