@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -211,7 +212,7 @@ def train_identity(
     started = time.perf_counter()
     plan = plan_run(home, character, method, model, device, overrides, resume, restart, sample_grids)
     config, state, checkpoint, fingerprint = plan.config, plan.state, plan.checkpoint, plan.fingerprint
-    model, part, device_ = plan.model, METHODS[method], plan.device
+    model, part, run_device = plan.model, METHODS[method], plan.device
     folder = character_dir(home, character.slug)
     checkpoint_root = folder / "checkpoints"
     if plan.switches and show_progress:
@@ -222,7 +223,7 @@ def train_identity(
     class_paths = []
     if config.prior_preservation and config.num_class_images > 0:
         class_paths = ensure_class_images(
-            lambda: load_pipeline(model, home, str(device_), class_image_dtype(device_))[0],
+            lambda: load_pipeline(model, home, str(run_device), class_image_dtype(run_device))[0],
             class_image_dir(home, fingerprint, character.class_noun),
             character.class_noun,
             config.num_class_images,
@@ -232,12 +233,12 @@ def train_identity(
 
     loaded = load_for_training(home, character, plan)
     pipeline, trainable = loaded.pipeline, loaded.trainable
-    precision = lambda: autocast(device_, config.mixed_precision)  # noqa: E731 - a fresh context per use
-    scaler = torch.amp.GradScaler(device_.type, enabled=config.mixed_precision == "fp16")
+    precision = partial(autocast, run_device, config.mixed_precision)  # a fresh context at each use
+    scaler = torch.amp.GradScaler(run_device.type, enabled=config.mixed_precision == "fp16")
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     photo_paths = prepared_photo_paths(home, character)
-    with on_card(loaded.parked_vae, device_):  # latents cached in the VAE's own dtype, outside autocast
+    with on_card(loaded.parked_vae, run_device):  # latents cached in the VAE's own dtype, outside autocast
         class_latents = None
         if class_paths:
             class_latents = LatentSource(pipeline.vae, images_tensor(class_paths, resolution), config.cache_latents)
@@ -257,7 +258,7 @@ def train_identity(
     optimizer = make_optimizer(config, parameters, trainable.learning_rates)
     unet = pipeline.unet
     sample_inputs = None  # the sample prompts' encodings, while the text encoders are frozen
-    with torch.no_grad(), on_card(loaded.parked_text, device_), precision():
+    with torch.no_grad(), on_card(loaded.parked_text, run_device), precision():
         if not trainable.text_changes:
             batches.cached_embeddings = batches.text_embeddings()
             if sample_grids:
@@ -275,7 +276,7 @@ def train_identity(
         """The sample grid at `path`: the VAE back on the card to decode."""
         with torch.no_grad(), precision():  # a trained text encoder encodes the prompts now, under autocast
             inputs = sample_inputs or prompt_inputs(pipeline, character)
-        with on_card(loaded.parked_vae, device_):
+        with on_card(loaded.parked_vae, run_device):
             save_samples(pipeline, inputs, path, precision)
 
     saved_scaler = scaler if scaler.is_enabled() else None
@@ -354,10 +355,10 @@ def train_identity(
         photo_loss_after = photo_loss()
         if not (math.isfinite(photo_loss_after) and all(torch.isfinite(p).all() for p in parameters)):
             raise diverged(step)
-        drawing_dtype = pick_dtype(device_, load_config(home).dtype)  # what the renderer will load it in
+        drawing_dtype = pick_dtype(run_device, load_config(home).dtype)  # what the renderer will load it in
         request = SaveRequest(model, fingerprint, step, export_kohya, drawing_dtype)
-        with build_folder(folder / "identity") as partial:
-            files = part.save(partial, pipeline, character, config, request)
+        with build_folder(folder / "identity") as building:
+            files = part.save(building, pipeline, character, config, request)
             metadata = IdentityMetadata(
                 character=character.slug,
                 token=character.token,
@@ -379,7 +380,7 @@ def train_identity(
                 files=files,
                 created_at=datetime.now(timezone.utc),
             )
-            (partial / RECORD).write_text(metadata.model_dump_json(indent=2))
+            (building / RECORD).write_text(metadata.model_dump_json(indent=2))
             if sample_grids:
                 samples(folder / "samples" / "final.png")
         shutil.rmtree(checkpoint_root, ignore_errors=True)

@@ -234,3 +234,15 @@ def test_settings_that_cannot_train_are_refused_and_a_diverging_run_saves_nothin
     folder = registry.character_dir(home, "Mia")
     assert not (folder / "identity").exists() and not any(folder.glob(".identity-building-*"))
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000005"]
+
+
+def test_frozen_parts_a_step_does_not_use_wait_on_the_cpu_and_the_cpu_has_no_memory_plan(home, mia):
+    from storybook.training.loop import load_for_training
+    from storybook.training.plan import plan_run
+
+    for method, text_waits in (("lora", True), ("textual-inversion", False)):
+        plan = plan_run(home, mia, method, None, None, {"prior_preservation": False}, False, False)
+        assert plan.need is None and plan.switches == []  # no card to fit on the CPU
+        loaded = load_for_training(home, mia, plan)
+        assert loaded.parked_vae == [loaded.pipeline.vae]  # latents are cached
+        assert (loaded.parked_text == [loaded.pipeline.text_encoder]) == text_waits  # Textual Inversion encodes
