@@ -263,6 +263,7 @@ def masked_page(spec: dict) -> dict:
     the second measured."""
     import torch
     from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from storybook.adapter_format import new_adapter_weights, save_adapter_weights
@@ -300,7 +301,8 @@ def masked_page(spec: dict) -> dict:
     renderer.draw([job], settings, steps)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    estimate = render_need(model_shape(model), 2).allocated
+    adapter_bytes = sum(tensor.numel() * 2 for tensor in load_file(adapter / "ip-adapter.safetensors").values())
+    estimate = render_need(model_shape(model), 2).allocated + adapter_bytes  # the plan, and the adapter in fp16
     return {"s_per_page": seconds, "peak_bytes": torch.cuda.max_memory_allocated(), "estimate_bytes": estimate}
 
 
