@@ -117,3 +117,41 @@ def test_the_reference_shapes_are_the_public_architectures_counted_again(tmp_pat
         )
     assert model_shape(str(sd)) == SD15_SHAPE
     assert model_shape(str(sdxl)) == SDXL_SHAPE
+
+
+@pytest.mark.parametrize(
+    "family, method, settings, card",
+    [  # ../shared/FACTS.md: the cards published recipes are said to fit (upper bounds, not measurements)
+        (
+            "sd",
+            "dreambooth",
+            {"mixed_precision": "fp16", "gradient_checkpointing": True, "optimizer": "adamw-8bit"},
+            16,
+        ),
+        (
+            "sd",
+            "dreambooth",
+            {"mixed_precision": "fp16", "gradient_checkpointing": True, "optimizer": "adamw-8bit"},
+            12,
+        ),
+        (
+            "sd",
+            "dreambooth",
+            {
+                "mixed_precision": "fp16",
+                "gradient_checkpointing": True,
+                "optimizer": "adamw-8bit",
+                "train_text_encoder": True,
+            },
+            24,
+        ),
+        ("sd", "hypernetwork", {"mixed_precision": "fp16"}, 8),  # the seed paper's 8 GB
+        ("sd", "dreambooth", {"mixed_precision": "no", "gradient_checkpointing": False, "optimizer": "adamw"}, 24),
+        ("sdxl", "lora", {"mixed_precision": "fp16", "gradient_checkpointing": True, "optimizer": "adamw-8bit"}, 16),
+    ],
+)
+def test_the_plan_fits_the_cards_published_recipes_are_said_to_fit(family, method, settings, card):
+    # diffusers' DreamBooth README (16 GB with checkpointing and 8-bit Adam, 12 GB with memory-efficient attention,
+    # 24 GB training the text encoder too), the seed paper (hypernetwork 8 GB, DreamBooth 24 GB), diffusers'
+    # README_sdxl (an SDXL LoRA "with less than 16GB of VRAM").
+    assert estimate(family, method, settings) <= card
