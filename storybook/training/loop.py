@@ -229,6 +229,7 @@ def train_identity(
             config.num_class_images,
             config.class_image_steps,
             show_progress,
+            plan.class_batch,
         )
 
     loaded = load_for_training(home, character, plan)

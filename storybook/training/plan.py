@@ -21,11 +21,12 @@ from storybook.models import (
 from storybook.registry import Character, character_dir
 from storybook.training.batches import photo_captions
 from storybook.training.checkpoints import latest_checkpoint, read_state
+from storybook.training.class_images import BATCH as CLASS_BATCH
 from storybook.training.config import Method, MixedPrecision, Optimizer, TrainingConfig, resumed_config
 from storybook.training.fit import Card, fit_to_card
 from storybook.training.methods import METHODS, resolve_config
 from storybook.training.optimizers import optimizer_class
-from storybook.vram import GIB, MemoryNeed, model_shape
+from storybook.vram import GIB, MemoryNeed, ModelShape, model_shape, render_need
 
 RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
 
@@ -130,6 +131,7 @@ class RunPlan:
     state: dict | None  # its saved state, when the run resumes
     need: MemoryNeed | None = None  # the expected GPU memory, on a CUDA card
     switches: list[str] = field(default_factory=list)  # the memory policies applied to fit the card
+    class_batch: int = CLASS_BATCH  # class images drawn at a time (fewer where the card is small)
 
 
 def plan_run(
@@ -174,13 +176,21 @@ def plan_run(
     fresh = resolve_config(method, shape.unet, on_this_device | (overrides or {}), family)
     config, state = run_settings(character, method, model, fingerprint, checkpoint, fresh, overrides, resume, restart)
     check_precision_on(torch_device, config)
-    need, switches = None, []
+    need, switches, class_batch = None, [], CLASS_BATCH
     if card := card_for(home, torch_device):
         fixed = frozenset(TrainingConfig.model_fields) if state is not None else frozenset(overrides or {})
         fitted = fit_to_card(shape, config, card, fixed, sample_grids=sample_grids)
         config, need, switches = fitted.config, fitted.need, fitted.switches
+        class_batch = class_images_at_a_time(shape, card)
     optimizer_class(config.optimizer)  # bitsandbytes is there when it is asked for
-    return RunPlan(model, model_path, torch_device, fingerprint, config, checkpoint, state, need, switches)
+    return RunPlan(model, model_path, torch_device, fingerprint, config, checkpoint, state, need, switches, class_batch)
+
+
+def class_images_at_a_time(shape: ModelShape, card: Card) -> int:
+    """How many class images the half-precision base pipeline draws at once on `card`: up to CLASS_BATCH, as many as
+    its plan fits (an SDXL batch of 4 needs ~15 GiB, one ~12 GiB)."""
+    fitting = [size for size in range(CLASS_BATCH, 0, -1) if render_need(shape, 2, batch=size).on_card <= card.memory]
+    return fitting[0] if fitting else 1
 
 
 def check_precision_on(device: torch.device, config: TrainingConfig) -> None:

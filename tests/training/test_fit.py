@@ -84,3 +84,11 @@ def test_a_resumed_run_keeps_its_settings_and_is_refused_with_that_reason():
     config = default_settings("dreambooth", SDXL_SHAPE, sixteen)
     with pytest.raises(TrainingError, match=r"\(a resumed run keeps the settings it started with\)"):
         fit_to_card(SDXL_SHAPE, config, sixteen, fixed=frozenset(type(config).model_fields))
+
+
+def test_class_images_are_drawn_as_many_at_a_time_as_the_card_fits():
+    from storybook.training.plan import class_images_at_a_time
+
+    assert class_images_at_a_time(SD15_SHAPE, card(8)) == 4
+    assert class_images_at_a_time(SDXL_SHAPE, card(24)) == 4
+    assert class_images_at_a_time(SDXL_SHAPE, card(12)) == 1
