@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import cached_tokenizer, home, show_job
+from app_pages.common import cached_tokenizer, home, keep_only, show_job
 from storybook import registry
 from storybook.config import configured_model, load_config
 from storybook.errors import PhotoError, StorybookError
@@ -72,6 +72,8 @@ def train(root: Path, slug: str, method: IdentityMethod, steps: int | None, rest
     resume = (registry.character_dir(root, slug) / "checkpoints").is_dir() and not restart
 
     def work(progress: Progress) -> str:
+        keep_only("train")  # the card for the training alone: the renderer and upscalers kept for later go
+
         def on_step(report: StepReport) -> None:
             eta = report.elapsed_s / report.step * (report.total - report.step)
             progress(report.step, report.total, f"loss {report.loss:.4f}, about {eta:.0f} s left")

@@ -1,6 +1,5 @@
 """What the app's pages share: the data root, models loaded once, the current book, and a live view of a long job."""
 
-import threading
 from pathlib import Path
 
 import streamlit as st
@@ -9,6 +8,7 @@ from storybook.book import Book, list_books, load_book
 from storybook.errors import StorybookError
 from storybook.jobs import JobState, cancel_job, read_job
 from storybook.models import load_tokenizer
+from storybook.printing.print_pictures import release_upscalers
 from storybook.storage import data_home
 
 
@@ -25,8 +25,19 @@ def cached_tokenizer(root: str, model: str):
 
 @st.cache_resource
 def renderers() -> dict:
-    """The server's renderer (loaded once, kept between runs and jobs) and the lock that lets one job use it."""
-    return {"renderer": None, "lock": threading.Lock()}
+    """The server's renderer, loaded once and kept between render jobs (jobs take turns on the GPU, storybook.jobs)."""
+    return {"renderer": None}
+
+
+def keep_only(kind: str) -> None:
+    """Free what GPU jobs of other kinds keep loaded between jobs (render jobs the renderer, exports the upscalers),
+    before a job of `kind` loads its own: one model family on the card at a time. Called with the GPU held."""
+    shared = renderers()
+    if kind != "render" and shared["renderer"] is not None:
+        shared["renderer"].release()
+        shared["renderer"] = None
+    if kind != "export":
+        release_upscalers()
 
 
 def choose_book(root: Path) -> tuple[Path, Book] | None:

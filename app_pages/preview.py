@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import choose_book, home, renderers, show_job
+from app_pages.common import choose_book, home, keep_only, renderers, show_job
 from storybook.book import Book, Page, load_book, save_book
 from storybook.errors import StorybookError
 from storybook.jobs import Progress, is_running, start_job
@@ -20,25 +20,23 @@ def render_in_background(
     root: Path, folder: Path, preview: bool = False, only: list[int] | None = None, candidates: int = 1
 ) -> None:
     """Start rendering the book (drafts or finals; `only` some pages, with `candidates` seeds each) as a background
-    job on the server's shared renderer."""
+    job on the server's shared renderer (it waits for the GPU while another job has it)."""
     shared = renderers()
 
     def work(progress: Progress) -> str:
-        while not shared["lock"].acquire(timeout=1.0):  # another book is rendering; Cancel still works meanwhile
-            progress(0, 0, "waiting for another render to finish")
-        try:  # the renderer is kept before drawing, so a cancelled job does not lose the loaded pipeline
-            shared["renderer"] = open_renderer(root, load_book(folder), shared["renderer"])
-            report, _ = render_book(
-                root,
-                folder,
-                renderer=shared["renderer"],
-                preview=preview,
-                candidates=candidates,
-                only=only,
-                progress=lambda done, total: progress(done, total, "pictures"),
-            )
-        finally:
-            shared["lock"].release()
+        keep_only("render")
+        # The renderer is kept before drawing, so a cancelled job does not lose the loaded pipeline; one that cannot
+        # draw this book is released before the next loads.
+        shared["renderer"] = open_renderer(root, load_book(folder), shared["renderer"])
+        report, _ = render_book(
+            root,
+            folder,
+            renderer=shared["renderer"],
+            preview=preview,
+            candidates=candidates,
+            only=only,
+            progress=lambda done, total: progress(done, total, "pictures"),
+        )
         return " ".join([f"{report.drawn} pictures drawn, {report.reused} already drawn.", *report.warnings])
 
     start_job(root, "render", folder.name, work)

@@ -44,7 +44,7 @@ def sweep(work: Path, characters: int, seeds: int, guidance: float, image_scale:
     """Print one line per n in 1, 2, 4, ... and `seeds`: the picked pages' scores and the any-of-n share."""
     home, evaluator = work / "home", load_evaluator()
     encoder_folder = adapter_files(MINI_ADAPTER_SOURCE)[1]
-    # In fp32, as the product embeds photos (image_prompt.embed_photos); the folder keeps fp16 weights.
+    # In fp32, as the product embeds photos on the CPU (image_prompt.embed_photos); the folder keeps fp16 weights.
     encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder, dtype=torch.float32).eval()
     characters_drawn = image_prompt_characters(home, characters)
     renderer = Renderer(home, MINI_MODEL)

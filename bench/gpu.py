@@ -8,11 +8,15 @@ at 1024 px) and random weights, built on the GPU from their configs: nothing is 
   step, as diffusers' example scripts do, in the same precision (the ratio: storybook's s/step over the plain loop's).
 - Rendering a 12-page book and its cover with two LoRA characters through `render_book` at batch 1 and 4 against a
   bare loop of pipeline calls (bench/render.py's workload, one render each way).
-Each model runs in its own subprocess; its section of bench/RESULTS.md (`## GPU`) is rewritten as soon as it is
-measured, so a run cut short keeps what it finished. Meant to finish within 8 minutes on one H100/H200-class GPU.
-On a machine without CUDA it says so and exits 0.
+- The memory plan against the card: a full DreamBooth step on SD 1.5 (bf16, checkpointing, torch's AdamW) and a
+  masked two-character SDXL page (two image prompts, each in its region), each with its peak memory beside the plan's
+  estimate of it (storybook/vram.py); the training rows carry the plan's estimate too.
+Each part runs in its own subprocess; the section of bench/RESULTS.md (`## GPU`) is rewritten as soon as a part is
+measured, so a run cut short keeps what it finished. The whole call stops at `--budget` seconds (default 480, the
+8 minutes it is meant to take on one H100/H200-class GPU): a part that would start after it is reported as skipped,
+one still running is stopped. On a machine without CUDA it says so and exits 0.
 
-Usage: python bench/gpu.py [--train-steps 10] [--render-steps 10]
+Usage: python bench/gpu.py [--train-steps 10] [--render-steps 10] [--budget 480]
 """
 
 import argparse
@@ -45,18 +49,11 @@ DEVICE = "cuda"  # where the plain loop runs (a CPU smoke run of this script's c
 PRECISIONS = ("bf16", "fp16")
 
 
-def build_sdxl_shaped(folder: Path) -> Path:
-    """Save a pipeline with SDXL base 1.0's architecture (UNet, VAE, CLIP ViT-L and OpenCLIP ViT-bigG text encoders)
-    and random weights, in fp16, to `folder`; return the folder."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def sdxl_unet():
+    """A UNet with SDXL base 1.0's architecture (2.6 B parameters) and random weights."""
+    from diffusers import UNet2DConditionModel
 
-    from storybook.tiny_model import build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=128,
         layers_per_block=2,
         block_out_channels=(320, 640, 1280),
@@ -70,54 +67,84 @@ def build_sdxl_shaped(folder: Path) -> Path:
         projection_class_embeddings_input_dim=2816,
         cross_attention_dim=2048,
     )
-    vae = sd_shaped_vae(1024, 0.13025)
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            hidden_act="quick_gelu",
-            pad_token_id=tokenizer.pad_token_id,
-            **special,
-        )
+
+
+def sdxl_text_configs(tokenizer):
+    """The configs of SDXL's text encoders (CLIP ViT-L and OpenCLIP ViT-bigG with projection), with `tokenizer`'s
+    special ids."""
+    from transformers import CLIPTextConfig
+
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    first = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="quick_gelu",
+        **special,
     )
-    text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=1280,
-            intermediate_size=5120,
-            num_hidden_layers=32,
-            num_attention_heads=20,
-            projection_dim=1280,
-            hidden_act="gelu",
-            pad_token_id=tokenizer.pad_token_id,
-            **special,
-        )
+    second = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        projection_dim=1280,
+        hidden_act="gelu",
+        **special,
     )
+    return first, second
+
+
+def build_sdxl_shaped(folder: Path) -> Path:
+    """Save a pipeline with SDXL base 1.0's architecture (UNet, VAE, CLIP ViT-L and OpenCLIP ViT-bigG text encoders)
+    and random weights, in fp16, to `folder`; return the folder."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from storybook.tiny_model import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    first, second = sdxl_text_configs(tokenizer)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
     pipeline = StableDiffusionXLPipeline(
-        vae, text_encoder, text_encoder_2, tokenizer, tokenizer, unet, scheduler, add_watermarker=False
+        sd_shaped_vae(1024, 0.13025),
+        CLIPTextModel(first),
+        CLIPTextModelWithProjection(second),
+        tokenizer,
+        tokenizer,
+        sdxl_unet(),
+        scheduler,
+        add_watermarker=False,
     )
     pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def storybook_training(home: Path, model: str, precision: str, checkpointing: bool, steps: int) -> dict:
-    """s/step and peak CUDA memory (from the first step on) of a LoRA run of `train_identity` on `model`, for a new
-    character in data root `home` (shared by the runs, so the model's weights are hashed once)."""
+def storybook_training(
+    home: Path, model: str, precision: str, checkpointing: bool, steps: int, method: str = "lora"
+) -> dict:
+    """s/step and peak CUDA memory (from the first step on) of a `method` run of `train_identity` on `model`, for a
+    new character in data root `home` (shared by the runs, so the model's weights are hashed once), and the memory
+    plan's estimate of that peak."""
     import torch
 
     from storybook.registry import add_character
     from storybook.sample_photos import write_sample_photos
     from storybook.tiny_model import build_tokenizer
     from storybook.training.loop import StepReport, train_identity
+    from storybook.vram import model_shape, training_need
 
-    name = f"Mia {precision} {'on' if checkpointing else 'off'}"
+    name = f"Mia {method} {precision} {'on' if checkpointing else 'off'}"
     add_character(home, name, write_sample_photos(home / "photos"), build_tokenizer())
     stamps: list[float] = []
 
@@ -136,9 +163,16 @@ def storybook_training(home: Path, model: str, precision: str, checkpointing: bo
         "checkpoint_every": steps + 1,
     }
     torch.cuda.reset_peak_memory_stats()
-    train_identity(home, name, "lora", model, settings, show_progress=False, on_step=on_step, sample_grids=False)
+    metadata = train_identity(
+        home, name, method, model, settings, show_progress=False, on_step=on_step, sample_grids=False
+    )
     intervals = [later - earlier for earlier, later in pairwise(stamps)][WARMUP_STEPS - 1 :]
-    return {"s_per_step": statistics.median(intervals), "peak_bytes": torch.cuda.max_memory_allocated()}
+    estimate = training_need(model_shape(model), metadata.config, sample_grids=False).allocated
+    return {
+        "s_per_step": statistics.median(intervals),
+        "peak_bytes": torch.cuda.max_memory_allocated(),
+        "estimate_bytes": estimate,
+    }
 
 
 def plain_training(home: Path, model: str, precision: str, steps: int) -> dict:
@@ -152,7 +186,7 @@ def plain_training(home: Path, model: str, precision: str, steps: int) -> dict:
 
     from storybook.models import model_family, unet_parameter_count
     from storybook.sample_photos import write_sample_photos
-    from storybook.training.families import pipeline_family
+    from storybook.training.families import Conditioning, pipeline_family
     from storybook.training.latents import images_tensor
     from storybook.training.methods import resolve_config
     from storybook.training.methods.lora import UNET_TARGETS
@@ -169,7 +203,7 @@ def plain_training(home: Path, model: str, precision: str, steps: int) -> dict:
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     photos = images_tensor(write_sample_photos(home / "plain-photos"), resolution)
-    encode = pipeline_family(pipeline).encode
+    family = pipeline_family(pipeline)
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     synchronize, stamps = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None), []
@@ -177,7 +211,9 @@ def plain_training(home: Path, model: str, precision: str, steps: int) -> dict:
         photo = photos[step % len(photos) : step % len(photos) + 1].to(DEVICE)
         with torch.no_grad():
             latents = pipeline.vae.encode(photo).latent_dist.sample() * pipeline.vae.config.scaling_factor
-            conditioning = encode(pipeline, ["a photo of zorv toddler"], resolution)
+            caption = family.encode(pipeline, ["a photo of zorv toddler"])
+            sizes = family.size_inputs(torch.tensor([resolution]), resolution, caption.embeddings)  # SDXL's time ids
+            conditioning = Conditioning(caption.embeddings, caption.added | sizes)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (1,), device=DEVICE)
         with torch.autocast(DEVICE, dtype=dtype):
@@ -212,6 +248,67 @@ def run_model(spec: dict) -> dict:
     return results
 
 
+def dreambooth_step(spec: dict) -> dict:
+    """A full DreamBooth run's s/step, peak memory and the plan's estimate on `spec`'s model (bf16, checkpointing,
+    torch's AdamW, batch 1, no class images): the weights, gradients and optimiser state of the whole UNet."""
+    home = Path(spec["home"])
+    home.mkdir(parents=True, exist_ok=True)
+    return storybook_training(home, spec["model"], "bf16", True, spec["train_steps"], method="dreambooth")
+
+
+def masked_page(spec: dict) -> dict:
+    """Seconds, peak memory and the plan's estimate of drawing one page with two image-prompt characters, each in its
+    region, on `spec`'s model: a random IP-Adapter of h94's layout (its projection from a small random CLIP image
+    encoder's 1024-wide embeddings, to_k_ip/to_v_ip copied from the model) built first, then the page drawn twice,
+    the second measured."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from storybook.adapter_format import new_adapter_weights, save_adapter_weights
+    from storybook.book import RenderSettings
+    from storybook.image_prompt import AdapterSource
+    from storybook.registry import add_character
+    from storybook.renderer import ImageJob, Renderer
+    from storybook.sample_photos import write_sample_photos
+    from storybook.tiny_model import build_tokenizer
+    from storybook.training.personalize import build_identity
+    from storybook.vram import model_shape, render_need
+
+    home, model, steps = Path(spec["home"]), spec["model"], spec["render_steps"]
+    adapter = home / "ip-adapter"
+    encoder_config = CLIPVisionConfig(
+        image_size=224, patch_size=14, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, projection_dim=1024,
+    )  # fmt: skip
+    CLIPVisionModelWithProjection(encoder_config).save_pretrained(adapter / "image_encoder")
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", dtype=torch.float16)
+    save_adapter_weights(adapter / "ip-adapter.safetensors", new_adapter_weights(unet, 1024, torch.Generator()))
+    del unet
+    source = AdapterSource(source=str(adapter), weight_name="ip-adapter.safetensors", image_encoder="image_encoder")
+    photos = write_sample_photos(home / "photos")
+    for name in ("Mia", "Rex"):
+        add_character(home, name, photos, build_tokenizer())
+        build_identity(home, name, "ip-adapter", model, adapter=source, image_scale=0.6)
+    renderer = Renderer(home, model)
+    renderer.load_identities(["mia", "rex"])
+    job, settings = ImageJob("two children at the beach", "", 0, ("mia", "rex")), RenderSettings(steps=steps)
+    renderer.draw([job], settings, steps)  # warm-up: kernels chosen, the masks made
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    renderer.draw([job], settings, steps)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    adapter_bytes = sum(tensor.numel() * 2 for tensor in load_file(adapter / "ip-adapter.safetensors").values())
+    estimate = render_need(model_shape(model), 2).allocated + adapter_bytes  # the plan, and the adapter in fp16
+    return {"s_per_page": seconds, "peak_bytes": torch.cuda.max_memory_allocated(), "estimate_bytes": estimate}
+
+
+PARTS = {"--dreambooth-one": dreambooth_step, "--masked-one": masked_page}  # flag -> a part run in a subprocess
+
+
 def measured(run, *arguments) -> dict:
     """`run(*arguments)`'s result, or {"error": ...} when it failed (one configuration running out of memory loses
     only its own row); GPU memory is freed afterwards either way."""
@@ -237,38 +334,62 @@ def training_rows(label: str, pixels: int, results: dict) -> list[str]:
                 continue
             cells = [label, str(pixels), precision, checkpointing]
             if "error" in result:
-                rows.append("| " + " | ".join([*cells, f"failed: {result['error']}", "", "", ""]) + " |")
+                rows.append("| " + " | ".join([*cells, f"failed: {result['error']}", "", "", "", ""]) + " |")
                 continue
             plain_ok = plain is not None and "error" not in plain
             ratio = f"{result['s_per_step'] / plain['s_per_step']:.2f}" if plain_ok and checkpointing == "off" else ""
             plain_cell = f"{plain['s_per_step']:.3f}" if plain_ok else (f"failed: {plain['error']}" if plain else "")
-            cells += [f"{result['s_per_step']:.3f}", f"{result['peak_bytes'] / 2**30:.1f}", plain_cell, ratio]
+            peak, estimate = f"{result['peak_bytes'] / 2**30:.1f}", f"{result['estimate_bytes'] / 2**30:.1f}"
+            cells += [f"{result['s_per_step']:.3f}", peak, estimate, plain_cell, ratio]
             rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
+def plan_row(label: str, what: str, result: dict, seconds_key: str) -> str:
+    """A markdown row of a part measured against the memory plan: seconds, peak, the plan's estimate, their ratio."""
+    if "error" in result:
+        return f"| {label} | {what} | failed: {result['error']} | | | |"
+    peak, estimate = result["peak_bytes"], result["estimate_bytes"]
+    cells = [label, what, f"{result[seconds_key]:.3f}", f"{peak / 2**30:.1f}", f"{estimate / 2**30:.1f}"]
+    return "| " + " | ".join([*cells, f"{peak / estimate:.2f}"]) + " |"
+
+
 def main() -> None:
-    """Build both models, measure each in a subprocess, write bench/RESULTS.md's `## GPU` section as it goes."""
+    """Build both models, measure each part in a subprocess within the budget, write bench/RESULTS.md's `## GPU`
+    section as it goes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-steps", type=int, default=10, help="LoRA steps per training configuration")
     parser.add_argument("--render-steps", type=int, default=10, help="denoising steps per picture")
+    parser.add_argument("--budget", type=float, default=480, help="seconds the whole call may take")
     parser.add_argument("--one", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--render-one", metavar="SPEC_JSON", help=argparse.SUPPRESS)
+    for flag in PARTS:
+        parser.add_argument(flag, metavar="SPEC_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print(MARKER + json.dumps(run_model(json.loads(args.one))), flush=True)
-        return
-    if args.render_one:
-        print(MARKER + json.dumps(render_run_one(json.loads(args.render_one))), flush=True)
-        return
+    children = {"one": run_model, "render_one": render_run_one} | {
+        flag.removeprefix("--").replace("-", "_"): part for flag, part in PARTS.items()
+    }
+    for name, run in children.items():
+        if getattr(args, name):
+            print(MARKER + json.dumps(run(json.loads(getattr(args, name)))), flush=True)
+            return
 
     import torch
 
     if not torch.cuda.is_available():
         print("No CUDA GPU is present: bench/gpu.py measures GPU training and rendering only, so nothing was run.")
         return
+    deadline = time.monotonic() + args.budget
+    spent = f"skipped: the {args.budget:.0f}-second budget was spent"
     load_before = os.getloadavg()
-    training, rendering = [], []
+    training, rendering, planned = [], [], []
+
+    def within_budget(spec: dict, flag: str) -> dict:
+        """`spec` run as part `flag` in a subprocess, stopped at the deadline; skipped when too little is left."""
+        left = deadline - time.monotonic()
+        if left < 30:
+            return {"error": spent}
+        return run_in_subprocess(spec, script=__file__, flag=flag, timeout=left)
 
     def write() -> None:
         section = "\n".join(
@@ -276,13 +397,21 @@ def main() -> None:
                 *section_header(SECTION, load_before),
                 f"- Models: random weights in the public architectures, built on the GPU; LoRA at storybook's "
                 f"defaults for the model (rank 8 SD 1.5, 4 SDXL), batch 1, {args.train_steps} steps, no prior "
-                "preservation; s/step: median after a warm-up; peak: torch.cuda.max_memory_allocated",
+                "preservation; s/step: median after a warm-up; peak: torch.cuda.max_memory_allocated; plan: the "
+                "memory plan's estimate of that peak (storybook/vram.py, `MemoryNeed.allocated`)",
                 "- Plain loop: the photo and caption encoded at every step (diffusers' example scripts); ratio: "
                 "storybook s/step / plain s/step, same precision, without gradient checkpointing",
                 "",
-                "| model | px | precision | grad. checkpointing | s/step | peak GiB | plain loop s/step | ratio |",
-                "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+                "| model | px | precision | grad. checkpointing | s/step | peak GiB | plan GiB | plain loop s/step "
+                "| ratio |",
+                "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
                 *training,
+                "",
+                f"The memory plan against the card ({args.render_steps} steps a page; s: per step or per page):",
+                "",
+                "| model | what | s | peak GiB | plan GiB | peak / plan |",
+                "| --- | --- | ---: | ---: | ---: | ---: |",
+                *planned,
                 "",
                 f"Rendering (bench/render.py's book: 13 pictures, two LoRA characters, {args.render_steps} steps, one "
                 "render each way):",
@@ -299,22 +428,37 @@ def main() -> None:
         root = Path(temp)
         builders = [("sd15-shaped", 512, build_sd15_shaped), ("sdxl-shaped", 1024, build_sdxl_shaped)]
         for label, pixels, build in builders:
+            if deadline - time.monotonic() < 60:
+                planned.append(f"| {label} | everything | {spent} | | | |")
+                write()
+                continue
             print(f"building the {label} model on the GPU ...", file=sys.stderr, flush=True)
             started = time.perf_counter()
             with torch.device("cuda"):
                 model = str(build(root / label))
-            print(f"  built in {time.perf_counter() - started:.0f} s; training ...", file=sys.stderr, flush=True)
-            spec = {"home": str(root / f"{label}-train"), "model": model, "train_steps": args.train_steps}
-            result = run_in_subprocess(spec, script=__file__)
-            failed = [f"| {label} | {pixels} | | | failed: {result['error']} | | | |"] if "error" in result else []
+            print(f"  built in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            spec = {"model": model, "train_steps": args.train_steps, "render_steps": args.render_steps}
+            if label == "sdxl-shaped":  # the plan's parts first: they are what this run is for
+                result = within_budget(spec | {"home": str(root / f"{label}-masked")}, "--masked-one")
+                planned.append(plan_row(label, "masked two-character page", result, "s_per_page"))
+            else:
+                result = within_budget(spec | {"home": str(root / f"{label}-dreambooth")}, "--dreambooth-one")
+                planned.append(plan_row(label, "DreamBooth step (bf16, checkpointing, AdamW)", result, "s_per_step"))
+            write()
+            print(f"training on {label} ...", file=sys.stderr, flush=True)
+            result = within_budget(spec | {"home": str(root / f"{label}-train")}, "--one")
+            failed = [f"| {label} | {pixels} | | | failed: {result['error']} | | | | |"] if "error" in result else []
             training += failed or training_rows(label, pixels, result)
             write()
+            if deadline - time.monotonic() < 90:
+                rendering.append(f"| {label} | | | {spent} | | |")
+                write()
+                continue
             print(f"rendering on {label} ...", file=sys.stderr, flush=True)
             home = root / f"{label}-render"
             home.mkdir()
             book = prepare_book(home, model, args.render_steps, train_steps=4)
-            spec = {"home": str(home), "book": str(book), "repeats": 1}
-            result = run_in_subprocess(spec, script=__file__, flag="--render-one")
+            result = within_budget({"home": str(home), "book": str(book), "repeats": 1}, "--render-one")
             for way, batch in (("bare", 1), ("storybook batch 1", 1), ("storybook batch 4", 4)):
                 renderer = "bare diffusers loop" if way == "bare" else "storybook render_book"
                 if "error" in result:

@@ -63,19 +63,11 @@ def sd_shaped_vae(sample_size: int, scaling_factor: float):
     )
 
 
-def build_sd15_shaped(folder: Path) -> Path:
-    """Save a pipeline with SD 1.5's architecture and random weights to `folder`; return the folder."""
-    import torch
-    from diffusers import PNDMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
+def sd15_text_config(tokenizer):
+    """The config of SD 1.5's text encoder (CLIP ViT-L/14's, 123 M parameters), with `tokenizer`'s special ids."""
+    from transformers import CLIPTextConfig
 
-    from storybook.tiny_model import assemble_pipeline, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    unet = sd15_unet()
-    vae = sd_shaped_vae(512, 0.18215)
-    text_config = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=768,
         intermediate_size=3072,
@@ -87,6 +79,21 @@ def build_sd15_shaped(folder: Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def build_sd15_shaped(folder: Path) -> Path:
+    """Save a pipeline with SD 1.5's architecture and random weights to `folder`; return the folder."""
+    import torch
+    from diffusers import PNDMScheduler
+    from transformers import CLIPTextModel
+
+    from storybook.tiny_model import assemble_pipeline, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    unet = sd15_unet()
+    vae = sd_shaped_vae(512, 0.18215)
+    text_config = sd15_text_config(tokenizer)
     scheduler = PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
@@ -135,12 +142,14 @@ def run_one(spec: dict) -> dict:
     }
 
 
-def run_in_subprocess(spec: dict, script: str = __file__, flag: str = "--one") -> dict:
-    """Run `spec` via `script --one` (or another `flag`) in a child process; return its result, or {"error": ...}
-    when it failed."""
-    child = subprocess.run(
-        [sys.executable, script, flag, json.dumps(spec)], capture_output=True, text=True, check=False
-    )
+def run_in_subprocess(spec: dict, script: str = __file__, flag: str = "--one", timeout: float | None = None) -> dict:
+    """Run `spec` via `script --one` (or another `flag`) in a child process, stopped after `timeout` seconds; return
+    its result, or {"error": ...} when it failed or was stopped."""
+    try:
+        command = [sys.executable, script, flag, json.dumps(spec)]
+        child = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {timeout:.0f} s (the time budget)"}
     lines = [line for line in child.stdout.splitlines() if line.startswith(MARKER)]
     if child.returncode != 0 or not lines:
         sys.stderr.write(child.stderr[-4000:])

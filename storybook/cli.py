@@ -184,6 +184,10 @@ def config_command(
             "CompVis/stable-diffusion-safety-checker for SDXL), or off (default: the base model's own)."
         ),
     ] = None,
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(help="GiB of GPU memory the memory plans use instead of the card's (a card shared with others)."),
+    ] = None,
     unset: Annotated[
         list[str] | None, typer.Option(help="Forget a setting, back to its default (repeatable), e.g. --unset device.")
     ] = None,
@@ -204,6 +208,7 @@ def config_command(
             "image_encoder": image_encoder,
             "upscaler": upscaler,
             "safety_checker": safety_checker,
+            "gpu_memory": gpu_memory,
         }
         changes = {key: value for key, value in given.items() if value is not None}
         for name in unset or []:
@@ -453,7 +458,24 @@ def character_train(
     ] = None,
     optimizer: Annotated[
         str | None,
-        typer.Option(help="adamw or adamw-8bit (bitsandbytes; default on CUDA when it is installed)."),
+        typer.Option(
+            help="adamw, adamw-8bit (bitsandbytes; default on CUDA when it is installed) or adafactor (factored "
+            "moments, almost no state)."
+        ),
+    ] = None,
+    fused_backward: Annotated[
+        bool | None,
+        typer.Option(
+            "--fused-backward/--no-fused-backward",
+            help="DreamBooth with adafactor: update each weight inside the backward pass (no model-sized gradients).",
+        ),
+    ] = None,
+    full_bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--full-bf16/--no-full-bf16",
+            help="DreamBooth with adafactor and bf16: the trained weights in bf16, stochastically rounded.",
+        ),
     ] = None,
     snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR weighting gamma (5 is common).")] = None,
     offset_noise: Annotated[float | None, typer.Option(help="Offset-noise strength (~0.1).")] = None,
@@ -502,6 +524,8 @@ def character_train(
         "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing,
         "optimizer": optimizer,
+        "fused_backward": fused_backward,
+        "full_bf16": full_bf16,
         "snr_gamma": snr_gamma,
         "offset_noise": offset_noise,
         "seed": seed,
@@ -1019,6 +1043,34 @@ def make(
     if failed:
         console.print(Text(f"{failed} of {len(made)} books failed.", "red"))
         raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Plan for a card of this many GiB (default: this machine's card, or the config's)."),
+    ] = None,
+) -> None:
+    """What this machine's GPU can do before anything runs: each method and model family at its defaults fits as it
+    is, fits with a memory policy, or is refused; and drawing pages. From parameter counts alone: nothing loads."""
+
+    def examine():
+        from storybook.doctor import doctor_report
+
+        line, verdicts = doctor_report(state["home"], gpu_memory)
+        console.print(f"GPU: {line}")
+        if not verdicts:
+            return
+        table = Table("model", "what", "fits", "GiB", "how", title="Memory plan (estimates; see README, GPU memory)")
+        for verdict in verdicts:
+            fits = {True: "yes", False: "no", None: "-"}[verdict.fits]
+            table.add_row(
+                verdict.model, verdict.what, fits, f"{verdict.need / 2**30:.1f}" if verdict.need else "", verdict.how
+            )
+        console.print(table)
+
+    run(examine)
 
 
 @app.command()

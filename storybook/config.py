@@ -66,6 +66,9 @@ class DataRootConfig(BaseModel):
     image_encoder: FileInside | None = None  # its image encoder folder, inside it
     upscaler: ModelSource | None = None  # the x4 upscaler for print files
     safety_checker: ModelSource | None = None  # "off", or a StableDiffusionSafetyChecker folder or hub id
+    # The GPU memory (GiB) the memory plans use instead of what CUDA reports: a card shared with other programs, or
+    # a card to plan for (`storybook doctor`, the tests).
+    gpu_memory: float | None = Field(None, gt=0, le=1024, allow_inf_nan=False)
 
     @field_validator("device")
     @classmethod
@@ -159,8 +162,9 @@ def described_settings(home: Path) -> list[tuple[str, str, str]]:
         "image_encoder": (H94_IMAGE_ENCODER, "default"),
         "upscaler": (X4_UPSCALER, "default"),
         "safety_checker": ("the base model's own (SD 1.5 ships one; SDXL and the models built here none)", "default"),
+        "gpu_memory": ("what CUDA reports of the card", "default"),
     }
     return [
-        (name, value, CONFIG_FILE) if (value := getattr(config, name)) is not None else (name, *defaults[name])
+        (name, str(value), CONFIG_FILE) if (value := getattr(config, name)) is not None else (name, *defaults[name])
         for name in DataRootConfig.model_fields
     ]

@@ -1,7 +1,9 @@
 """Image-prompt identities (IP-Adapter): a character drawn from the image embedding of its own photos.
 
-No training: the adapter's image encoder embeds the character's prepared photos once (seconds), the mean embedding is
-saved in the character's identity folder, and the renderer passes it to diffusers (`load_ip_adapter`,
+No training: the adapter's image encoder embeds the character's prepared photos once (seconds, on the data root's
+device and in its dtype), the embedding is saved in the character's identity folder (the mean of the photos' for a
+basic adapter; for a "plus" adapter, which reads an image's patch tokens, those of the most typical photo), and the
+renderer passes it to diffusers (`load_ip_adapter`,
 `set_ip_adapter_scale`, `ip_adapter_image_embeds`, `ip_adapter_masks`) on the pages where the character is drawn.
 An adapter is named by an `AdapterSource`: storybook-mini's committed one, or the user's own IP-Adapter weights (e.g.
 h94/IP-Adapter `models/ip-adapter_sd15.safetensors` with `models/image_encoder`) by local folder or downloaded hub id;
@@ -26,8 +28,9 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection
 from transformers.models.clip import CLIPImageProcessorPil
 
+from storybook.config import load_config
 from storybook.errors import ModelError
-from storybook.models import files_fingerprint, local_snapshot
+from storybook.models import files_fingerprint, local_snapshot, pick_device, pick_dtype
 from storybook.registry import Character, prepared_photo_paths
 from storybook.storage import atomic_write_text
 
@@ -140,23 +143,37 @@ def is_plus_adapter(weights_file: Path) -> bool:
     )
 
 
+def most_typical(embeddings: torch.Tensor) -> int:
+    """The index of the row of `embeddings` (N, D) most like the others: the highest cosine similarity to their
+    mean."""
+    normed = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    return int((normed @ normed.mean(0)).argmax())
+
+
 @torch.no_grad()
-def embed_photos(adapter: AdapterSource, photos: list[Path]) -> dict[str, torch.Tensor]:
-    """The adapter's image embedding of `photos`, averaged over them: {'positive': (1, D) or (1, T, D), 'negative':
-    the same shape}, as diffusers' `encode_image` makes them (zeros, or for plus adapters the hidden states of an
-    all-zero input)."""
+def embed_photos(
+    adapter: AdapterSource, photos: list[Path], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The adapter's image embedding of `photos` by its image encoder on `device` in `dtype`, as diffusers'
+    `encode_image` makes them: {'positive': (1, D) or (1, T, D), 'negative': the same shape}, in fp32 on the CPU.
+
+    A basic adapter's is the mean of the photos' pooled embeddings (its negative: zeros). A plus adapter reads the
+    T patch tokens of one image, each tied to a place in it: averaging tokens of different photos place by place
+    mixes unrelated parts, so its positive is the tokens of the most typical photo (by pooled embedding) and its
+    negative those of an all-zero input."""
     weights, encoder_folder = adapter_files(adapter)
-    plus = is_plus_adapter(weights)
-    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder, dtype=torch.float32).eval()
+    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder, dtype=dtype).to(device).eval()
     processor = image_processor(encoder.config.image_size)
     pixels = processor([Image.open(path).convert("RGB") for path in photos], return_tensors="pt").pixel_values
-    if plus:
-        positive = encoder(pixels, output_hidden_states=True).hidden_states[-2].mean(0, keepdim=True)
+    pixels = pixels.to(device, dtype)
+    output = encoder(pixels, output_hidden_states=True)
+    if is_plus_adapter(weights):
+        positive = output.hidden_states[-2][most_typical(output.image_embeds)][None]
         negative = encoder(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
     else:
-        positive = encoder(pixels).image_embeds.mean(0, keepdim=True)
+        positive = output.image_embeds.mean(0, keepdim=True)
         negative = torch.zeros_like(positive)
-    return {"positive": positive.contiguous(), "negative": negative.contiguous()}
+    return {"positive": positive.float().cpu().contiguous(), "negative": negative.float().cpu().contiguous()}
 
 
 def write_image_prompt(
@@ -165,7 +182,9 @@ def write_image_prompt(
     """Embed `character`'s prepared photos with `adapter` (named for base `model`) and save the embedding and
     image_prompt.json in `folder` (the embedding first, the record last, each atomically). Returns the record."""
     started = time.perf_counter()
-    embeds = embed_photos(adapter, prepared_photo_paths(home, character))
+    config = load_config(home)
+    device = pick_device(config.device)
+    embeds = embed_photos(adapter, prepared_photo_paths(home, character), device, pick_dtype(device, config.dtype))
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{EMBEDS_FILE}.tmp"
     save_file(embeds, partial)

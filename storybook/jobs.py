@@ -1,10 +1,14 @@
-"""Long jobs for the app (training a character, rendering a book): run off the UI thread, state kept on disk.
+"""Long jobs for the app (training a character, rendering a book, exporting it): run off the UI thread, state kept on
+disk.
 
 A job is a function run in a background thread of the server process. Its state (running, done, failed, cancelled;
 progress; last message) lives in <home>/jobs/<kind>-<target>.json, written atomically at each step, so a browser
 refresh or a second tab sees the same job. Cancelling writes a flag file; the job's progress callback sees it at the
 next step and stops the way Ctrl-C does (training checkpoints, rendering keeps every finished picture). A state left
 "running" by a server that has since stopped is reported as interrupted.
+
+Jobs that use the GPU take turns: one lock for every kind, so two trainings, or a training and a render, never share
+the card; a job waiting for it says so in its message (and can be cancelled while it waits).
 """
 
 import os
@@ -22,6 +26,8 @@ from storybook.errors import StorybookError
 from storybook.storage import atomic_write_text, slugify
 
 STARTING = threading.Lock()
+GPU = threading.Lock()  # held by the one job on the GPU; every GPU job of every kind waits for it
+GPU_HOLDER: dict[str, str] = {}  # {"job": "train mia"} while a job holds the GPU
 PROCESS = uuid.uuid4().hex  # this server process, as job files name it
 Status = Literal["running", "done", "failed", "cancelled", "interrupted"]
 
@@ -33,7 +39,7 @@ class JobCancelled(KeyboardInterrupt):
 class JobState(BaseModel):
     """<home>/jobs/<kind>-<target>.json: what a job is doing or how it ended."""
 
-    kind: str  # 'train' or 'render'
+    kind: str  # 'train', 'render' or 'export'
     target: str  # the character's or the book's folder name
     status: Status
     done: int = 0
@@ -90,8 +96,12 @@ def cancel_job(home: Path, kind: str, target: str) -> None:
     job_file(home, kind, target).with_suffix(".cancel").touch()
 
 
-def start_job(home: Path, kind: str, target: str, work: Callable[[Progress], str]) -> threading.Thread:
+def start_job(
+    home: Path, kind: str, target: str, work: Callable[[Progress], str], uses_gpu: bool = True
+) -> threading.Thread:
     """Run `work(progress)` in a background thread as job `kind` on `target`; its return value is the final message.
+    With `uses_gpu` it first waits for the GPU (every such job, whatever its kind, takes its turn), saying what it
+    waits for.
 
     Raises StorybookError when that job is already running.
     """
@@ -112,7 +122,12 @@ def start_job(home: Path, kind: str, target: str, work: Callable[[Progress], str
             raise JobCancelled
 
     def run() -> None:
+        holding = False
         try:
+            if uses_gpu:
+                while not (holding := GPU.acquire(timeout=1.0)):
+                    progress(0, 0, f"waiting for the GPU: {GPU_HOLDER.get('job', 'another job')} is using it")
+                GPU_HOLDER["job"] = f"{kind} {target}"
             state.message, state.status = work(progress), "done"
         except (JobCancelled, StorybookError) as error:
             cancelled = isinstance(error, JobCancelled) or cancel_flag.exists()
@@ -121,6 +136,10 @@ def start_job(home: Path, kind: str, target: str, work: Callable[[Progress], str
         except Exception as error:  # a job must never die silently: the app shows the message
             state.status, state.message = "failed", f"{type(error).__name__}: {error}"
             traceback.print_exc()
+        finally:
+            if holding:
+                GPU_HOLDER.pop("job", None)
+                GPU.release()
         state.finished_at = datetime.now(timezone.utc)
         cancel_flag.unlink(missing_ok=True)
         save_state(path, state)

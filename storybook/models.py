@@ -156,10 +156,15 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
 
 
 def load_pipeline(
-    model: str, home: Path, device: str | None = None, dtype: str | None = None
+    model: str,
+    home: Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    components: dict[str, torch.nn.Module] | None = None,
 ) -> tuple[DiffusionPipeline, str]:
     """Load `model` (see `resolve_model`) on `device` and `dtype`, else those of the data root's config, else the
-    defaults (see `pick_device`, `pick_dtype`); return the pipeline and its resolved path.
+    defaults (see `pick_device`, `pick_dtype`); return the pipeline and its resolved path. `components` (e.g. a
+    DreamBooth identity's {"unet": ...}) take the place of the model's own, which are then never loaded.
 
     Raises ModelError with what was looked for and how to provide it when the weights are not available.
     """
@@ -171,7 +176,7 @@ def load_pipeline(
     torch_device = pick_device(device or config.device)
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            model_path, dtype=pick_dtype(torch_device, dtype or config.dtype), safety_checker=None
+            model_path, dtype=pick_dtype(torch_device, dtype or config.dtype), safety_checker=None, **(components or {})
         )
     except (OSError, ValueError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
@@ -189,13 +194,15 @@ def load_pipeline(
     return pipeline.to(torch_device), model_path
 
 
-def model_folder(model_path: str) -> Path:
-    """The local folder holding `model_path`'s files (a hub id resolves to its cached snapshot)."""
+def model_folder(model_path: str, patterns: list[str] | None = None) -> Path:
+    """The local folder holding `model_path`'s files (a hub id resolves to its cached snapshot, of the files matching
+    `patterns`, by default model_index.json and the UNet's)."""
     if Path(model_path).is_dir():
         return Path(model_path)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(model_path, local_files_only=True, allow_patterns=["model_index.json", "unet/*"]))
+    wanted = patterns or ["model_index.json", "unet/*"]
+    return Path(snapshot_download(model_path, local_files_only=True, allow_patterns=wanted))
 
 
 def unet_weight_files(model_path: str) -> list[Path]:

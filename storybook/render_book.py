@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from storybook import registry
 from storybook.book import Book, Candidate, Page, RenderSettings, book_file, load_book, save_book
 from storybook.errors import BookError, ModelError, describe_problems
+from storybook.image_prompt import read_image_prompt
 from storybook.models import TINY_MODEL
 from storybook.renderer import ImageJob, PictureSource, Renderer, dreambooth_character, picture_size
 from storybook.safety import SAFETY_OFF
@@ -33,6 +34,9 @@ from storybook.training.config import SMALL_MODEL_PARAMETERS
 
 IMAGES_DIR = "images"
 KEY_VERSION = 1  # bump when the renderer changes what a key's picture looks like
+# How pages with several image prompts split them into regions: 2, masks made at the latents' size (1, at the
+# picture's, drew slightly other pictures). Part of those pages' keys only: every other picture keeps its key.
+REGIONS_VERSION = 2
 CANDIDATE_SEED_STRIDE = 1_000_003  # candidate k of a page draws with seed + k * stride; candidate 0 is the page
 SAFETY_REDRAWS = 3  # the next seeds tried when the safety checker flags a picture
 OWN_MODELS = (TINY_MODEL, MINI_MODEL)  # built here from code, on pictures of flat colours and a toy world
@@ -95,9 +99,17 @@ def identity_key(slug: str, identities: dict[str, str], settings: RenderSettings
     return key + [settings.image_scales[slug]] if slug in settings.image_scales else key
 
 
-def picture_key(job: ImageJob, source: PictureSource, steps: int, identities: dict[str, str], book: Book) -> str:
+def picture_key(
+    job: ImageJob,
+    source: PictureSource,
+    steps: int,
+    identities: dict[str, str],
+    book: Book,
+    image_prompted: frozenset[str] = frozenset(),
+) -> str:
     """The content hash naming the picture of `job` drawn by a renderer of `source`: it changes whenever anything the
-    picture depends on changes."""
+    picture depends on changes. `image_prompted`: the characters with an image prompt (several on one page are drawn
+    in regions)."""
     settings = book.render
     content = {
         "version": KEY_VERSION,
@@ -114,12 +126,14 @@ def picture_key(job: ImageJob, source: PictureSource, steps: int, identities: di
     }
     if source.safety_fingerprint:  # another checker may pass another picture; keys without one stay as they were
         content["safety_checker"] = source.safety_fingerprint
+    if len(image_prompted & set(job.characters)) > 1:
+        content["regions"] = REGIONS_VERSION
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def open_renderer(home: Path, book: Book, renderer: Renderer | None = None, **load_options) -> Renderer:
     """`renderer` when it can draw `book` (same model, same DreamBooth identity, same safety setting), else a newly
-    loaded one.
+    loaded one: `renderer` is released first, so two pipelines are never on the device at once.
 
     `load_options` (device, dtype) go to Renderer. Raises ModelError for untrained characters.
     """
@@ -127,6 +141,8 @@ def open_renderer(home: Path, book: Book, renderer: Renderer | None = None, **lo
     slugs = [character.slug for character in book.characters]
     dreambooth = dreambooth_character(home, slugs)
     if renderer is None or not renderer.fits(book.render.model, dreambooth):
+        if renderer is not None:
+            renderer.release()
         renderer = Renderer(home, book.render.model, dreambooth, **load_options)
     renderer.load_identities(slugs)
     return renderer
@@ -191,6 +207,7 @@ def plan_pictures(
     if book.cover is None:
         book.cover = cover_page(book)
     identities = {character.slug: registry.identity_hash(home, character.slug) for character in book.characters}
+    image_prompted = frozenset(slug for slug in identities if read_image_prompt(registry.identity_folder(home, slug)))
     steps = book.render.preview_steps if preview else book.render.steps
     targets, too_long = [], {}
     for number, page in [(0, book.cover)] + list(enumerate(book.pages, start=1)):
@@ -204,7 +221,7 @@ def plan_pictures(
             job = ImageJob(
                 page.prompt, page.negative_prompt, candidate_seed(page.seed, candidate), tuple(page.characters)
             )
-            image = f"{IMAGES_DIR}/{picture_key(job, source, steps, identities, book)}.png"
+            image = f"{IMAGES_DIR}/{picture_key(job, source, steps, identities, book, image_prompted)}.png"
             drawn_identities = {slug: identities[slug] for slug in page.characters}
             targets.append(Target(drawing(page), label, job, image, drawn_identities))
     warnings = [

@@ -4,8 +4,13 @@ Per batch of pictures it activates the adapters of the characters drawn (with th
 embeddings of the characters with an image prompt (IP-Adapter; each limited to its own region when several share a
 page) and calls the diffusers pipeline with one fresh CPU generator per picture, so a picture depends on its prompt
 and seed only, never on what was drawn before it or beside it in a batch.
+
+One renderer holds the GPU at a time: a renderer that cannot draw the next book is released (its pipeline freed)
+before another loads (`open_renderer` in render_book.py), and a DreamBooth UNet is given to `from_pretrained` in
+place of the base one, which never loads.
 """
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +20,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    UNet2DConditionModel,
 )
-from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
 from storybook.book import RenderSettings, Scheduler
@@ -33,7 +38,8 @@ from storybook.models import load_pipeline, model_fingerprint, parse_device, pic
 from storybook.registry import identity_folder, identity_hash
 from storybook.safety import checker_fingerprint, checker_in_use, load_safety_checker
 from storybook.training.identity import IdentityMetadata, read_identity
-from storybook.training.methods import METHODS, load_identity, unload_identity
+from storybook.training.methods import METHODS, checked_identity, load_identity, unload_identity
+from storybook.training.methods.dreambooth import components as dreambooth_components
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -139,13 +145,22 @@ class Renderer:
         self.home = home
         self.model = model
         self.dreambooth = dreambooth
-        self.pipeline, self.model_path = load_pipeline(model, home, device, dtype)
+        self.model_path = resolve_model(model, home)
+        self.base_fingerprint = model_fingerprint(self.model_path, home)
+        replaced = {}  # a DreamBooth identity's UNet (and text encoders), loaded instead of the base ones
+        if dreambooth:
+            folder = identity_folder(home, dreambooth)
+            unet_config = UNet2DConditionModel.load_config(self.model_path, subfolder="unet")
+            checked_identity(folder, unet_config["cross_attention_dim"], self.base_fingerprint)
+            config = load_config(home)
+            drawing_dtype = pick_dtype(pick_device(device or config.device), dtype or config.dtype)
+            replaced = dreambooth_components(folder, drawing_dtype)
+        self.pipeline, _ = load_pipeline(model, home, device, dtype, replaced)
         if self.device.type != "cpu":  # a GPU's memory: decode a batch one picture at a time, big ones in tiles
             self.pipeline.vae.enable_slicing()
             self.pipeline.vae.enable_tiling()
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: Scheduler = "model"
-        self.base_fingerprint = model_fingerprint(self.model_path, home)
         self.trained: dict[str, tuple[str, IdentityMetadata]] = {}  # trained identities loaded: slug -> (hash, record)
         self.image_adapter: AdapterSource | None = None  # the IP-Adapter loaded, once a character needs it
         self.image_prompts: dict[str, tuple[dict[str, torch.Tensor], float]] = {}  # slug -> (embeds, scale)
@@ -157,8 +172,18 @@ class Renderer:
         self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
         # What every picture depends on of the model: the base and its DreamBooth UNet.
         self.fingerprint = with_dreambooth(self.base_fingerprint, self.dreambooth_hash)
-        if dreambooth:
-            load_identity(self.pipeline, identity_folder(home, dreambooth), dreambooth, self.base_fingerprint)
+        self.masks: dict[tuple, torch.Tensor] = {}  # region masks by (count, height, width), on the device
+
+    def release(self) -> None:
+        """Free the pipeline (and the safety checker and embeddings on the device), so that another renderer can
+        load into the memory it held; this renderer draws nothing afterwards (`fits` says no)."""
+        self.pipeline = self.safety = None
+        self.trained.clear()
+        self.image_prompts.clear()
+        self.no_image, self.masks = {}, {}
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @property
     def adapters(self) -> dict[str, str]:
@@ -194,6 +219,8 @@ class Renderer:
     def fits(self, model: str, dreambooth: str | None) -> bool:
         """Whether this renderer can draw a book on `model` with DreamBooth identity `dreambooth` (as trained now)
         under the data root's safety checker setting (as it is now) without reloading."""
+        if self.pipeline is None:
+            return False
         current = identity_hash(self.home, dreambooth) if dreambooth else None
         settings = (self.model, self.dreambooth, self.dreambooth_hash, self.safety_setting)
         return settings == (model, dreambooth, current, load_config(self.home).safety_checker)
@@ -336,12 +363,21 @@ class Renderer:
             self.pipeline.set_ip_adapter_scale(sum(scales) / len(scales))
             return {"ip_adapter_image_embeds": [embeds]}
         self.pipeline.set_ip_adapter_scale([scales])
+        masks = self.regions(len(pairs), settings)
+        return {"ip_adapter_image_embeds": [embeds], "cross_attention_kwargs": {"ip_adapter_masks": [masks]}}
+
+    def regions(self, count: int, settings: RenderSettings) -> torch.Tensor:
+        """The masks of `count` characters' regions for pictures under `settings`: (1, count, h, w) at the latents'
+        size, on the pipeline's device and in its dtype, made once. diffusers downsamples a mask to each attention
+        layer's size and moves it to the layer's device and dtype in every layer at every step: from a full-size fp32
+        CPU mask that is an interpolation on the CPU and a copy to the GPU each time; from this one, a small
+        interpolation where it already is."""
         width, height = self.size(settings)
-        masks = IPAdapterMaskProcessor().preprocess(region_masks(len(pairs), width, height), height=height, width=width)
-        return {
-            "ip_adapter_image_embeds": [embeds],
-            "cross_attention_kwargs": {"ip_adapter_masks": [masks.reshape(1, len(pairs), height, width)]},
-        }
+        scale = self.pipeline.vae_scale_factor
+        key = (count, height // scale, width // scale)
+        if key not in self.masks:
+            self.masks[key] = region_masks(count, width // scale, height // scale).to(self.device, self.dtype)
+        return self.masks[key]
 
     def tokens_over_limit(self, prompt: str) -> int:
         """How many of `prompt`'s tokens CLIP cuts off (0 when it fits its 77-token window)."""
@@ -349,11 +385,10 @@ class Renderer:
         return tokens_beyond(tokenizer, self.pipeline.maybe_convert_prompt(prompt, tokenizer))  # multi-vector words
 
 
-def region_masks(count: int, width: int, height: int) -> list[Image.Image]:
-    """`count` masks that split a `width` x `height` picture into vertical strips, left to right."""
-    masks = []
+def region_masks(count: int, width: int, height: int) -> torch.Tensor:
+    """`count` masks that split a `width` x `height` picture into vertical strips, left to right; (1, count, height,
+    width) of 0 and 1, as diffusers' `ip_adapter_masks` take them."""
+    masks = torch.zeros(1, count, height, width)
     for index in range(count):
-        mask = Image.new("L", (width, height), 0)
-        mask.paste(255, (index * width // count, 0, (index + 1) * width // count, height))
-        masks.append(mask)
+        masks[0, index, :, index * width // count : (index + 1) * width // count] = 1
     return masks

@@ -165,17 +165,11 @@ class PageDrawer:
     def renderer_for(self, home: Path, model: str, dreambooth: str | None):
         """The actor's renderer for `model` and DreamBooth identity `dreambooth`: the loaded one when it fits, else a
         new one (the old one's memory given back first)."""
-        import gc
-
-        import torch
-
         from storybook.renderer import Renderer
 
         if self.renderer is None or not self.renderer.fits(model, dreambooth):
-            self.renderer = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            if self.renderer is not None:
+                self.renderer.release()
             self.renderer = Renderer(home, model, dreambooth, self.device)
         return self.renderer
 

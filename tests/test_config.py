@@ -131,3 +131,13 @@ def test_export_uses_the_configured_upscaler(drawn_book, tmp_path):
 def test_adapter_file_flags_without_the_adapter_are_refused(home):
     result = cli(home, "character", "train", "Mia", "--method", "ip-adapter", "--image-encoder", "encoder")
     assert result.exit_code == 1 and "give it too" in result.output
+
+
+def test_the_cards_memory_is_a_setting_the_memory_plans_read(tmp_path):
+    from storybook.doctor import doctor_report
+
+    assert cli(tmp_path, "config", "--gpu-memory", "12").exit_code == 0
+    assert load_config(tmp_path).gpu_memory == 12.0 and "12.0" in cli(tmp_path, "config").output
+    assert "planning for a 12.0 GiB card" in doctor_report(tmp_path)[0]
+    refused = cli(tmp_path, "config", "--gpu-memory", "-1")
+    assert refused.exit_code != 0 and load_config(tmp_path).gpu_memory == 12.0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -103,14 +104,14 @@ def test_two_characters_each_draw_in_their_own_region(home, tmp_path, tiny_ip_ad
     register(home, world.write_photos(tmp_path / "rex", rex), "Rex")
     for name in ("Mia", "Rex"):
         build_identity(home, name, "ip-adapter", adapter=tiny_ip_adapter, image_scale=1.0)
-    masks = region_masks(2, 32, 32)
-    assert np.asarray(masks[0])[:, :16].all() and not np.asarray(masks[0])[:, 16:].any()
-    assert np.asarray(masks[1])[:, 16:].all() and not np.asarray(masks[1])[:, :16].any()
+    masks = region_masks(2, 32, 32)[0]
+    assert masks[0, :, :16].all() and not masks[0, :, 16:].any()
+    assert masks[1, :, 16:].all() and not masks[1, :, :16].any()
     renderer = Renderer(home, "tiny")
     renderer.load_identities(["mia", "rex"])
     inputs = renderer.image_prompt_inputs(("mia", "rex"), 2, SETTINGS)
     assert inputs["ip_adapter_image_embeds"][0].shape == (4, 2, 32)  # (CFG halves x 2 pictures, 2 images, width)
-    assert inputs["cross_attention_kwargs"]["ip_adapter_masks"][0].shape == (1, 2, 32, 32)
+    assert inputs["cross_attention_kwargs"]["ip_adapter_masks"][0].shape == (1, 2, 16, 16)  # at the latents' size
     both = renderer.draw([ImageJob("two toddlers", "", 5, ("mia", "rex"))], SETTINGS, 6)[0]
     swapped = renderer.draw([ImageJob("two toddlers", "", 5, ("rex", "mia"))], SETTINGS, 6)[0]
     # Without masks the two images' tokens are one set (attention ignores their order), so the same picture; with
@@ -198,3 +199,39 @@ def test_the_cli_builds_an_image_prompt_and_renders_with_its_scale(home, sample_
     )
     assert result.exit_code == 0, result.output
     assert load_book(folder).render.image_scales == {"mia": 0.4}
+
+
+def test_a_plus_adapter_takes_the_patch_tokens_of_the_most_typical_photo_not_their_mean(
+    sample_photos, tiny_ip_adapter, monkeypatch
+):
+    from transformers import CLIPVisionModelWithProjection
+
+    from storybook.image_prompt import adapter_files, embed_photos, image_processor, most_typical
+
+    monkeypatch.setattr("storybook.image_prompt.is_plus_adapter", lambda weights: True)
+    embeds = embed_photos(tiny_ip_adapter, sample_photos, torch.device("cpu"), torch.float32)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(adapter_files(tiny_ip_adapter)[1]).eval()
+    pictures = [Image.open(path).convert("RGB") for path in sample_photos]
+    pixels = image_processor(encoder.config.image_size)(pictures, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        output = encoder(pixels, output_hidden_states=True)
+    tokens = output.hidden_states[-2]  # (photos, patches + 1, width)
+    torch.testing.assert_close(embeds["positive"], tokens[most_typical(output.image_embeds)][None])
+    assert not torch.allclose(embeds["positive"], tokens.mean(0, keepdim=True), atol=1e-3)
+    assert embeds["negative"].shape == embeds["positive"].shape
+
+
+def test_the_image_encoder_runs_in_the_data_roots_dtype_and_the_embedding_is_kept_in_fp32(
+    home, sample_photos, tiny_ip_adapter
+):
+    from storybook.config import update_config
+    from storybook.image_prompt import embed_photos
+
+    register(home, sample_photos)
+    update_config(home, {"dtype": "bf16"})  # what a GPU's fp16 would be; bf16 on this CPU
+    build_identity(home, "Mia", "ip-adapter", adapter=tiny_ip_adapter)
+    saved = load_image_embeds(registry.identity_folder(home, "mia"))["positive"]
+    photos = registry.prepared_photo_paths(home, registry.load_character(home, "Mia"))
+    in_fp32 = embed_photos(tiny_ip_adapter, photos, torch.device("cpu"), torch.float32)["positive"]
+    assert saved.dtype == torch.float32
+    assert not torch.equal(saved, in_fp32) and torch.allclose(saved, in_fp32, atol=0.1, rtol=0.05)

@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -70,3 +71,55 @@ def test_a_job_left_running_by_a_stopped_server_reads_as_interrupted(tmp_path):
     assert read_job(tmp_path, "render", "book").status == "interrupted"
     job_file(tmp_path, "render", "book").write_text("{damaged")
     assert read_job(tmp_path, "render", "book") is None
+
+
+def test_gpu_jobs_of_every_kind_take_turns_and_the_waiting_one_says_so(tmp_path):
+    training_holds, may_finish, on_gpu = threading.Event(), threading.Event(), []
+
+    def training(progress):
+        on_gpu.append("train")
+        training_holds.set()
+        may_finish.wait(10)
+        on_gpu.remove("train")
+        return "trained"
+
+    def rendering(progress):
+        assert on_gpu == []  # never beside the training
+        return "drawn"
+
+    first = start_job(tmp_path, "train", "mia", training)
+    training_holds.wait(10)
+    second = start_job(tmp_path, "render", "my-book", rendering)
+    deadline = time.time() + 10
+    while "waiting for the GPU" not in (read_job(tmp_path, "render", "my-book").message or ""):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    waiting = read_job(tmp_path, "render", "my-book")
+    assert waiting.status == "running" and waiting.message == "waiting for the GPU: train mia is using it"
+    may_finish.set()
+    first.join(10)
+    second.join(10)
+    assert read_job(tmp_path, "render", "my-book").status == "done"
+    assert read_job(tmp_path, "train", "mia").message == "trained"
+
+
+def test_a_job_waiting_for_the_gpu_can_be_cancelled_and_a_cpu_job_does_not_wait(tmp_path):
+    from storybook.jobs import cancel_job
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(progress):
+        holding.set()
+        release.wait(10)
+        return "done"
+
+    first = start_job(tmp_path, "train", "mia", hold)
+    holding.wait(10)
+    waiting = start_job(tmp_path, "export", "my-book", lambda progress: pytest.fail("ran beside the training"))
+    cancel_job(tmp_path, "export", "my-book")
+    waiting.join(10)
+    assert read_job(tmp_path, "export", "my-book").status == "cancelled"
+    start_job(tmp_path, "story", "my-book", lambda progress: "written", uses_gpu=False).join(10)
+    assert read_job(tmp_path, "story", "my-book").status == "done"
+    release.set()
+    first.join(10)

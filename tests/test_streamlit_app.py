@@ -241,6 +241,8 @@ def test_preview_render_redraw_a_page_choose_a_candidate_and_export(studio, monk
     at.switch_page("app_pages/export.py").run()
     at.selectbox(key="export-profile").set_value("screen")
     at.button(key="export-build").click().run()
+    assert wait_for_job(studio, "export", folder.name).status == "done"
+    at.run()
     assert not at.error, [error.value for error in at.error]
     pdf = folder / "exports" / f"{folder.name}-8.5x8.5-screen.pdf"
     assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF")

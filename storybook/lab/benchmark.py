@@ -224,6 +224,8 @@ def run_benchmark(
             scores[name].append(
                 (*page_scores(pages, class_pages, toddler, seeds), train_s, artifact_mb, ready_s, peak_mb)
             )
+            if renderer is not base:  # a DreamBooth renderer: its pipeline goes before the next one loads
+                renderer.release()
     return [
         MethodResult(name, *(sum(column) / len(column) for column in zip(*scores[name], strict=True)))
         for name in methods

@@ -8,6 +8,7 @@ cached under <book>/print/, named after the picture, the pixel size and the meth
 geometry (another layout's pages aside) reuses them.
 """
 
+import gc
 import hashlib
 import io
 import math
@@ -57,6 +58,17 @@ def load_x4_upscaler(model: str, device: str | None = None) -> "StableDiffusionU
         upscaler.set_progress_bar_config(disable=True)
         LOADED_UPSCALERS[key] = upscaler.to(torch_device)
     return LOADED_UPSCALERS[key]
+
+
+def release_upscalers() -> None:
+    """Drop the upscalers loaded in this process, their GPU memory returned (before another job needs the card)."""
+    import torch
+
+    with UPSCALING:
+        LOADED_UPSCALERS.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -31,18 +31,21 @@ def ensure_class_images(
     count: int,
     steps: int,
     show_progress: bool = True,
+    batch_size: int = BATCH,
 ) -> list[Path]:
-    """Return `count` class images in `folder`, generating only the missing ones (image i always uses seed i) with the
-    base pipeline `load_base` returns (called only when some are missing; the pipeline is dropped afterwards)."""
+    """Return `count` class images in `folder`, generating only the missing ones (image i always uses seed i),
+    `batch_size` at a time, with the base pipeline `load_base` returns (called only when some are missing; it decodes
+    one picture of a batch at a time, and is dropped afterwards)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{index:04d}.png" for index in range(count)]
     missing = [index for index, path in enumerate(paths) if not path.exists()]
     if not missing:
         return paths
     pipeline = load_base()
+    pipeline.vae.enable_slicing()  # a batch of 4 SDXL pictures decoded at once would need ~12 GB
     with tqdm(total=len(missing), desc="class images", disable=not show_progress) as progress:
-        for start in range(0, len(missing), BATCH):
-            batch = missing[start : start + BATCH]
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start : start + batch_size]
             images = pipeline(
                 [class_prompt(class_noun)] * len(batch),
                 num_inference_steps=steps,

@@ -19,7 +19,8 @@ IdentityMethod = Literal[  # how an identity is built: a trained method, an imag
     "pivotal+ip-adapter",
 ]
 MixedPrecision = Literal["no", "fp16", "bf16"]
-Optimizer = Literal["adamw", "adamw-8bit"]  # adamw-8bit: bitsandbytes' AdamW8bit (the `gpu` extra)
+# adamw-8bit: bitsandbytes' AdamW8bit (the `gpu` extra); adafactor: storybook.training.optimizers.Adafactor
+Optimizer = Literal["adamw", "adamw-8bit", "adafactor"]
 ModelScale = Literal["tiny", "mini", "real", "xl"]  # which defaults a base model gets, by its UNet's size and family
 TINY_MODEL_PARAMETERS = 3_000_000  # UNets below this (the tiny model, 1.4 M) get the tiny model's defaults
 SMALL_MODEL_PARAMETERS = 50_000_000  # UNets below this (storybook-mini, 5.8 M) get the ones measured on storybook-mini
@@ -61,6 +62,12 @@ class TrainingConfig(BaseModel):
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
     optimizer: Optimizer = "adamw"
+    # Full fine-tunes only: each parameter updated as soon as its gradient is ready, inside the backward pass, so the
+    # model's gradients are never held at once (kohya's --fused_backward_pass; Adafactor, no accumulation, no fp16).
+    fused_backward: bool = False
+    # Full fine-tunes only: the trained weights themselves in bf16, updated by Adafactor with stochastic rounding
+    # (kohya's --full_bf16): half the memory of fp32 weights, for SDXL DreamBooth on a 16-24 GB card.
+    full_bf16: bool = False
     snr_gamma: float | None = Field(None, gt=0, le=100)  # 5.0 is kohya's and the Min-SNR paper's choice
     offset_noise: float = Field(0.0, ge=-1, le=1)  # ~0.1 in kohya's sd-scripts
     seed: int = 0
@@ -74,6 +81,14 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"{self.method} learns the identifier's embedding, so its captions must name it")
         if self.method != "pivotal" and (self.embedding_steps or self.embedding_learning_rate):
             raise ValueError("embedding_steps and embedding_learning_rate are settings of pivotal tuning only")
+        if (self.fused_backward or self.full_bf16) and self.method != "dreambooth":
+            raise ValueError("fused_backward and full_bf16 are settings of full fine-tunes (dreambooth) only")
+        if self.fused_backward and (self.optimizer != "adafactor" or self.grad_accum != 1):
+            raise ValueError("fused_backward needs optimizer adafactor and grad_accum 1 (it updates during backward)")
+        if self.fused_backward and self.mixed_precision == "fp16":
+            raise ValueError("fused_backward cannot use fp16's loss scaler: train with mixed_precision bf16 or no")
+        if self.full_bf16 and (self.optimizer != "adafactor" or self.mixed_precision != "bf16"):
+            raise ValueError("full_bf16 needs optimizer adafactor (stochastic rounding) and mixed_precision bf16")
         if self.embedding_steps >= self.steps:
             raise ValueError(f"embedding_steps ({self.embedding_steps}) must leave steps for the LoRA ({self.steps})")
         return self

@@ -2,8 +2,8 @@
 the pipeline has (a LoRA on the text adapts each), and the kohya names of their layers.
 
 SD 1.x/2.x condition the UNet on one text encoder's hidden states. SDXL concatenates two encoders' hidden states and
-also gives the UNet the second encoder's pooled embedding and six "time ids" (original size, crop corner, target size),
-as diffusers' train_dreambooth_lora_sdxl.py does.
+also gives the UNet the second encoder's pooled embedding and six "time ids" (original size, crop corner, target size)
+of each picture, as diffusers' train_dreambooth_lora_sdxl.py does.
 """
 
 from collections.abc import Callable
@@ -47,22 +47,52 @@ def concatenated(parts: list[Conditioning]) -> Conditioning:
     )
 
 
-def encode_sd(pipeline: DiffusionPipeline, prompts: list[str], resolution: int) -> Conditioning:
+def encode_sd(pipeline: DiffusionPipeline, prompts: list[str]) -> Conditioning:
     """SD 1.x/2.x: the text encoder's hidden states of each prompt; (len(prompts), 77, D)."""
     embeddings, _ = pipeline.encode_prompt(prompts, pipeline.unet.device, 1, False)
     return Conditioning(embeddings)
 
 
-def encode_sdxl(pipeline: DiffusionPipeline, prompts: list[str], resolution: int) -> Conditioning:
-    """SDXL: both text encoders' hidden states, the pooled embedding, and time ids saying that each picture is a whole
-    (uncropped) `resolution`-pixel square, which is what the prepared photos and class images are."""
+def encode_sdxl(pipeline: DiffusionPipeline, prompts: list[str]) -> Conditioning:
+    """SDXL: both text encoders' hidden states and the pooled embedding of each prompt (the time ids depend on the
+    picture, see `sdxl_time_ids`)."""
     embeddings, _, pooled, _ = pipeline.encode_prompt(
         prompts, device=pipeline.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
     )
-    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=embeddings.dtype)
-    return Conditioning(
-        embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(embeddings.device).repeat(len(prompts), 1)}
+    return Conditioning(embeddings, {"text_embeds": pooled})
+
+
+def no_size_inputs(sides: torch.Tensor, resolution: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SD 1.x/2.x are not told the pictures' sizes."""
+    return {}
+
+
+def sdxl_time_ids(sides: torch.Tensor, resolution: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SDXL's time ids of square pictures whose side was `sides` (N,) before they were resized to `resolution`,
+    uncropped: (N, 6) rows of (original height, width, crop top, left, target height, width), in `like`'s dtype and
+    on its device, as diffusers' SDXL training scripts compute them from each image's size before resizing."""
+    rows = [[side, side, 0, 0, resolution, resolution] for side in sides.tolist()]
+    return {"time_ids": torch.tensor(rows, dtype=like.dtype, device=like.device)}
+
+
+def sample_inputs_sd(pipeline: DiffusionPipeline, prompt: str) -> dict[str, torch.Tensor]:
+    """The pipeline's prompt inputs for drawing `prompt` with guidance, encoded now (its text encoder may leave the
+    card afterwards)."""
+    positive, negative = pipeline.encode_prompt(prompt, pipeline.unet.device, 1, True)
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+
+
+def sample_inputs_sdxl(pipeline: DiffusionPipeline, prompt: str) -> dict[str, torch.Tensor]:
+    """SDXL's prompt inputs for drawing `prompt` with guidance, both encoders' and pooled, encoded now."""
+    positive, negative, pooled, negative_pooled = pipeline.encode_prompt(
+        prompt, device=pipeline.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=True
     )
+    return {
+        "prompt_embeds": positive,
+        "negative_prompt_embeds": negative,
+        "pooled_prompt_embeds": pooled,
+        "negative_pooled_prompt_embeds": negative_pooled,
+    }
 
 
 @dataclass(frozen=True)
@@ -70,15 +100,17 @@ class Family:
     """One model family, as the trainer sees it."""
 
     text_encoders: tuple[str, ...]  # the pipeline's text encoder attributes, in order
-    encode: Callable[[DiffusionPipeline, list[str], int], Conditioning]  # captions -> conditioning at a resolution
+    encode: Callable[[DiffusionPipeline, list[str]], Conditioning]  # captions -> their conditioning
+    size_inputs: Callable[[torch.Tensor, int, torch.Tensor], dict[str, torch.Tensor]]  # pictures' sides -> inputs
+    sample_inputs: Callable[[DiffusionPipeline, str], dict[str, torch.Tensor]]  # a prompt -> the pipeline's inputs
     # kohya's text-encoder prefixes where they differ from diffusers' converter (which writes SDXL's `lora_te1_`/
     # `lora_te2_`): SD 1.x/2.x LoRAs name their one encoder `lora_te_`.
     kohya_renames: dict[str, str] = field(default_factory=dict)
 
 
 FAMILIES = {  # by the name `models.model_family` reads from model_index.json
-    "sd": Family(("text_encoder",), encode_sd, {"lora_te1_": "lora_te_"}),
-    "sdxl": Family(("text_encoder", "text_encoder_2"), encode_sdxl),
+    "sd": Family(("text_encoder",), encode_sd, no_size_inputs, sample_inputs_sd, {"lora_te1_": "lora_te_"}),
+    "sdxl": Family(("text_encoder", "text_encoder_2"), encode_sdxl, sdxl_time_ids, sample_inputs_sdxl),
 }
 
 

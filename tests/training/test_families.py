@@ -109,3 +109,37 @@ def test_methods_not_built_for_sdxl_are_refused_before_any_weights_load(home, xl
     monkeypatch.setattr("storybook.training.loop.load_pipeline", no_loading)
     with pytest.raises(TrainingError, match="SDXL model: use --method lora or dreambooth"):
         train_identity(home, "Mia", method, overrides=QUICK, show_progress=False)
+
+
+def test_sdxl_time_ids_say_each_photos_own_size_and_the_class_images(home, tiny_sdxl, tmp_path, monkeypatch):
+    from storybook.sample_photos import draw_toddler
+    from storybook.training import batches as batches_module
+
+    photos = []
+    for seed, side in enumerate((320, 320, 260, 320, 260)):  # crops smaller than SDXL's 1024 px, of two sizes
+        photos.append(tmp_path / f"photo-{seed}.png")
+        draw_toddler(seed, side).save(photos[-1])
+    update_config(home, {"model": str(tiny_sdxl)})
+    registry.add_character(home, "Mia", photos, load_tokenizer(str(tiny_sdxl), home))
+    seen = {}
+    real_photos, real_draw = batches_module.Batches.photo_conditioning, batches_module.Batches.draw
+
+    def photo_conditioning(self, indices):
+        conditioning = real_photos(self, indices)
+        seen.setdefault("photos", conditioning.added["time_ids"])
+        return conditioning
+
+    def draw(self, generator):
+        latents, conditioning = real_draw(self, generator)
+        seen.setdefault("batch", conditioning.added["time_ids"])
+        return latents, conditioning
+
+    monkeypatch.setattr(batches_module.Batches, "photo_conditioning", photo_conditioning)
+    monkeypatch.setattr(batches_module.Batches, "draw", draw)
+    settings = QUICK | {"steps": 1, "batch_size": 2, "num_class_images": 1}
+    metadata = train_identity(home, "Mia", "lora", overrides=settings, show_progress=False, sample_grids=False)
+    size = metadata.resolution  # what every picture is resized to
+    assert seen["photos"].tolist() == [[side, side, 0, 0, size, size] for side in (320, 320, 260, 320, 260)]
+    photo_rows, class_rows = seen["batch"][:2].tolist(), seen["batch"][2:].tolist()  # photos, then class images
+    assert all(row[:2] in ([320, 320], [260, 260]) and row[2:] == [0, 0, size, size] for row in photo_rows)
+    assert class_rows == [[size, size, 0, 0, size, size]] * 2  # drawn by the model at its own size

@@ -13,15 +13,10 @@ from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.tiny_model import build_tokenizer
 from storybook.training import losses
+from storybook.training.batches import photo_captions
 from storybook.training.config import checked_config
 from storybook.training.identity import read_identity
-from storybook.training.loop import (
-    default_mixed_precision,
-    default_optimizer,
-    make_accelerator,
-    photo_captions,
-    train_identity,
-)
+from storybook.training.loop import train_identity
 from storybook.training.methods import load_identity
 from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
 from tests.training.pictures import fresh_pipeline, photo_colour, render
@@ -169,11 +164,6 @@ def test_expert_flags_train_and_save_a_text_encoder_lora(home, mia):
     assert "mia" in pipeline.text_encoder.peft_config  # the text part loaded too
 
 
-def test_a_second_run_in_one_process_may_change_mixed_precision():
-    assert make_accelerator("no", cpu=True).mixed_precision == "no"
-    assert make_accelerator("bf16", cpu=True).mixed_precision == "bf16"  # accelerate alone refuses this
-
-
 def test_a_numbered_gpu_is_refused_with_how_to_choose_it(home, mia):
     with pytest.raises(TrainingError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
         train_identity(home, "Mia", "lora", device="cuda:1", show_progress=False)
@@ -186,6 +176,8 @@ def test_mixed_precision_on_the_cpu_is_refused_before_any_work(home, mia):
 
 
 def test_cuda_trains_in_mixed_precision_and_8_bit_adam_by_default_and_the_cpu_in_fp32(monkeypatch):
+    from storybook.training.plan import default_mixed_precision, default_optimizer
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert (default_mixed_precision(cpu), default_optimizer(cpu)) == ("no", "adamw")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a T4, a V100
@@ -242,3 +234,15 @@ def test_settings_that_cannot_train_are_refused_and_a_diverging_run_saves_nothin
     folder = registry.character_dir(home, "Mia")
     assert not (folder / "identity").exists() and not any(folder.glob(".identity-building-*"))
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000005"]
+
+
+def test_frozen_parts_a_step_does_not_use_wait_on_the_cpu_and_the_cpu_has_no_memory_plan(home, mia):
+    from storybook.training.loop import load_for_training
+    from storybook.training.plan import plan_run
+
+    for method, text_waits in (("lora", True), ("textual-inversion", False)):
+        plan = plan_run(home, mia, method, None, None, {"prior_preservation": False}, False, False)
+        assert plan.need is None and plan.switches == []  # no card to fit on the CPU
+        loaded = load_for_training(home, mia, plan)
+        assert loaded.parked_vae == [loaded.pipeline.vae]  # latents are cached
+        assert (loaded.parked_text == [loaded.pipeline.text_encoder]) == text_waits  # Textual Inversion encodes

@@ -42,19 +42,30 @@ def load_identity(
     Raises ModelError when the identity was trained for a base model of another shape; warns when it was trained on
     a different checkpoint of the same shape (it usually still works, less faithfully).
     """
+    metadata = checked_identity(folder, pipeline.unet.config.cross_attention_dim, base_fingerprint)
+    METHODS[metadata.method].load(pipeline, folder, metadata, adapter_name)
+    return metadata
+
+
+def checked_identity(folder: Path, cross_attention_dim: int, base_fingerprint: str | None = None) -> IdentityMetadata:
+    """The identity in `folder`, checked against a base model whose UNet's cross-attention is `cross_attention_dim`
+    (and whose UNet weights' fingerprint is `base_fingerprint`, when given).
+
+    Raises ModelError when it was trained for a base model of another shape; warns when it was trained on a different
+    checkpoint of the same shape (it usually still works, less faithfully).
+    """
     metadata = read_identity(folder)
-    if metadata.cross_attention_dim != pipeline.unet.config.cross_attention_dim:
+    if metadata.cross_attention_dim != cross_attention_dim:
         raise ModelError(
             f"The identity of {metadata.character} was trained on {metadata.base_model} "
             f"(cross-attention {metadata.cross_attention_dim}), which does not fit this base model "
-            f"(cross-attention {pipeline.unet.config.cross_attention_dim}). Train it again on this model."
+            f"(cross-attention {cross_attention_dim}). Train it again on this model."
         )
     if base_fingerprint and base_fingerprint != metadata.base_model_fingerprint:
         warnings.warn(
             f"{metadata.character} was trained on another checkpoint ({metadata.base_model}); likeness may suffer.",
-            stacklevel=2,
+            stacklevel=3,
         )
-    METHODS[metadata.method].load(pipeline, folder, metadata, adapter_name)
     return metadata
 
 

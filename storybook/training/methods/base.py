@@ -10,6 +10,7 @@ from diffusers import DiffusionPipeline
 from storybook.registry import Character
 from storybook.training.config import Method, ModelScale, TrainingConfig
 from storybook.training.identity import IdentityMetadata
+from storybook.vram import ModelShape
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class SaveRequest:
     base_fingerprint: str
     steps_done: int
     export_kohya: bool  # LoRA: also write kohya's key names for A1111 and ComfyUI
+    drawing_dtype: torch.dtype = torch.float32  # what the renderer loads weights in: a whole model is saved in it
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class MethodPart:
     set_strength: Callable[[DiffusionPipeline, str, float], None] | None = None
     lora_adapter: bool = False  # loads a LoRA adapter named after the character, which the renderer switches per page
     families: frozenset[str] = frozenset({"sd"})  # the model families it trains on ('sd', 'sdxl')
+    # For the memory plan (storybook/vram.py): how many parameters it trains on a model of a shape, and the bytes of
+    # the frozen text encoders that stay on the card beside them (given the frozen weights' bytes per value; 0 when
+    # they wait on the CPU because the captions' encodings are cached).
+    trained_parameters: Callable[[ModelShape, TrainingConfig], int] = lambda shape, config: 0
+    resident_text_bytes: Callable[[ModelShape, TrainingConfig, int], int] = lambda shape, config, frozen: 0
+    whole_model: bool = False  # trains every UNet weight: its gradients and optimiser state are the model's size
 
 
 def freeze(module: torch.nn.Module, dtype: torch.dtype | None = None) -> None:

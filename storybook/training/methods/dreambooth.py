@@ -1,9 +1,11 @@
 """DreamBooth: the whole UNet (and optionally the text encoder) fine-tuned, with prior preservation. Saved in
 diffusers' layout; loaded by swapping the weights into the base pipeline, so one such identity per book."""
 
+import json
 from pathlib import Path
 
 import torch
+import transformers
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from storybook.errors import ModelError
@@ -12,6 +14,7 @@ from storybook.training.config import TrainingConfig
 from storybook.training.families import text_encoders
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
+from storybook.vram import ModelShape
 
 # Published practice: the HF DreamBooth blog for faces (lr 1e-6..2e-6, 800-1200 steps, 100-200 class images, prior
 # weight 1.0), with gradient checkpointing (diffusers' README: full DreamBooth fits 16 GB with it and 8-bit Adam);
@@ -64,11 +67,24 @@ def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingC
 def save(
     folder: Path, pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, request: SaveRequest
 ) -> list[str]:
-    """Write the fine-tuned UNet (and text encoders) to `folder` in diffusers' layout; return the sub-folder names."""
+    """Write the fine-tuned UNet (and text encoders) to `folder` in diffusers' layout, in the dtype the renderer
+    draws in (an SDXL UNet is 5 GB in fp16, 10 GB in fp32); return the sub-folder names. The modules are cast in
+    place: the run is over."""
     trained = {"unet": pipeline.unet} | (text_encoders(pipeline) if config.train_text_encoder else {})
     for name, module in trained.items():
-        module.save_pretrained(folder / name, safe_serialization=True)
+        module.to(request.drawing_dtype).save_pretrained(folder / name, safe_serialization=True)
     return list(trained)
+
+
+def components(folder: Path, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """The fine-tuned UNet (and text encoders) in identity folder `folder`, loaded on the CPU in `dtype`, by the
+    pipeline attribute they replace: given to the pipeline's `from_pretrained`, the base ones never load."""
+    loaded = {"unet": UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype)}
+    for name in ("text_encoder", "text_encoder_2"):
+        if (folder / name / "config.json").is_file():
+            architecture = json.loads((folder / name / "config.json").read_text())["architectures"][0]
+            loaded[name] = getattr(transformers, architecture).from_pretrained(folder / name, dtype=dtype)
+    return loaded
 
 
 def load(pipeline: DiffusionPipeline, folder: Path, metadata: IdentityMetadata, adapter_name: str) -> None:
@@ -85,4 +101,19 @@ def unload(pipeline: DiffusionPipeline, metadata: IdentityMetadata, adapter_name
     raise ModelError(f"{metadata.character} is a DreamBooth identity: load a fresh base model instead of unloading it.")
 
 
-PART = MethodPart("dreambooth", DEFAULTS, prepare, save, load, unload, families=frozenset({"sd", "sdxl"}))
+def trained_parameters(shape: ModelShape, config: TrainingConfig) -> int:
+    """Every UNet weight, and the text encoders' with `train_text_encoder`."""
+    return shape.unet + (sum(shape.text_encoders) if config.train_text_encoder else 0)
+
+
+PART = MethodPart(
+    "dreambooth",
+    DEFAULTS,
+    prepare,
+    save,
+    load,
+    unload,
+    families=frozenset({"sd", "sdxl"}),
+    trained_parameters=trained_parameters,
+    whole_model=True,
+)

@@ -25,6 +25,7 @@ from storybook.registry import Character
 from storybook.training.config import TrainingConfig
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
+from storybook.vram import ModelShape
 
 LAYER_STRUCTURE = (1, 2, 1)  # the webui's default: widths of the MLP's layers in multiples of the context width
 ACTIVATION = "linear"  # the webui's default
@@ -300,4 +301,11 @@ def set_strength(pipeline: DiffusionPipeline, adapter_name: str, strength: float
     ATTACHED[pipeline.unet][adapter_name].network.strength = strength
 
 
-PART = MethodPart("hypernetwork", DEFAULTS, prepare, save, load, unload, set_strength)
+def trained_parameters(shape: ModelShape, config: TrainingConfig) -> int:
+    """The (k, v) MLP pairs of every context width."""
+    return shape.hypernetwork
+
+
+PART = MethodPart(
+    "hypernetwork", DEFAULTS, prepare, save, load, unload, set_strength, trained_parameters=trained_parameters
+)

@@ -18,6 +18,7 @@ from storybook.training.config import TrainingConfig
 from storybook.training.families import pipeline_family, text_encoders
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
+from storybook.vram import ModelShape
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
@@ -150,4 +151,26 @@ def unload(pipeline: DiffusionPipeline, metadata: IdentityMetadata, adapter_name
     pipeline.delete_adapters(adapter_name)
 
 
-PART = MethodPart("lora", DEFAULTS, prepare, save, load, unload, lora_adapter=True, families=frozenset({"sd", "sdxl"}))
+def trained_parameters(shape: ModelShape, config: TrainingConfig) -> int:
+    """The LoRA's parameters: rank x (in + out) of each adapted layer."""
+    per_rank = shape.lora_per_rank + (shape.locon_per_rank if config.lora_convolutions else 0)
+    return config.rank * (per_rank + (shape.text_lora_per_rank if config.train_text_encoder else 0))
+
+
+def resident_text_bytes(shape: ModelShape, config: TrainingConfig, frozen: int) -> int:
+    """The frozen text encoders stay on the card when their LoRA trains."""
+    return sum(shape.text_encoders) * frozen if config.train_text_encoder else 0
+
+
+PART = MethodPart(
+    "lora",
+    DEFAULTS,
+    prepare,
+    save,
+    load,
+    unload,
+    lora_adapter=True,
+    families=frozenset({"sd", "sdxl"}),
+    trained_parameters=trained_parameters,
+    resident_text_bytes=resident_text_bytes,
+)

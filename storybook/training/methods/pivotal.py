@@ -14,6 +14,7 @@ from storybook.training.config import TrainingConfig
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods import lora, textual_inversion
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable
+from storybook.vram import ModelShape
 
 # The LoRA's defaults with its class images (the diffusers script keeps prior preservation optional); the embeddings
 # train at the LoRA's rate, as the script's joint training does. storybook-mini, measured with the consistency lab
@@ -24,8 +25,11 @@ DEFAULTS = lora.DEFAULTS | {"mini": lora.DEFAULTS["mini"] | {"steps": 300}}
 
 def prepare(pipeline: DiffusionPipeline, character: Character, config: TrainingConfig, dtype: torch.dtype) -> Trainable:
     """The LoRA of `lora.prepare`, and the identifier's new embeddings trainable beside it (at their own rate when
-    set); with `embedding_steps` the LoRA waits that many steps."""
+    set); with `embedding_steps` the LoRA waits that many steps. The text encoder stays in fp32 around its trained
+    fp32 embedding matrix, as Textual Inversion's does: in half precision its first layer norm would meet fp32
+    embeddings (what autocast covers on a GPU and not on a CPU)."""
     lora.prepare(pipeline, character, config, dtype)
+    pipeline.text_encoder.to(torch.float32)  # its LoRA, when it has one, keeps training
     embeddings, restore = textual_inversion.train_identifier_embeddings(pipeline, character, config)
     lora_parameters = [
         parameter
@@ -67,4 +71,24 @@ def unload(pipeline: DiffusionPipeline, metadata: IdentityMetadata, adapter_name
     textual_inversion.unload(pipeline, metadata, adapter_name)
 
 
-PART = MethodPart("pivotal", DEFAULTS, prepare, save, load, unload, lora_adapter=True)
+def trained_parameters(shape: ModelShape, config: TrainingConfig) -> int:
+    """The LoRA's and the embedding matrix's."""
+    return lora.trained_parameters(shape, config) + textual_inversion.trained_parameters(shape, config)
+
+
+def resident_text_bytes(shape: ModelShape, config: TrainingConfig, frozen: int) -> int:
+    """The text encoder stays on the card in fp32 beside its trained matrix, as Textual Inversion's."""
+    return textual_inversion.resident_text_bytes(shape, config, frozen)
+
+
+PART = MethodPart(
+    "pivotal",
+    DEFAULTS,
+    prepare,
+    save,
+    load,
+    unload,
+    lora_adapter=True,
+    trained_parameters=trained_parameters,
+    resident_text_bytes=resident_text_bytes,
+)

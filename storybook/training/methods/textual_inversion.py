@@ -15,6 +15,7 @@ from storybook.registry import Character
 from storybook.training.config import TrainingConfig
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
+from storybook.vram import ModelShape
 
 EMBEDS_FILE = "learned_embeds.safetensors"
 A1111_PLACEHOLDER_ID = 265  # the id of "*" in CLIP's vocabulary, which A1111 files record for their one string
@@ -148,4 +149,23 @@ def unload(pipeline: DiffusionPipeline, metadata: IdentityMetadata, adapter_name
     pipeline.unload_textual_inversion(vector_tokens(metadata.token, metadata.config.num_vectors))
 
 
-PART = MethodPart("textual-inversion", DEFAULTS, prepare, save, load, unload)
+def trained_parameters(shape: ModelShape, config: TrainingConfig) -> int:
+    """The whole embedding matrix trains (every row but the identifier's is restored after each step)."""
+    return shape.token_embeddings
+
+
+def resident_text_bytes(shape: ModelShape, config: TrainingConfig, frozen: int) -> int:
+    """The text encoder stays on the card in fp32 (as diffusers' script keeps it), beside its trained matrix."""
+    return (shape.text_encoders[0] - shape.token_embeddings) * 4
+
+
+PART = MethodPart(
+    "textual-inversion",
+    DEFAULTS,
+    prepare,
+    save,
+    load,
+    unload,
+    trained_parameters=trained_parameters,
+    resident_text_bytes=resident_text_bytes,
+)
