@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from accelerate import Accelerator
@@ -22,11 +23,11 @@ from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from PIL import Image
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
 from storybook.config import configured_model, load_config
-from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.errors import TrainingError, TrainingInterrupted, describe_problems
 from storybook.models import (
     check_model_on_disk,
     load_pipeline,
@@ -36,7 +37,7 @@ from storybook.models import (
     pick_device,
     unet_parameter_count,
 )
-from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
+from storybook.registry import Character, character_dir, check_not_removed, load_character, prepared_photo_paths
 from storybook.storage import build_folder
 from storybook.training import losses
 from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
@@ -48,8 +49,28 @@ from storybook.training.latents import LatentSource, images_tensor
 from storybook.training.methods import METHODS, resolve_config
 from storybook.training.methods.base import SaveRequest, Trainable, freeze
 
-RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # frozen weights, by precision
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class SavedRun(BaseModel):
+    """What `--resume` reads of a checkpoint's state.json (see `checkpoint_now` in `train_identity`), checked, so that
+    a damaged file is refused rather than resumed."""
+
+    step: int = Field(ge=0)
+    loss_history: list[Finite]  # one loss a step
+    photo_loss_before: Finite
+    elapsed_s: Finite = Field(ge=0)
+    config: TrainingConfig
+    base: str  # the base model's fingerprint
+    captions: list[str] | None = None  # each photo's caption (older checkpoints did not record them)
+
+    @model_validator(mode="after")
+    def one_loss_a_step(self) -> "SavedRun":
+        """A loss for every step done."""
+        if len(self.loss_history) != self.step:
+            raise ValueError(f"{len(self.loss_history)} losses recorded for {self.step} steps")
+        return self
 
 
 @dataclass
@@ -201,7 +222,7 @@ def run_settings(
     overrides: dict | None,
     resume: bool,
     restart: bool,
-) -> tuple[TrainingConfig, dict | None]:
+) -> tuple[TrainingConfig, SavedRun | None]:
     """The settings of this run (`fresh`, the method's defaults with the overrides, unless it resumes), and the
     checkpoint's saved state when it resumes (else None).
 
@@ -217,27 +238,26 @@ def run_settings(
         )
     if not resume:
         return fresh, None
-    state = read_state(checkpoint, RESUME_KEYS)
-    if state["base"] != fingerprint:
+    try:
+        state = SavedRun.model_validate(read_state(checkpoint))
+    except ValidationError as error:
+        raise TrainingError(
+            f"{checkpoint} is damaged ({describe_problems(error)}); start over with --restart."
+        ) from None
+    if state.base != fingerprint:
         raise TrainingError(
             f"{checkpoint} was made with another base model than {model}; resume with that model's --model, or "
             "start over with --restart."
         )
-    try:
-        saved_config = TrainingConfig.model_validate(state["config"])
-    except ValidationError:
-        raise TrainingError(
-            f"{checkpoint} is damaged (its settings cannot be read); start over with --restart."
-        ) from None
-    config = resumed_config(saved_config, method, overrides)
+    config = resumed_config(state.config, method, overrides)
     captions = photo_captions(character, config)
-    if state.get("captions", captions) != captions:
+    if (state.captions or captions) != captions:  # older checkpoints did not record them
         raise TrainingError(
             f"The captions of {character.name}'s photos changed since {checkpoint.name} was saved, so a resumed run "
             "would learn from both; start over with --restart (or put the captions back and resume)."
         )
-    if state["step"] > config.steps:
-        raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
+    if state.step > config.steps:
+        raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state.step}.")
     return config, state
 
 
@@ -329,7 +349,7 @@ class RunPlan:
     fingerprint: str  # of the base model's UNet weights
     config: TrainingConfig
     checkpoint: Path | None  # the unfinished run's last checkpoint
-    state: dict | None  # its saved state, when the run resumes
+    state: SavedRun | None  # its saved state, when the run resumes
 
 
 def plan_run(
@@ -345,6 +365,8 @@ def plan_run(
     """Check everything about a run that can be refused, from the model's configs alone: the device, the model's
     family and size, the settings (the method's defaults for them, mixed precision and optimizer for the device), the
     checkpoint to resume. Raises TrainingError and ModelError."""
+    if resume and restart:
+        raise TrainingError("Give --resume (go on with the unfinished run) or --restart (start over), not both.")
     device = device or load_config(home).device
     requested = parse_device(device) if device else None
     if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):
@@ -481,8 +503,8 @@ def train_identity(
     step, loss_history = 0, []
     if state is not None:
         load_checkpoint(checkpoint, trained, optimizer, accelerator.scaler, generator)
-        step, loss_history, photo_loss_before = state["step"], state["loss_history"], state["photo_loss_before"]
-        started -= state["elapsed_s"]
+        step, loss_history, photo_loss_before = state.step, state.loss_history, state.photo_loss_before
+        started -= state.elapsed_s
     else:
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         photo_loss_before = photo_loss()
@@ -508,6 +530,7 @@ def train_identity(
         try:
             rng_state = generator.get_state()  # the state the next step starts from: saved with `step` in checkpoints
             while step < config.steps:
+                check_not_removed(home, character)  # a removal waits for this run: it stops here, saving nothing
                 step_loss = 0.0
                 for _ in range(config.grad_accum):
                     loss = batch_loss(unet, batches, noise_scheduler, generator, accelerator)
@@ -546,6 +569,7 @@ def train_identity(
         photo_loss_after = photo_loss()
         if not (math.isfinite(photo_loss_after) and all(torch.isfinite(p).all() for p in parameters)):
             raise diverged(step)
+        check_not_removed(home, character)
         with build_folder(folder / "identity") as partial:
             files = part.save(partial, pipeline, character, config, SaveRequest(model, fingerprint, step, export_kohya))
             metadata = IdentityMetadata(

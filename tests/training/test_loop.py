@@ -1,6 +1,7 @@
 """Identity training on the tiny model: it learns, resumes exactly, and its artifacts load into fresh pipelines."""
 
 import importlib.util
+import json
 import os
 import signal
 
@@ -89,6 +90,15 @@ def test_interrupted_training_resumes_to_the_same_weights(home, mia):
         train_identity(home, "Mia", "lora", overrides=settings, show_progress=False)
     with pytest.raises(TrainingError, match=r"other settings were given: rank 8 \(the run has 4\)\. Leave them out"):
         train_identity(home, "Mia", "lora", overrides={**settings, "rank": 8}, resume=True, show_progress=False)
+    with pytest.raises(TrainingError, match=r"Give --resume \(go on with the unfinished run\) or --restart"):
+        train_identity(home, "Mia", "lora", resume=True, restart=True, show_progress=False)
+    state_file = folder / "checkpoints" / "step-000013" / "state.json"
+    state = state_file.read_text()
+    for damage in ({"loss_history": [0.1] * 3}, {"photo_loss_before": "NaN"}, {"config": {"method": "lora"}}):
+        state_file.write_text(json.dumps(json.loads(state) | damage))
+        with pytest.raises(TrainingError, match="step-000013 is damaged .*start over with --restart"):
+            train_identity(home, "Mia", "lora", resume=True, show_progress=False)
+    state_file.write_text(state)
 
     # The printed resume command gives no settings: they come from the checkpoint (20 steps, not the default 60).
     resumed = train_identity(home, "Mia", "lora", resume=True, show_progress=False)
