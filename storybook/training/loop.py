@@ -508,6 +508,11 @@ def train_identity(
     else:
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         photo_loss_before = photo_loss()
+        if not math.isfinite(photo_loss_before):  # before any step: not the learning rate, the model
+            raise TrainingError(
+                f"{model} gives NaN or infinite values before any training, so nothing was trained: its weights are "
+                "damaged (download it again), or half precision overflowed (train with --mixed-precision no)."
+            )
 
     def checkpoint_now(rng_state: torch.Tensor) -> None:
         """Save a checkpoint of the run so far, with the RNG state the next step must start from."""

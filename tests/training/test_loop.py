@@ -3,12 +3,13 @@
 import importlib.util
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
@@ -135,6 +136,18 @@ def test_each_photo_trains_under_its_own_caption_and_a_changed_caption_stops_a_r
     registry.set_photo_captions(home, "Mia", {2: "a little girl sitting"})
     resumed = train_identity(home, "Mia", "lora", resume=True, show_progress=False)
     assert resumed.loss_history == pytest.approx(captioned.loss_history, rel=1e-4)
+
+
+def test_a_base_model_with_nan_weights_is_named_before_any_training(home, mia, tmp_path):
+    poisoned = tmp_path / "poisoned-tiny"
+    shutil.copytree(home / "models" / "tiny", poisoned)
+    unet = load_file(poisoned / "unet" / "diffusion_pytorch_model.safetensors")
+    unet["conv_in.weight"].view(-1)[0] = float("nan")
+    save_file(unet, poisoned / "unet" / "diffusion_pytorch_model.safetensors")
+    quick = {**FAST, "prior_preservation": False, "num_class_images": 0}
+    with pytest.raises(TrainingError, match="poisoned-tiny gives NaN or infinite values before any training"):
+        train_identity(home, "Mia", "lora", str(poisoned), quick, show_progress=False)
+    assert not (registry.character_dir(home, "Mia") / "identity").exists()
 
 
 def test_resume_without_checkpoint_is_refused(home, mia):
