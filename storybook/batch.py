@@ -224,7 +224,7 @@ def make_specs(
     else on Ray those whose spec says `ray:` (with the settings it gives) and the others in this process. Returns
     the outcomes in the order of `spec_paths`; a failing book does not stop the others. `progress(book, done,
     total)` as each book's pictures are drawn (`book`: its index in `spec_paths`). Raises BookError when specs drawn
-    in one run ask for different Ray settings."""
+    in one run ask for different Ray settings, or `ray`'s cluster cannot be reached."""
     wanted = {index: ray or spec_ray_settings(path) for index, path in enumerate(spec_paths)}
     on_ray = [index for index, settings in wanted.items() if settings is not None]
     if len(different := {wanted[index] for index in on_ray}) > 1:
@@ -235,7 +235,10 @@ def make_specs(
         )
     made: dict[int, MadeBook] = {}
     if on_ray:
-        from storybook.scale_out import make_books_on_ray
+        from storybook.scale_out import connect, make_books_on_ray
+
+        if ray is not None:
+            connect(ray.address)  # every book is drawn on that cluster: one that cannot be joined refuses the run
 
         ray_specs = [spec_paths[i] for i in on_ray]
         try:

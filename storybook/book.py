@@ -11,16 +11,28 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from storybook.errors import BookError, InvalidNameError, describe_problems
 from storybook.storage import InsidePath, atomic_write_text, contained, default_model, slugify
+from storybook.text import plain, plain_lines
 
 BOOK_VERSION = 1
 BOOK_FILE = "book.json"
 MIN_PAGES, MAX_PAGES = 8, 24  # board books run 8-24 pages
 # What fits where it is printed: the title on the cover band, the dedication on its page (checked when written).
 MAX_TITLE, MAX_DEDICATION, MAX_NAME, MAX_THEME, MAX_WORDS_PER_PAGE = 80, 300, 40, 200, 80
+MAX_TEXT = 5000  # characters of any one text of book.json: far beyond what prints, short enough to show at once
+Line = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(plain)]  # a book's texts: bounded, plain text
+Lines = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(plain_lines)]  # (storybook/text.py); line breaks
 
 Pronouns = Literal["she", "he", "they"]
 
@@ -39,11 +51,11 @@ def age_band(age: int) -> tuple[str, int]:
 class BookCharacter(BaseModel):
     """A registered character as the book draws it: its registry slug plus the words bound to its identity."""
 
-    slug: str  # reference to <home>/characters/<slug>/
-    name: str  # what the story calls it (the child's name for the hero)
-    token: str
-    class_noun: str
-    appearance: str = ""  # the parent's description, repeated unchanged on every page it appears on
+    slug: Line  # reference to <home>/characters/<slug>/
+    name: Line  # what the story calls it (the child's name for the hero)
+    token: Line
+    class_noun: Line
+    appearance: Line = ""  # the parent's description, repeated unchanged on every page it appears on
 
     @property
     def phrase(self) -> str:
@@ -83,11 +95,11 @@ class Candidate(BaseModel):
 class Page(BaseModel):
     """One story page: the text printed on it and how its picture is drawn."""
 
-    text: str
-    scene: str  # what the picture shows, as the writer (or the parent) wrote it
-    prompt: str  # the scene prompt: the scene, each present character's phrase and appearance, the book's style
-    negative_prompt: str
-    characters: list[str]  # slugs of the characters drawn on this page
+    text: Lines
+    scene: Line  # what the picture shows, as the writer (or the parent) wrote it
+    prompt: Line  # the scene prompt: the scene, each present character's phrase and appearance, the book's style
+    negative_prompt: Line
+    characters: list[Line]  # slugs of the characters drawn on this page
     seed: int
     image: InsidePath | None = None  # the rendered picture, relative to the book folder
     identities: dict[str, str] = Field(default_factory=dict)  # character slug -> identity hash the picture drew
@@ -99,16 +111,16 @@ class Book(BaseModel):
     """book.json: everything needed to render and print one book again, exactly."""
 
     version: int = BOOK_VERSION
-    title: str
-    dedication: str
-    child: str
+    title: Line
+    dedication: Lines
+    child: Line
     pronouns: Pronouns = "they"
-    theme: str
+    theme: Line
     age: int = Field(ge=0, le=6)
-    age_band: str
+    age_band: Line
     max_words_per_page: int = Field(gt=0)
-    style: str
-    writer: str  # "offline" or "llm:<model>"
+    style: Line
+    writer: Line  # "offline" or "llm:<model>"
     seed: int
     characters: list[BookCharacter]
     pages: list[Page]

@@ -20,6 +20,7 @@ from storybook.registry import (
     prepared_photo_paths,
     set_photo_captions,
 )
+from storybook.weights import check_finite, damaged_file
 
 MAX_NEW_TOKENS = 30  # BLIP's captions are one short sentence; kohya's make_captions.py allows 75 tokens
 NUM_BEAMS = 3  # beam search: the same photo always gets the same caption
@@ -63,11 +64,15 @@ def captioner_root(source: str) -> Path:
 def load_captioner(source: str, device: str | None = None) -> Captioner:
     """Load the BLIP captioner at `source` (see `captioner_root`) on `device` (default: the best available).
 
-    Raises ModelError when the weights are missing or are not a BLIP captioning model.
+    Raises ModelError when the weights are missing, damaged (cannot be read, or NaN or infinite values: every caption
+    would be empty) or are not a BLIP captioning model.
     """
     from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
 
     root = captioner_root(source)
+    again = f"Download it again (`hf download {source}`), or name another captioner."
+    if damage := damaged_file(root):
+        raise ModelError(f"The captioner {source} is damaged: {damage}. {again}")
     try:
         model = BlipForConditionalGeneration.from_pretrained(root, local_files_only=True)
         processor = BlipProcessor(BlipImageProcessorPil.from_pretrained(root), AutoTokenizer.from_pretrained(root))
@@ -76,6 +81,7 @@ def load_captioner(source: str, device: str | None = None) -> Captioner:
             f"{root} is not a BLIP captioning model (a transformers folder with BlipForConditionalGeneration weights, "
             f"its tokenizer and preprocessor_config.json, as Salesforce/blip-image-captioning-base): {error}"
         ) from error
+    check_finite(model.named_parameters(), f"The captioner {source}", again)
     return Captioner(model.to(pick_device(device)).eval(), processor)
 
 

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from tqdm import tqdm
+from typer.core import TyperGroup
 
 from storybook import registry
 from storybook.book import (
@@ -42,18 +43,45 @@ from storybook.errors import (
 )
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
-from storybook.quiet import quiet_libraries
+from storybook.quiet import quiet_libraries, quiet_library_logs
 from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, slugify
 from storybook.story import book_edits
 from storybook.story.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
 from storybook.story.stage import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
+from storybook.text import shown
 from storybook.training.config import IdentityMethod
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 if TYPE_CHECKING:
     from storybook.captions import Captioner
 
-app = typer.Typer(help="Make personalised picture books from a few photos of a child.", no_args_is_help=True)
+
+class StorybookGroup(TyperGroup):
+    """The `storybook` command group: a bad option or argument is said as every other error is, one line on stderr
+    and exit code 1 (rather than click's usage box and exit code 2)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line given (see click's `main`)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            outcome = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as error:  # click's errors: a bad option or argument, an unknown command
+            if type(error).__name__ == "NoArgsIsHelpError":  # the help is shown already (typer tells it so too)
+                sys.exit(error.exit_code)
+            context = getattr(error, "ctx", None)
+            hint = f" (`{context.command_path} --help` shows the options)" if context else ""
+            say_error(error.format_message() + hint)
+            sys.exit(1)
+        except typer.Abort:  # a question answered no
+            say_error("Stopped; nothing was changed.")
+            sys.exit(1)
+        sys.exit(outcome if isinstance(outcome, int) else 0)  # an Exit's code (click returns it here), else 0
+
+
+app = typer.Typer(
+    cls=StorybookGroup, help="Make personalised picture books from a few photos of a child.", no_args_is_help=True
+)
 character_app = typer.Typer(help="Register, train, inspect and remove characters.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
 story_app = typer.Typer(help="Write stories and edit their pages.", no_args_is_help=True)
@@ -65,6 +93,7 @@ lab_app = typer.Typer(
 )
 app.add_typer(lab_app, name="lab")
 console = Console(markup=False)  # user text ("[/x]" in a title) is printed as it is
+stderr = Console(markup=False, stderr=True)  # error and warning lines
 state = {"home": None, "debug": False}
 
 ModelOption = Annotated[
@@ -112,6 +141,8 @@ def main(
     """Global options."""
     state["home"] = data_home(home)
     state["debug"] = debug
+    if not debug:
+        quiet_library_logs()  # before any command imports a model library
 
 
 def run(action, loads_models: bool = False):
@@ -133,13 +164,19 @@ def run(action, loads_models: bool = False):
     except (typer.Exit, typer.Abort):
         raise
     except Exception as error:
-        console.print(Text.assemble(("Error: ", "red"), error_message(error)))
+        say_error(error_message(error))
         raise typer.Exit(1) from None
 
 
+def say_error(message: str) -> None:
+    """Print `message` as a red "Error:" line on stderr, unwrapped, its hidden characters escaped (storybook/text.py:
+    an error may quote a file name or a server's words)."""
+    stderr.print(Text.assemble(("Error: ", "red"), shown(message)), soft_wrap=True)
+
+
 def say_warning(message: str) -> None:
-    """Print `message` as a yellow "Warning:" line."""
-    console.print(Text.assemble(("Warning: ", "yellow"), message))
+    """Print `message` as a yellow "Warning:" line on stderr, unwrapped, its hidden characters escaped."""
+    stderr.print(Text.assemble(("Warning: ", "yellow"), shown(message)), soft_wrap=True)
 
 
 def error_message(error: Exception) -> str:
@@ -375,10 +412,15 @@ def character_show(name: str) -> None:
 def character_remove(
     name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False
 ) -> None:
-    """Delete a character and every file of it (photos, crops, identity, samples)."""
+    """Delete a character and every file of it (photos, crops, identity, samples); a training of it that is running
+    is stopped first."""
     if not yes:
         typer.confirm(f"Delete {name} and all of its photos?", abort=True)
-    run(lambda: console.print(f"Removed {registry.remove_character(state['home'], name)}"))
+
+    def waiting() -> None:
+        console.print(f"{name} is being trained or prepared: it stops at its next step, then {name} is removed...")
+
+    run(lambda: console.print(f"Removed {registry.remove_character(state['home'], name, waiting)}"))
 
 
 @character_app.command("train")
@@ -620,7 +662,8 @@ def train_every(
                 outcomes.append((character, error_text(error), time.perf_counter() - started))
     table = Table("character", "result", "seconds")
     for character, error, seconds in outcomes:
-        table.add_row(character, Text(f"failed: {error}", "red") if error else Text(method, "green"), f"{seconds:.0f}")
+        outcome = Text(f"failed: {shown(error)}", "red") if error else Text(method, "green")
+        table.add_row(character, outcome, f"{seconds:.0f}")
     console.print(table)
     if failed := sum(error is not None for _, error, _ in outcomes):
         console.print(Text(f"{failed} of {len(outcomes)} identities failed.", "red"))
@@ -685,10 +728,10 @@ def story_list() -> None:
         for folder in list_books(state["home"]):
             try:
                 book = load_book(folder)
-            except BookError as error:
-                table.add_row(folder.name, Text(str(error), "red"), "-", "-")
+            except BookError as error:  # a folder name and an error are not checked text: escaped
+                table.add_row(shown(folder.name), Text(shown(str(error)), "red"), "-", "-")
                 continue
-            table.add_row(folder.name, book.title, str(len(book.pages)), book.writer)
+            table.add_row(shown(folder.name), book.title, str(len(book.pages)), book.writer)
         console.print(table)
 
     run(show_list)
@@ -971,7 +1014,7 @@ def books_progress(specs: list[Path]) -> Iterator[Callable[[int, int, int], None
             bars.start()
             tasks["all"] = bars.add_task("all books", total=0)
         if book not in tasks:
-            tasks[book] = bars.add_task(specs[book].name, total=total)
+            tasks[book] = bars.add_task(shown(specs[book].name), total=total)
         counts[book] = (done, total)
         bars.update(tasks[book], completed=done, total=total, visible=done < total)
         all_done, all_total = (sum(column) for column in zip(*counts.values(), strict=True))
@@ -1028,16 +1071,23 @@ def make(
         quiet_libraries()  # before storybook.batch imports the model libraries
     from storybook.batch import make_specs
 
+    def say(line: str) -> None:
+        """Print a line of the run (it names spec files and quotes writers): hidden characters escaped."""
+        console.print(shown(line))
+
     try:
         with books_progress(specs) as progress:
-            made = run(lambda: make_specs(state["home"], specs, settings, say=console.print, progress=progress))
+            made = run(lambda: make_specs(state["home"], specs, settings, say=say, progress=progress))
     except KeyboardInterrupt:
         console.print("Stopped. Every finished picture is saved: make the books again to go on.")
         raise typer.Exit(130) from None
     table = Table("spec", "result", "pages", "seconds")
     for result in made:
-        outcome = Text(str(result.output), "green") if result.error is None else Text(f"failed: {result.error}", "red")
-        table.add_row(result.spec.name, outcome, str(result.pages or "-"), f"{result.seconds:.0f}")
+        if result.error is None:
+            outcome = Text(shown(str(result.output)), "green")
+        else:
+            outcome = Text(f"failed: {shown(result.error)}", "red")
+        table.add_row(shown(result.spec.name), outcome, str(result.pages or "-"), f"{result.seconds:.0f}")
     console.print(table)
     failed = sum(result.error is not None for result in made)
     if failed:
@@ -1132,15 +1182,45 @@ def app_command_line(port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP_FILE), *flags, f"--server.port={port}"]
 
 
+def run_server(command: list[str], env: dict[str, str]) -> int:
+    """Run the server `command` until it ends; return its exit code (128 + N when signal N stopped it). SIGTERM and
+    SIGHUP to this process (`kill`, a closed terminal, a service manager) stop the server too, and it is stopped when
+    this process stops for any other reason (Ctrl-C), so that it never outlives the command that started it."""
+    import signal
+    import subprocess
+
+    server = subprocess.Popen(command, env=env)
+    stopped_by: list[int] = []
+
+    def stop_server(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
+        server.send_signal(signal.SIGTERM)
+
+    previous = {signum: signal.signal(signum, stop_server) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code = server.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    if stopped_by:
+        return 128 + stopped_by[0]
+    return 128 - code if code < 0 else code
+
+
 @app.command("app")
 def start_app(port: Annotated[int, typer.Option(min=1, max=65535, help="The port to serve on.")] = 8501) -> None:
     """Start the app for parents in the browser (its data root: --home, $STORYBOOK_HOME or the current folder)."""
-    import subprocess
 
     def serve() -> int:
         if not APP_FILE.is_file():
             raise StorybookError(f"The app is not here ({APP_FILE}): run it from a clone of the project (README).")
-        return subprocess.call(app_command_line(port), env=os.environ | {HOME_ENV: str(state["home"])})
+        return run_server(app_command_line(port), os.environ | {HOME_ENV: str(state["home"])})
 
     raise typer.Exit(run(serve))
 

@@ -2,14 +2,19 @@
 any work (a light module: no model library is imported)."""
 
 import ipaddress
+import os
 import re
+import socket
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from storybook.errors import BookError
 
 # HOST:PORT or ray://HOST:PORT, HOST a DNS name (labels of letters, digits and inner hyphens) or a bracketed IPv6
 RAY_ADDRESS = re.compile(r"(?:ray://)?(?P<host>\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):(?P<port>[0-9]{1,5})")
 HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 GPU_STEP = 10_000  # Ray schedules GPUs in steps of 1/10,000
+CONNECT_SECONDS = 5.0  # to reach a cluster's port; Ray itself retries an unreachable one for minutes
 
 
 def check_ray_address(address: str | None) -> str | None:
@@ -29,6 +34,28 @@ def check_ray_address(address: str | None) -> str | None:
     if not host or not 1 <= int(match["port"]) <= 65535:
         raise ValueError(f"{address!r} is not a Ray cluster's address: give HOST:PORT as `ray start --head` prints it")
     return address
+
+
+def check_reachable(address: str | None) -> None:
+    """Raises BookError, within CONNECT_SECONDS, when the Ray cluster at `address` (else $RAY_ADDRESS) cannot be
+    reached: nothing listens on its port, or its host does not answer or does not exist. 'auto', 'local' and no address
+    at all are left to Ray (it finds the cluster this machine started, or starts one)."""
+    given = address or os.environ.get("RAY_ADDRESS")
+    if given is None or given in ("auto", "local"):
+        return
+    try:
+        match = RAY_ADDRESS.fullmatch(check_ray_address(given) or "")
+    except ValueError as error:
+        raise BookError(f"$RAY_ADDRESS: {error}.") from None
+    try:
+        with socket.create_connection((match["host"].strip("[]"), int(match["port"])), timeout=CONNECT_SECONDS):
+            return
+    except OSError as error:  # refused, timed out, no route, unknown host
+        why = error.strerror or str(error) or type(error).__name__
+    raise BookError(
+        f"Cannot reach the Ray cluster at {given} ({why}): start it with `ray start --head` there and give the "
+        "address it prints (--ray-address or $RAY_ADDRESS), or leave both out to use a Ray instance of this machine."
+    )
 
 
 class RaySettings(BaseModel):

@@ -8,6 +8,7 @@ Precedence, everywhere: a flag (or a spec's or book's own setting) > the data ro
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -15,8 +16,8 @@ from filelock import FileLock
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from storybook.errors import ModelError, describe_problems
-from storybook.registry import has_control_characters
 from storybook.storage import MINI_MODEL, MODEL_ENV, InsidePath, atomic_write_text, default_model
+from storybook.text import hidden_characters
 
 if TYPE_CHECKING:
     from storybook.image_prompt import AdapterSource
@@ -29,7 +30,7 @@ Dtype = Literal["fp32", "fp16", "bf16"]
 
 def plain_line(value: str) -> str:
     """`value` when it is one line without control characters, line separators or surrounding spaces."""
-    if has_control_characters(value) or value != value.strip() or any(c in value for c in "\u2028\u2029"):
+    if hidden_characters(value) or value != value.strip():
         raise ValueError("must be one line without control characters or surrounding spaces")
     return value
 
@@ -107,23 +108,39 @@ def load_config(home: Path) -> DataRootConfig:
 
 def update_config(home: Path, changes: dict) -> DataRootConfig:
     """Apply `changes` (field -> value; None unsets a field) to the data root's settings, check them and save them
-    atomically; return the result. Raises ModelError for a bad value (nothing is written) and for a base model or
-    safety checker whose weights are not on this machine."""
-    from storybook.models import check_model_on_disk
-    from storybook.safety import SAFETY_OFF, named_checker_folders
-
+    atomically; return the result. Raises ModelError, and writes nothing, for a bad value, and for a model set that is
+    not on this machine or of the wrong kind (see `check_kinds`)."""
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(home / f".{CONFIG_FILE}.lock"):  # the CLI and the app saving at once: neither loses the other's
         try:
             config = DataRootConfig.model_validate(load_config(home).model_dump() | changes)
         except ValidationError as error:
             raise ModelError(f"Bad setting: {describe_problems(error)}. Nothing was changed.") from None
-        if changes.get("model"):
-            check_model_on_disk(config.model, home)
-        if changes.get("safety_checker") not in (None, SAFETY_OFF):
-            named_checker_folders(config.safety_checker)
+        check_kinds(home, config, changes.keys())
         atomic_write_text(config_path(home), config.model_dump_json(indent=2, exclude_none=True) + "\n")
     return config
+
+
+def check_kinds(home: Path, config: DataRootConfig, changed: Iterable[str]) -> None:
+    """Raises ModelError when a model setting among `changed` names what is not on this machine or is of the wrong
+    kind, where every render would fail: the base model (a text-to-image Stable Diffusion pipeline), the safety
+    checker (a StableDiffusionSafetyChecker), the IP-Adapter with its weights file and image encoder, and the
+    upscaler when it is here (an x4 upscaler; one not downloaded yet is allowed: export falls back to lanczos)."""
+    from storybook.image_prompt import check_adapter
+    from storybook.models import check_model_on_disk, local_snapshot, model_family, pipeline_class
+    from storybook.printing.print_pictures import UPSCALER_CLASS, X4_UPSCALER
+    from storybook.safety import SAFETY_OFF, named_checker_folders
+
+    changed = set(changed)
+    if "model" in changed and config.model:
+        model_family(check_model_on_disk(config.model, home))
+    if "safety_checker" in changed and config.safety_checker not in (None, SAFETY_OFF):
+        named_checker_folders(config.safety_checker)
+    if changed & {"ip_adapter", "ip_adapter_weight", "image_encoder"} and (adapter := adapter_of(config)):
+        check_adapter(adapter)
+    upscaler = local_snapshot(config.upscaler) if "upscaler" in changed and config.upscaler else None
+    if upscaler is not None and (kind := pipeline_class(upscaler)) != UPSCALER_CLASS:
+        raise ModelError(f"{config.upscaler} is a {kind}, not an x4 upscaler ({UPSCALER_CLASS}, e.g. {X4_UPSCALER}).")
 
 
 def configured_model(home: Path) -> str:
@@ -133,9 +150,14 @@ def configured_model(home: Path) -> str:
 
 def configured_adapter(home: Path) -> "AdapterSource | None":
     """The data root's IP-Adapter (with h94/IP-Adapter's SD 1.5 file layout where its paths are not set), or None."""
+    return adapter_of(load_config(home))
+
+
+def adapter_of(config: DataRootConfig) -> "AdapterSource | None":
+    """The IP-Adapter `config` names (with h94/IP-Adapter's SD 1.5 file layout where its paths are not set), or
+    None."""
     from storybook.image_prompt import MINI_ADAPTER, MINI_ADAPTER_SOURCE, AdapterSource
 
-    config = load_config(home)
     if config.ip_adapter is None:
         return None
     if config.ip_adapter == MINI_ADAPTER and not (config.ip_adapter_weight or config.image_encoder):

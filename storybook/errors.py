@@ -63,4 +63,6 @@ class LabError(StorybookError):
 
 def describe_problems(error: "ValidationError") -> str:
     """A pydantic ValidationError as 'field: what is wrong; ...', without pydantic's links and input echoes."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
+    )

@@ -22,24 +22,27 @@ from pathlib import Path, PurePosixPath
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field, field_validator
-from safetensors import safe_open
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection
 from transformers.models.clip import CLIPImageProcessorPil
 
 from storybook.config import load_config
-from storybook.errors import ModelError
-from storybook.models import files_fingerprint, local_snapshot, pick_device, pick_dtype
+from storybook.errors import ModelError, describe_problems
+from storybook.models import config_class, files_fingerprint, local_snapshot, pick_device, pick_dtype
 from storybook.registry import Character, prepared_photo_paths
 from storybook.storage import atomic_write_text
+from storybook.weights import check_finite, damaged_file, file_tensors, unreadable
 
 IMAGE_PROMPT_FILE = "image_prompt.json"
 EMBEDS_FILE = "image_embeds.safetensors"
 MINI_ADAPTER = "storybook-mini"  # alias of the committed adapter of storybook-mini
 MINI_ADAPTER_FOLDER = Path(__file__).resolve().parent / "weights" / "storybook-mini-ip-adapter"
 MINI_ADAPTER_FILE = "ip-adapter_storybook-mini.safetensors"
+ENCODER_CLASS = "CLIPVisionModelWithProjection"  # an IP-Adapter's image encoder
 MINI_ADAPTER_SCALE = 1.0  # storybook-mini's adapter was trained at scale 1 (README, "Consistency lab")
+REBUILD = "Build the identity again with `storybook character train NAME` (and its --method)."
 
 
 class AdapterSource(BaseModel):
@@ -117,6 +120,18 @@ def adapter_files(adapter: AdapterSource) -> tuple[Path, Path]:
     return weights, encoder
 
 
+def check_adapter(adapter: AdapterSource) -> None:
+    """Raises ModelError when `adapter` is not on this machine or is not an IP-Adapter: its weights file must be a
+    basic or plus IP-Adapter's safetensors, its image encoder a CLIPVisionModelWithProjection folder."""
+    weights, encoder = adapter_files(adapter)
+    is_plus_adapter(weights)
+    if (kind := config_class(encoder / "config.json")) != ENCODER_CLASS:
+        raise ModelError(
+            f"{encoder} is not an IP-Adapter's image encoder: its config.json describes {kind or 'no model class'}, "
+            f"not a {ENCODER_CLASS}: give the adapter's own with --image-encoder (h94's: models/image_encoder)."
+        )
+
+
 def adapter_fingerprint(adapter: AdapterSource, home: Path) -> str:
     """SHA-256 (16 hex digits) of the adapter's weights file and its image encoder's weights (cached under home)."""
     weights, encoder = adapter_files(adapter)
@@ -130,9 +145,15 @@ def image_processor(size: int) -> CLIPImageProcessorPil:
 
 def is_plus_adapter(weights_file: Path) -> bool:
     """Whether the adapter reads the encoder's hidden states (plus, plus-face: a perceiver Resampler) rather than
-    its pooled image embedding (the basic adapter's `proj`). Raises ModelError for other kinds (FaceID)."""
-    with safe_open(weights_file, framework="pt") as weights:
-        keys = set(weights.keys())
+    its pooled image embedding (the basic adapter's `proj`). Raises ModelError for other kinds (FaceID) and for a file
+    that is not safetensors or is damaged."""
+    try:
+        with safe_open(weights_file, framework="pt") as weights:
+            keys = set(weights.keys())
+    except (OSError, SafetensorError):
+        raise ModelError(
+            f"{unreadable(weights_file)}: give an IP-Adapter's .safetensors weights (e.g. ip-adapter_sd15.safetensors)."
+        ) from None
     if "image_proj.proj.weight" in keys:
         return False
     if "image_proj.latents" in keys:
@@ -160,9 +181,18 @@ def embed_photos(
     A basic adapter's is the mean of the photos' pooled embeddings (its negative: zeros). A plus adapter reads the
     T patch tokens of one image, each tied to a place in it: averaging tokens of different photos place by place
     mixes unrelated parts, so its positive is the tokens of the most typical photo (by pooled embedding) and its
-    negative those of an all-zero input."""
+    negative those of an all-zero input. Raises ModelError when the adapter's files are missing or damaged (cannot be
+    read, or NaN or infinite weights)."""
     weights, encoder_folder = adapter_files(adapter)
-    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder, dtype=dtype).to(device).eval()
+    redo = "Download it again, or name another IP-Adapter (--ip-adapter, `storybook config --ip-adapter`)."
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder, dtype=dtype).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"The IP-Adapter's image encoder {encoder_folder} cannot be loaded "
+            f"({damaged_file(encoder_folder) or error}). {redo}"
+        ) from None
+    check_finite(encoder.named_parameters(), f"The IP-Adapter's image encoder {encoder_folder}", redo)
     processor = image_processor(encoder.config.image_size)
     pixels = processor([Image.open(path).convert("RGB") for path in photos], return_tensors="pt").pixel_values
     pixels = pixels.to(device, dtype)
@@ -205,13 +235,21 @@ def write_image_prompt(
 
 
 def read_image_prompt(folder: Path) -> ImagePrompt | None:
-    """The image prompt saved in identity folder `folder`, or None when the identity has none."""
+    """The image prompt saved in identity folder `folder`, or None when the identity has none. Raises ModelError when
+    its record is damaged."""
     record = folder / IMAGE_PROMPT_FILE
     if not record.is_file():
         return None
-    return ImagePrompt.model_validate(json.loads(record.read_text()))
+    try:
+        return ImagePrompt.model_validate(json.loads(record.read_text(encoding="utf-8")))
+    except ValueError as error:  # not JSON (or not UTF-8), or not an image prompt record
+        problem = describe_problems(error) if isinstance(error, ValidationError) else "not a JSON record"
+        raise ModelError(f"{record} is damaged ({problem}). {REBUILD}") from None
 
 
 def load_image_embeds(folder: Path) -> dict[str, torch.Tensor]:
-    """The saved embedding pair of identity folder `folder` ({'positive', 'negative'})."""
-    return load_file(folder / EMBEDS_FILE)
+    """The saved embedding pair of identity folder `folder` ({'positive', 'negative'}). Raises ModelError when the
+    file is damaged (cut off, or NaN or infinite values)."""
+    path = folder / EMBEDS_FILE
+    check_finite(file_tensors(path), f"The image prompt in {folder}", REBUILD)
+    return load_file(path)

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from storybook.errors import ModelError
 from storybook.storage import MINI_MODEL, atomic_write_text
+from storybook.weights import damaged_file
 
 TINY_MODEL = "tiny"  # alias of the embedded tiny pipeline, committed (`storybook models make-tiny` rebuilds it)
 MINI_MODEL_FOLDER = Path(__file__).resolve().parent / "weights" / MINI_MODEL
@@ -106,7 +107,7 @@ def model_family(model_path: str) -> str:
     folder = Path(model_path) if Path(model_path).is_dir() else local_snapshot(model_path, ["model_index.json"])
     if folder is None or not (folder / "model_index.json").is_file():
         return "sd"  # a hub id not downloaded yet; loading will tell
-    class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
+    class_name = pipeline_class(folder)
     if class_name not in SD_PIPELINES:
         raise ModelError(
             f"{model_path} is a {class_name}; storybook draws pages from their prompts with Stable Diffusion 1.x/2.x "
@@ -114,6 +115,33 @@ def model_family(model_path: str) -> str:
             "image-to-image ones such as the SDXL refiner. Give the base model's folder or hub id."
         )
     return "sdxl" if class_name in SDXL_PIPELINES else "sd"
+
+
+def pipeline_class(folder: Path) -> str:
+    """The pipeline class the model_index.json of diffusers folder `folder` names, e.g. 'StableDiffusionPipeline'.
+    Raises ModelError when it has none, or it cannot be read."""
+    record = folder / "model_index.json"
+    try:
+        class_name = json.loads(record.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):  # missing, not JSON (or UTF-8), not a JSON object
+        class_name = None
+    if not isinstance(class_name, str):
+        raise ModelError(
+            f"{folder} is not a diffusers pipeline folder ({record} is missing or damaged): give a folder saved with "
+            "`save_pretrained`, or download it again."
+        )
+    return class_name
+
+
+def config_class(config: Path) -> str:
+    """The model class the config.json at `config` names (transformers' first 'architectures' entry, else diffusers'
+    '_class_name'); '' when it names none or cannot be read."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+        named = (data.get("architectures") or [None])[0] or data.get("_class_name")
+    except (OSError, ValueError, AttributeError, TypeError, IndexError, KeyError):
+        return ""
+    return named if isinstance(named, str) else ""
 
 
 def parse_device(device: str) -> torch.device:
@@ -179,6 +207,12 @@ def load_pipeline(
             model_path, dtype=pick_dtype(torch_device, dtype or config.dtype), safety_checker=None, **(components or {})
         )
     except (OSError, ValueError) as error:
+        folder = local_snapshot(model_path)
+        if folder is not None:  # its files are here: damaged, or some are missing
+            raise ModelError(
+                f"The base model {model} in {folder} cannot be loaded ({damaged_file(folder) or error}): download it "
+                f"again (`hf download {model}`) or save it again with `save_pretrained`, or use another with --model."
+            ) from None
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise ModelError(
             f"Could not load the base model {model!r}: it is not a local diffusers folder and is not in the Hugging "

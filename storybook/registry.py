@@ -10,16 +10,17 @@ import re
 import shutil
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from storybook.errors import CharacterError, describe_problems
 from storybook.identifier import choose_token
-from storybook.storage import InsidePath, atomic_write_text, build_folder, contained, slugify
+from storybook.storage import InsidePath, atomic_write_text, build_folder, contained, file_lock, slugify
+from storybook.text import hidden_characters, plain
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -29,6 +30,7 @@ IDENTITY_RECORDS = ("identity.json", "image_prompt.json")
 MAX_NAME, MAX_CLASS_NOUN, MAX_DESCRIPTION, MAX_CAPTION = 100, 40, 300, 200
 SUFFIX_PATTERN = re.compile(r"\.[a-z0-9]{1,10}")  # an original keeps its extension when it is a plain one
 PREPARED_MAX_SIDE = 1024  # crops are kept at up to SDXL's size; training resizes them to its model's resolution
+REMOVING = ".removing"  # in a character's folder while it is removed: a build of its identity stops at its next step
 
 
 class PhotoRecord(BaseModel):
@@ -44,7 +46,7 @@ class PhotoRecord(BaseModel):
     @classmethod
     def caption_is_clean(cls, caption: str) -> str:
         """A caption read from character.json reaches training prompts: as `check_caption` leaves it."""
-        if caption != clean_caption(caption) or has_control_characters(caption):
+        if caption != clean_caption(caption) or hidden_characters(caption):
             raise ValueError("a photo caption is one line of words, without control characters or extra spaces")
         return caption
 
@@ -53,10 +55,11 @@ class Character(BaseModel):
     """character.json: who the character is and which token its identity is bound to."""
 
     schema_version: int = SCHEMA_VERSION
-    name: str
+    # plain text (storybook/text.py) of the lengths `add_character` allows
+    name: Annotated[str, Field(max_length=MAX_NAME), AfterValidator(plain)]
     slug: str
-    class_noun: str
-    description: str = ""
+    class_noun: Annotated[str, Field(max_length=MAX_CLASS_NOUN), AfterValidator(plain)]
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION), AfterValidator(plain)] = ""
     token: str = Field(pattern=r"^[a-z]{2,32}$")  # a made-up word (identifier.py); names files of some identities
     photos: list[PhotoRecord]
     created_at: datetime
@@ -178,7 +181,7 @@ def add_character(
     from storybook.photos import load_photos, prepare_photo  # OpenCV and friends: only when photos come in
 
     slug = slugify(name)
-    if len(name.strip()) > MAX_NAME or has_control_characters(name):
+    if len(name.strip()) > MAX_NAME or hidden_characters(name):
         raise CharacterError(f"A name is one line of at most {MAX_NAME} characters, e.g. 'Mia Rose'.")
     class_noun, description = check_class_noun(class_noun), check_description(description)
     folder = characters_root(home) / slug
@@ -243,17 +246,12 @@ def check_class_noun(class_noun: str) -> str:
 def check_description(description: str) -> str:
     """`description` stripped, when it is one line of at most MAX_DESCRIPTION characters. Raises CharacterError."""
     text = description.strip()
-    if len(text) > MAX_DESCRIPTION or has_control_characters(text):
+    if len(text) > MAX_DESCRIPTION or hidden_characters(text):
         raise CharacterError(
             f"The description must be one line of at most {MAX_DESCRIPTION} characters (it is {len(text)}, "
             "control characters not allowed), e.g. 'curly red hair, yellow raincoat'."
         )
     return text
-
-
-def has_control_characters(text: str) -> bool:
-    """Whether `text` holds a control, format or other invisible character (Unicode category C: line breaks too)."""
-    return any(unicodedata.category(c).startswith("C") for c in text)
 
 
 def clean_caption(caption: str) -> str:
@@ -267,7 +265,7 @@ def check_caption(caption: str, photo: str = "A photo caption") -> str:
     text = clean_caption(caption)
     if len(text) > MAX_CAPTION:
         raise CharacterError(f"{photo}: a caption is at most {MAX_CAPTION} characters, this one {len(text)}.")
-    if has_control_characters(text):
+    if hidden_characters(text):
         raise CharacterError(f"{photo}: a caption is plain text; remove its control or invisible characters.")
     return text
 
@@ -292,13 +290,34 @@ def set_photo_captions(home: Path, name: str, captions: dict[int, str]) -> Chara
     return updated
 
 
-def remove_character(home: Path, name: str) -> Path:
+def character_lock(home: Path, slug: str) -> Path:
+    """The lock file (see `file_lock`) of character `slug`: a build of its identity holds it, and `remove_character`
+    while it deletes the folder. It lies beside the folder, so that taking it never makes a removed folder again."""
+    return characters_root(home) / f".{slug}.lock"
+
+
+def check_not_removed(home: Path, character: Character) -> None:
+    """Raises CharacterError when `character` is being removed (or is gone): a build of its identity then stops and
+    writes nothing more."""
+    folder = character_dir(home, character.slug)
+    if (folder / REMOVING).exists() or not (folder / "character.json").is_file():
+        raise CharacterError(
+            f"{character.name} is being removed, so its identity is not built and nothing of the build is kept (a "
+            f"removal that was stopped half-way is finished by `storybook character remove {character.slug}`)."
+        )
+
+
+def remove_character(home: Path, name: str, waiting: Callable[[], None] = lambda: None) -> Path:
     """Delete every file of character `name` (photos, crops, identity, samples, checkpoints); return the folder.
 
-    Raises CharacterError when there is no such character.
+    A build of its identity in progress, in any process, is asked to stop (it does at its next step, writing nothing
+    more) and waited for, `waiting()` called first; the folder is deleted once it has ended, so that no build writes
+    into it again. Raises CharacterError when there is no such character.
     """
     folder = character_dir(home, name)
     if not folder.is_dir():
         raise CharacterError(f"No character named {name!r}; `storybook character list` shows who is registered.")
-    shutil.rmtree(folder)
+    (folder / REMOVING).touch()
+    with file_lock(character_lock(home, folder.name), waiting):
+        shutil.rmtree(folder)
     return folder

@@ -290,7 +290,8 @@ def render_book(
     by `settings` (see `with_settings`).
 
     `preview` draws fast low-step drafts (page.preview); `candidates` draws that many seeds per page (page.candidates);
-    `only` limits the run to those page numbers (0 is the cover). `progress(done, total)` is called after each batch.
+    `only` limits the run to those page numbers (0 is the cover), with the book's own settings: settings that change
+    them draw every page. `progress(done, total)` is called after each batch.
     book.json changes only once a picture is drawn (or found drawn) with the new settings: a setting that makes the
     render fail is never kept, and no page loses its picture to it.
     Returns what was done and the renderer, to reuse for the next book. Raises BookError and ModelError.
@@ -300,7 +301,13 @@ def render_book(
     book = load_book(folder)
     book_file(folder, IMAGES_DIR)  # pictures are written there: a symlink out of a book someone sent is refused
     if settings:
-        book = with_settings(book, settings)
+        changed = with_settings(book, settings)
+        if only and changed.render != book.render:
+            raise BookError(
+                "Render settings are the whole book's (one book, one picture size): to draw with other settings, "
+                "render every page (leave out --page); to redraw some pages, leave out the settings."
+            )
+        book = changed
     check_page_numbers(book, only)  # before any model loads
     renderer = open_renderer(home, book, renderer, **load_options)
     plan = plan_pictures(home, book, renderer.source, renderer.tokens_over_limit, preview, candidates, only)

@@ -14,6 +14,7 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -40,6 +41,7 @@ from storybook.safety import checker_fingerprint, checker_in_use, load_safety_ch
 from storybook.training.identity import IdentityMetadata, read_identity
 from storybook.training.methods import METHODS, checked_identity, load_identity, unload_identity
 from storybook.training.methods.dreambooth import components as dreambooth_components
+from storybook.weights import check_finite, file_tensors
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -285,6 +287,11 @@ class Renderer:
             self.pipeline.unload_ip_adapter()
             self.image_prompts.clear()
         subfolder, _, weight_name = adapter.weight_name.rpartition("/")
+        check_finite(
+            file_tensors(adapter_root(adapter) / adapter.weight_name),
+            f"The IP-Adapter {adapter.source} ({adapter.weight_name})",
+            "Download it again, or build the image prompts with another adapter.",
+        )
         try:
             self.pipeline.load_ip_adapter(str(adapter_root(adapter)), subfolder, weight_name, image_encoder_folder=None)
         except (OSError, RuntimeError, ValueError, KeyError) as error:
@@ -325,12 +332,15 @@ class Renderer:
         return picture_size(settings, self.native_size)
 
     def draw(self, jobs: list[ImageJob], settings: RenderSettings, steps: int) -> list[Image.Image]:
-        """Draw `jobs` (all with the same characters) in one pipeline call; one fresh CPU generator per picture."""
+        """Draw `jobs` (all with the same characters) in one pipeline call; one fresh CPU generator per picture.
+
+        Raises ModelError when the pictures come out as NaN or infinite values (what draws a black page).
+        """
         assert len({job.characters for job in jobs}) == 1, "a batch shares one set of characters"
         self.use_scheduler(settings.scheduler)
         self.activate(jobs[0].characters, settings.weights)
         width, height = self.size(settings)
-        return self.pipeline(
+        pixels = self.pipeline(
             prompt=[job.prompt for job in jobs],
             negative_prompt=[job.negative_prompt for job in jobs],
             num_inference_steps=steps,
@@ -338,8 +348,17 @@ class Renderer:
             width=width,
             height=height,
             generator=[torch.Generator("cpu").manual_seed(job.seed) for job in jobs],
+            output_type="np",
             **self.image_prompt_inputs(jobs[0].characters, len(jobs), settings),
-        ).images
+        ).images  # (B, H, W, 3) in [0, 1], NaN where the numbers broke down
+        if not np.isfinite(pixels).all():
+            drawn = ", ".join(jobs[0].characters) or "no character"
+            raise ModelError(
+                f"{self.model} drew NaN or infinite values instead of a picture (with {drawn}), so nothing was kept: "
+                "the weights of the base model or of an identity drawn are damaged, or "
+                f"{self.dtype_name} overflowed (SDXL's VAE does in float16: try --dtype fp32)."
+            )
+        return self.pipeline.numpy_to_pil(pixels)
 
     def image_prompt_inputs(self, characters: tuple[str, ...], count: int, settings: RenderSettings) -> dict:
         """The IP-Adapter arguments for `count` pictures of `characters`: each one's embedding at its scale, in its

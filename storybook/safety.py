@@ -17,9 +17,11 @@ import torch
 from PIL import Image
 
 from storybook.errors import ModelError
-from storybook.models import files_fingerprint, local_snapshot
+from storybook.models import config_class, files_fingerprint, local_snapshot
+from storybook.weights import check_finite, damaged_file
 
 SAFETY_OFF = "off"  # the config's value for "no safety checker"
+CHECKER_CLASS = "StableDiffusionSafetyChecker"
 PictureCheck = Callable[[list[Image.Image]], list[bool]]  # pictures -> whether each is flagged
 
 
@@ -60,6 +62,12 @@ def named_checker_folders(source: str) -> tuple[Path, Path]:
             "preprocessor_config.json (or a pipeline that ships them), or a hub id in the Hugging Face cache (on a "
             f"machine with network: `hf download {source}`); or turn it off with `storybook config --safety-checker "
             "off`."
+        )
+    if (kind := config_class(folders[0] / "config.json")) != CHECKER_CLASS:
+        raise ModelError(
+            f"{source} is not a safety checker: its config.json describes {kind or 'no model class'}, not a "
+            f"{CHECKER_CLASS} (e.g. CompVis/stable-diffusion-safety-checker); or turn it off with `storybook config "
+            "--safety-checker off`."
         )
     return folders
 
@@ -108,15 +116,20 @@ def load_checker(folders: tuple[Path, Path], source: str, home: Path, device: to
     from transformers import CLIPImageProcessor
 
     checker_folder, processor_folder = folders
+    other = (
+        "Download it again, or name another StableDiffusionSafetyChecker saved with its image processor (`storybook "
+        "config --safety-checker ...`), or turn it off for a model you trust with `storybook config --safety-checker "
+        "off`."
+    )
     try:
         checker = StableDiffusionSafetyChecker.from_pretrained(checker_folder, dtype=dtype).to(device).eval()
         processor = CLIPImageProcessor.from_pretrained(processor_folder)
     except (OSError, ValueError) as error:
         raise ModelError(
-            f"The safety checker {source} cannot be loaded ({error}). Name a StableDiffusionSafetyChecker saved with "
-            "its image processor (`storybook config --safety-checker ...`), or turn it off for a model you trust "
-            "with `storybook config --safety-checker off`."
+            f"The safety checker {source} cannot be loaded ({damaged_file(checker_folder) or error}). {other}"
         ) from None
+    # NaN weights would flag nothing: every picture would pass unscreened
+    check_finite(checker.named_parameters(), f"The safety checker {source}", other)
 
     def flagged(pictures: list[Image.Image]) -> list[bool]:
         """Whether the checker finds a concept it screens for in each picture."""

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from storybook.batch import BookSpec, MadeBook, export_spec_book, prepare_spec_book
 from storybook.book import RenderSettings, book_file
-from storybook.cluster import RaySettings
+from storybook.cluster import RaySettings, check_reachable
 from storybook.config import load_config
 from storybook.errors import BookError, error_text
 from storybook.models import load_tokenizer, resolve_model, unet_parameter_count
-from storybook.quiet import quiet_libraries
+from storybook.quiet import quiet_libraries, quiet_stderr
 from storybook.render_book import (
     IMAGES_DIR,
     PicturePlan,
@@ -74,8 +74,10 @@ def connect(address: str | None) -> None:
         logging.getLogger(logger).setLevel(logging.ERROR)
     if ray.is_initialized():
         return
+    check_reachable(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        with quiet_stderr():  # a cluster that answers but not as Ray: Ray's retries, as its C++ core logs them
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except ConnectionError as error:
         raise BookError(f"Cannot reach the Ray cluster at {address}: {error}. Is `ray start --head` running?") from None
 

@@ -5,11 +5,12 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
+from filelock import FileLock, Timeout
 from pydantic import AfterValidator
 
 from storybook.errors import InvalidNameError, OutputError
@@ -148,6 +149,34 @@ def replace_folder(built: Path, target: Path) -> None:
             previous.rename(target)  # the old version back in place: never neither
         raise
     shutil.rmtree(previous, ignore_errors=True)
+
+
+@contextmanager
+def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the lock file at `path` within the block, in any process or thread. When another holds it: call
+    `waiting()` and wait for it, or without `waiting` raise filelock.Timeout at once. The file is deleted when it is
+    released, so that lock files never stay behind with a name in theirs (one waiting on a deleted file takes a new
+    one: filelock checks)."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if waiting is None:
+            raise
+        waiting()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        lock.release()
+
+
+def remove_stale_builds(target: Path) -> None:
+    """Delete the half-built folders of `target` that builds killed before they could clean up left behind (see
+    `build_folder`). Only while holding the lock that lets one build of `target` run at a time."""
+    for stale in target.parent.glob(f".{target.name}-building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextmanager

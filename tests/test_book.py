@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 
@@ -74,3 +75,31 @@ def test_any_title_gets_a_folder(family_home, book_folder):
 def test_a_missing_book_says_how_to_write_one(family_home):
     with pytest.raises(BookError, match="storybook story write"):
         load_book(book_dir(family_home, "no-such-book"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("title", "Mia\x1b[2J\x1b[31m's night"), ("pages.0.text", "Nap time\u202e!"), ("pages.0.text", "x" * 10_000_000)],
+)
+def test_a_book_with_control_characters_or_a_huge_text_is_refused_at_once_and_left_as_it_is(book_folder, field, value):
+    record = book_folder / BOOK_FILE
+    data = json.loads(record.read_text())
+    if field == "title":
+        data["title"] = value
+    else:
+        data["pages"][0]["text"] = value
+    record.write_text(json.dumps(data))
+    before = record.read_bytes()
+    started = time.perf_counter()
+    with pytest.raises(BookError, match=f"damaged \\({field}: (holds control or invisible|String should have at most)"):
+        load_book(book_folder)
+    assert time.perf_counter() - started < 5 and record.read_bytes() == before
+
+
+def test_a_page_text_and_a_dedication_may_hold_line_breaks(book_folder):
+    book = load_book(book_folder)
+    page = book.pages[0].model_copy(update={"text": "Splash!\nSplash!"})
+    save_book(
+        book_folder, book.model_copy(update={"dedication": "For Mia,\nwith love", "pages": [page, *book.pages[1:]]})
+    )
+    assert load_book(book_folder).pages[0].text == "Splash!\nSplash!"

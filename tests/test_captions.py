@@ -2,9 +2,11 @@
 edits them, and nothing bad reaches character.json."""
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
 from storybook import registry
@@ -50,6 +52,20 @@ def test_a_missing_or_wrong_captioner_names_what_was_looked_for(tmp_path, sample
         load_captioner("Salesforce/blip-nothing")
     with pytest.raises(ModelError, match="is not a BLIP captioning model"):
         load_captioner(str(sample_photos[0].parent))  # the photos' folder given by mistake
+
+
+def test_a_captioner_with_nan_weights_or_cut_off_is_refused_and_no_caption_is_blanked(mia, tiny_blip, tmp_path):
+    poisoned = tmp_path / "blip"
+    shutil.copytree(tiny_blip, poisoned)
+    weights = load_file(poisoned / "model.safetensors")
+    weights[next(key for key in weights if key.endswith("weight"))].view(-1)[0] = float("nan")
+    save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=r"captioner .*blip is damaged: its weights hold NaN or infinite values"):
+        load_captioner(str(poisoned))
+    (poisoned / "model.safetensors").write_bytes((tiny_blip / "model.safetensors").read_bytes()[:5000])
+    with pytest.raises(ModelError, match=r"is damaged: .*model.safetensors cannot be read: it is cut off"):
+        load_captioner(str(poisoned))
+    assert all(photo.caption == "" for photo in registry.load_character(mia, "Mia").photos)
 
 
 def test_the_parent_edits_captions_and_bad_ones_change_nothing(mia):

@@ -1,3 +1,12 @@
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -99,6 +108,7 @@ HOSTILE = [  # (arguments with BOOK for the book, what the one-line message says
     (["render", "BOOK", "--guidance", "inf"], "guidance: Input should be a finite number"),
     (["render", "BOOK", "--width", "64", "--native-size"], "--native-size forgets --width"),
     (["render", "BOOK", "--page", "99"], "no page 99"),
+    (["render", "BOOK", "--page", "2", "--width", "64"], "Render settings are the whole book's"),
     (["story", "add-page", "BOOK", "--at", "0", "--text", "Hi!", "--scene", "zorv toddler waves"], "not 0"),
     (["story", "retitle", "BOOK", "--title", "Mia " * 400], "The title has 1599 characters; at most 80"),
     (["story", "retitle", "BOOK", "--title", "  "], "The title is empty"),
@@ -214,3 +224,76 @@ def test_a_damaged_character_is_a_warning_line_and_the_others_are_listed(family_
     assert listed.exit_code == 0 and "mia" in listed.output and "rex" in listed.output
     assert "Warning:" in listed.output and "odd/character.json is damaged" in " ".join(listed.output.split())
     assert "UserWarning" not in listed.output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["story", "write", "--child", "Mia", "--theme", "beach", "--pages", "many"], "Invalid value for '--pages'"),
+        (["story", "shw", "book"], "No such command 'shw'"),
+        (["render"], "Missing argument 'book'"),
+        (["render", "book", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_an_option_error_is_one_line_on_stderr_with_exit_code_1(family_home, args, said):
+    result = invoke(family_home, *args)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and said in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_an_error_is_one_unwrapped_line_on_stderr_with_control_characters_escaped(family_home):
+    result = invoke(family_home, "story", "show", str(family_home / ("a-rather-long-folder-name-" * 4 + "\x1b[2J")))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "\x1b" not in result.stderr and "\\x1b[2J" in result.stderr
+    refused = invoke(family_home, "story", "write", "--child", "Mia\x1b]0;owned\x07", "--theme", "beach")
+    assert refused.exit_code == 1 and "child: holds control or invisible characters (U+001B, U+0007)" in refused.stderr
+    assert not (family_home / "books").exists()
+
+
+def storybook_command(home, *args, **options) -> subprocess.CompletedProcess:
+    """Run `storybook --home HOME ARGS` as a new process, as a user's shell does."""
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-c", "from storybook.cli import app; app()", "--home", str(home), *args]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300, **options)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["config", "--device", "cpu"], ["character", "show", "Mia"], ["character", "caption", "Mia"]],
+    ids=["config", "show", "caption"],
+)
+def test_commands_say_nothing_of_the_model_libraries(family_home, args):
+    result = storybook_command(family_home, *args)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "transformers" not in result.stdout and "torchvision" not in result.stdout
+
+
+def test_storybook_app_stopped_by_sigterm_or_sighup_stops_streamlit(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-c", "from storybook.cli import app; app()", "--home", str(tmp_path), "app"]
+        app_process = subprocess.Popen([*command, "--port", str(port)], cwd=root, stdout=subprocess.DEVNULL)
+        streamlit = []
+        try:
+            deadline = time.monotonic() + 180
+            while not answers(port):  # Streamlit serves
+                assert app_process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.5)
+            streamlit = psutil.Process(app_process.pid).children()
+            app_process.send_signal(signum)
+            assert app_process.wait(timeout=30) == 128 + signum
+            _, alive = psutil.wait_procs(streamlit, timeout=30)
+            assert alive == [] and not answers(port)
+        finally:
+            app_process.kill()  # nothing once it has ended
+            for process in streamlit:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as client:
+        return client.connect_ex(("127.0.0.1", port)) == 0

@@ -1,6 +1,7 @@
 """The data root's settings: `storybook config`, precedence flag > config.json > default, and their users."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -56,10 +57,50 @@ def test_a_bad_setting_is_refused_with_what_to_do_and_nothing_changes(home, args
     assert config_path(home).read_bytes() == before
 
 
+@pytest.fixture
+def wrong_kinds(home, tiny_ip_adapter, tmp_path) -> dict:
+    """Folders that are there but of the wrong kind for some setting: a base model, a text encoder with an image
+    processor, an IP-Adapter whose weights file is a UNet's and whose image encoder is a text encoder, an image-to-
+    image pipeline."""
+    tiny = home / "models" / "tiny"
+    text_encoder = tmp_path / "text-encoder"
+    shutil.copytree(tiny / "text_encoder", text_encoder)
+    (text_encoder / "preprocessor_config.json").write_text('{"image_processor_type": "CLIPImageProcessor"}')
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_ip_adapter.source, adapter)
+    shutil.copytree(tiny / "text_encoder", adapter / "text_encoder")
+    shutil.copy(tiny / "unet" / "diffusion_pytorch_model.safetensors", adapter / "unet.safetensors")
+    refiner = tmp_path / "refiner"
+    refiner.mkdir()
+    (refiner / "model_index.json").write_text('{"_class_name": "StableDiffusionXLImg2ImgPipeline"}')
+    return {"tiny": str(tiny), "text encoder": str(text_encoder), "adapter": str(adapter), "refiner": str(refiner)}
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--safety-checker", "text encoder"], "is not a safety checker: its config.json describes CLIPTextModel"),
+        (["--ip-adapter", "tiny"], "ip-adapter_sd15.safetensors are missing: give the file with --ip-adapter-weight"),
+        (["--ip-adapter", "adapter", "--ip-adapter-weight", "unet.safetensors"], "is not a basic or plus IP-Adapter"),
+        (["--ip-adapter", "adapter", "--image-encoder", "text_encoder"], "describes CLIPTextModel, not a CLIPVision"),
+        (["--upscaler", "tiny"], "is a StableDiffusionPipeline, not an x4 upscaler (StableDiffusionUpscalePipeline"),
+        (["--model", "refiner"], "is a StableDiffusionXLImg2ImgPipeline; storybook draws pages from their prompts"),
+    ],
+    ids=["checker", "adapter-model", "adapter-weight", "adapter-encoder", "upscaler", "model"],
+)
+def test_a_setting_of_the_wrong_kind_is_refused_when_it_is_saved(home, wrong_kinds, args, said):
+    update_config(home, {"model": "tiny"})
+    before = config_path(home).read_bytes()
+    result = cli(home, "config", *[wrong_kinds.get(arg, arg) for arg in args])
+    assert result.exit_code == 1 and said in result.stderr and len(result.stderr.splitlines()) == 1, result.output
+    assert config_path(home).read_bytes() == before
+
+
 def test_local_folders_are_kept_absolute_and_storybook_mini_names_its_own_adapter(home, tmp_path, monkeypatch):
     from storybook.image_prompt import MINI_ADAPTER_SOURCE
 
     (tmp_path / "upscaler").mkdir()
+    (tmp_path / "upscaler" / "model_index.json").write_text('{"_class_name": "StableDiffusionUpscalePipeline"}')
     monkeypatch.chdir(tmp_path)
     update_config(home, {"upscaler": "upscaler", "ip_adapter": "storybook-mini", "model": "tiny"})
     assert load_config(home).upscaler == str(tmp_path / "upscaler") and load_config(home).model == "tiny"

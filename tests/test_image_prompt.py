@@ -184,6 +184,35 @@ def test_an_adapter_that_is_missing_changed_or_for_another_model_is_refused_with
         Renderer(home, "tiny").load_identities(["mia"])
 
 
+def poison(weights_file) -> None:
+    """Put NaN into the first floating-point tensor of a safetensors file."""
+    weights = load_file(weights_file)
+    weights[next(key for key, value in weights.items() if value.is_floating_point())].view(-1)[0] = float("nan")
+    save_file(weights, weights_file, metadata={"format": "pt"})
+
+
+def test_nan_weights_in_an_image_encoder_or_an_ip_adapter_are_refused_by_name(
+    home, sample_photos, tiny_ip_adapter, tmp_path
+):
+    register(home, sample_photos)
+    copy = tmp_path / "my-adapter"
+    shutil.copytree(tiny_ip_adapter.source, copy)
+    adapter = tiny_ip_adapter.model_copy(update={"source": str(copy)})
+    poison(copy / "models" / "image_encoder" / "model.safetensors")
+    with pytest.raises(ModelError, match="image encoder .*image_encoder is damaged: its weights hold NaN"):
+        build_identity(home, "Mia", "ip-adapter", adapter=adapter)
+    assert not registry.is_trained(home, "mia")
+
+    shutil.copy(
+        os.path.join(tiny_ip_adapter.source, "models", "image_encoder", "model.safetensors"),
+        copy / "models" / "image_encoder" / "model.safetensors",
+    )
+    build_identity(home, "Mia", "ip-adapter", adapter=adapter)
+    poison(copy / adapter.weight_name)
+    with pytest.raises(ModelError, match=r"IP-Adapter .*my-adapter \(models/ip-adapter_sd15.safetensors\) is damaged"):
+        Renderer(home, "tiny").load_identities(["mia"])
+
+
 def test_the_cli_builds_an_image_prompt_and_renders_with_its_scale(home, sample_photos, tiny_ip_adapter):
     runner = CliRunner()
     register(home, sample_photos)

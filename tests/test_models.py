@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from diffusers import StableDiffusionPipeline
 
 from storybook.errors import ModelError
 from storybook.models import (
+    MINI_MODEL_FOLDER,
     TINY_MODEL_FOLDER,
     load_pipeline,
     model_family,
@@ -58,6 +60,18 @@ def test_missing_weights_give_an_actionable_error(home, tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(ModelError, match="model_index.json"):
         resolve_model(str(empty), home)
+
+
+def test_a_base_model_whose_weights_are_cut_off_is_named_damaged_not_missing(tmp_path):
+    model = tmp_path / "mini"
+    shutil.copytree(MINI_MODEL_FOLDER, model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])  # a download or a copy cut off
+    with pytest.raises(ModelError) as refused:
+        load_pipeline(str(model), tmp_path, "cpu")
+    said = str(refused.value)
+    assert "unet/diffusion_pytorch_model.safetensors cannot be read: it is cut off or damaged" in said
+    assert "download it again" in said and "not in the Hugging Face cache" not in said
 
 
 def test_other_pipelines_are_refused(tmp_path):

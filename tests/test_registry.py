@@ -1,7 +1,9 @@
 import json
 import shutil
+import threading
 
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from storybook import photos, registry
@@ -82,6 +84,33 @@ def test_remove_deletes_every_file(tmp_path, sample_photos):
     assert list((tmp_path / "characters").iterdir()) == []
     with pytest.raises(CharacterError):
         registry.remove_character(tmp_path, "Mia")
+
+
+def test_remove_waits_for_the_build_holding_the_characters_lock_and_leaves_no_trace(tmp_path, sample_photos):
+    add(tmp_path, "Mia", sample_photos)
+    folder = tmp_path / "characters" / "mia"
+    waited, removed = threading.Event(), []
+    build = FileLock(registry.character_lock(tmp_path, "mia"))  # a build of Mia's identity in another process
+    build.acquire()
+    remover = threading.Thread(target=lambda: removed.append(registry.remove_character(tmp_path, "Mia", waited.set)))
+    remover.start()
+    assert waited.wait(timeout=30)
+    with pytest.raises(CharacterError, match="Mia is being removed"):  # what the build hears at its next step
+        registry.check_not_removed(tmp_path, registry.load_character(tmp_path, "Mia"))
+    assert folder.exists() and not removed  # nothing is deleted while the build can still write
+    build.release()
+    remover.join(timeout=30)
+    assert removed == [folder] and list((tmp_path / "characters").iterdir()) == []  # no lock file with her name
+
+
+def test_a_removal_stopped_half_way_blocks_builds_until_it_is_finished(tmp_path, sample_photos):
+    character = add(tmp_path, "Mia", sample_photos)
+    (tmp_path / "characters" / "mia" / registry.REMOVING).touch()  # `character remove` killed while it waited
+    with pytest.raises(CharacterError, match="finished by `storybook character remove mia`"):
+        registry.check_not_removed(tmp_path, character)
+    registry.remove_character(tmp_path, "mia")
+    assert list((tmp_path / "characters").iterdir()) == []
+    add(tmp_path, "Mia", sample_photos)  # the name is free again
 
 
 def test_damaged_or_newer_record_gives_clear_error(tmp_path, sample_photos):

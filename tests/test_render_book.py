@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from storybook import registry
 from storybook.book import load_book, save_book
@@ -297,3 +298,37 @@ def test_a_setting_that_makes_the_render_fail_is_never_kept_and_no_page_loses_it
     assert report.drawn == 9 and load_book(folder).render.width == 64  # kept once drawn with
     assert render_book(studio, folder, settings={"width": None})[0].drawn == 0  # back to the model's own size
     assert load_book(folder).render.width is None
+
+
+def test_settings_for_some_pages_are_refused_one_book_one_size(studio):
+    from storybook.errors import BookError
+
+    folder = new_book(studio)
+    render_book(studio, folder)
+    drawn = (folder / "book.json").read_text()
+    for settings in ({"width": 64}, {"steps": 6}, {"scheduler": "euler"}):
+        with pytest.raises(BookError, match="Render settings are the whole book's .*leave out --page"):
+            render_book(studio, folder, only=[2], settings=settings)
+        assert (folder / "book.json").read_text() == drawn
+    report, _ = render_book(studio, folder, only=[2], settings={"steps": 4})  # the book's own settings
+    assert (report.drawn, report.reused) == (0, 1)
+
+
+def test_nan_weights_in_an_identity_or_a_base_model_never_give_a_black_page(home, trained_characters, tmp_path):
+    shutil.copytree(trained_characters, home / "characters")
+    folder = new_book(home)
+    poisoned = tmp_path / "poisoned-tiny"  # the tiny model with NaN in its VAE's last layer
+    shutil.copytree(home / "models" / "tiny", poisoned)
+    vae = load_file(poisoned / "vae" / "diffusion_pytorch_model.safetensors")
+    vae["decoder.conv_out.bias"][0] = float("nan")
+    save_file(vae, poisoned / "vae" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelError, match="poisoned-tiny drew NaN or infinite values instead of a picture"):
+        render_book(home, folder, settings={"model": str(poisoned)})
+
+    lora = home / "characters" / "mia" / "identity" / "pytorch_lora_weights.safetensors"
+    weights = load_file(lora)
+    weights[next(iter(weights))].view(-1)[0] = float("inf")
+    save_file(weights, lora)
+    with pytest.raises(ModelError, match="identity of mia is damaged: its weights hold NaN or infinite values"):
+        render_book(home, folder)
+    assert not list((folder / IMAGES_DIR).glob("*.png")) and load_book(folder).pages[0].image is None

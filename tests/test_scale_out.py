@@ -145,7 +145,7 @@ def test_a_worker_killed_mid_run_costs_only_its_pictures_which_are_drawn_again(s
 def test_the_cli_makes_books_on_ray_and_ray_options_need_ray(studio, tmp_path, local_ray):
     spec = write_spec(tmp_path, "cli", characters=["Mia"])
     refused = CliRunner().invoke(app, ["--home", str(studio), "make", str(spec), "--workers", "2"])
-    assert refused.exit_code == 2 and "go with --ray" in refused.output
+    assert refused.exit_code == 1 and "go with --ray" in refused.stderr
     result = CliRunner().invoke(app, ["--home", str(studio), "make", str(spec), "--ray", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "9 pictures to draw on Ray" in result.output and (tmp_path / "out" / "cli.pdf").is_file()
@@ -161,7 +161,7 @@ def test_every_character_is_built_as_a_ray_task_and_one_that_fails_fails_alone(h
     assert registry.is_trained(home, "mia") and registry.is_trained(home, "rex")
 
     result = CliRunner().invoke(app, ["--home", str(home), "character", "train", "Mia", "--ray"])
-    assert result.exit_code == 2 and "go with --all" in result.output
+    assert result.exit_code == 1 and "go with --all" in result.stderr
 
 
 def test_pictures_the_safety_checker_withholds_on_ray_fail_their_book_alone(studio, tmp_path, local_ray):

@@ -12,12 +12,13 @@ from io import BytesIO
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
 from reportlab.lib.colors import Color
 from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfgen.canvas import Canvas
 
-from storybook.book import Book, Page, load_book
+from storybook.book import Book, Page, book_file, load_book
 from storybook.config import DataRootConfig, load_config
 from storybook.errors import BookError, CharacterError
 from storybook.printing.fonts import BOLD_FONT, FONT, printable_font, register_fonts
@@ -184,6 +185,18 @@ def unrendered(folder: Path, book: Book) -> list[str]:
     return [label for label, page in numbered if not (page and page.image and (folder / page.image).is_file())]
 
 
+def picture_sizes(folder: Path, book: Book) -> dict[tuple[int, int], list[str]]:
+    """The pixel sizes of the drawn pictures of the book in `folder`, each with the pages (and cover) drawn at it
+    (only the files' headers are read)."""
+    sizes: dict[tuple[int, int], list[str]] = {}
+    numbered = [("cover", book.cover)] + [(f"page {n}", page) for n, page in enumerate(book.pages, start=1)]
+    for label, page in numbered:
+        if page and page.image:
+            with Image.open(book_file(folder, page.image)) as picture:
+                sizes.setdefault(picture.size, []).append(label)
+    return sizes
+
+
 def export_book(
     folder: Path,
     out: Path,
@@ -202,8 +215,8 @@ def export_book(
     `home`, pages drawn with an identity that has been rebuilt since are refused, and its config supplies the x4
     upscaler and its device where `upscaler_model` and `device` are None (default: X4_UPSCALER, the best device).
 
-    Raises BookError when the book has no pages, pages have no picture yet or an outdated one (run `storybook render`
-    first), or a text does not fit; OutputError when `out` cannot be written.
+    Raises BookError when the book has no pages, pages have no picture yet, an outdated one or one of another size than
+    the others (run `storybook render` first), or a text does not fit; OutputError when `out` cannot be written.
     """
     user_file_target(out)  # a place that cannot take the PDF is said before the work
     book = load_book(folder)
@@ -213,6 +226,12 @@ def export_book(
         raise BookError(
             f"{', '.join(missing)} of {folder.name} have no picture yet: run `storybook render {folder}` first (a "
             "page whose pictures the safety checker withheld needs another scene first, as the render said)."
+        )
+    if len(sizes := picture_sizes(folder, book)) > 1:  # pages drawn with other settings by an older storybook
+        fewest = sorted(sizes.values(), key=len)[0]
+        raise BookError(
+            f"{', '.join(fewest)} of {folder.name} were drawn at another size than the other pages: run `storybook "
+            f"render {folder}` to draw every page with the book's settings (one book, one size)."
         )
     if home is not None and (outdated := drawn_with_old_identities(home, book)):
         raise BookError(

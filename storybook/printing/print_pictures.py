@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 PRINT_DPI = 300
 PRINT_DIR = "print"
 X4_UPSCALER = "stabilityai/stable-diffusion-x4-upscaler"
+UPSCALER_CLASS = "StableDiffusionUpscalePipeline"
 X4_STEPS = 20
 X4_TILE = 128  # input pixels per side of a tile (512 enlarged)
 X4_OVERLAP = 16  # input pixels neighbouring tiles share, blended
@@ -41,20 +42,28 @@ UPSCALING = threading.Lock()  # one upscaler call at a time: the app's sessions 
 
 def load_x4_upscaler(model: str, device: str | None = None) -> "StableDiffusionUpscalePipeline | None":
     """diffusers' x4 upscaler from a local folder or the Hugging Face cache (never downloaded), loaded once per process
-    and device; None when absent."""
+    and device; None when absent. Raises ModelError when its files are here but damaged (cannot be read, or NaN or
+    infinite weights: its pictures would be black)."""
     from diffusers import StableDiffusionUpscalePipeline
 
-    from storybook.models import pick_device, pick_dtype
+    from storybook.models import local_snapshot, pick_device, pick_dtype
+    from storybook.weights import check_finite, damaged_file
 
     torch_device = pick_device(device)
     key = (model, str(torch_device))
+    again = f"Download it again (`hf download {model}`), or use --upscaler lanczos."
     if key not in LOADED_UPSCALERS:
+        folder = local_snapshot(model)
+        if folder is not None and (damage := damaged_file(folder)):
+            raise ModelError(f"The x4 upscaler {model} is damaged: {damage}. {again}")
         try:
             upscaler = StableDiffusionUpscalePipeline.from_pretrained(
                 model, dtype=pick_dtype(torch_device), local_files_only=True
             )
         except (OSError, ValueError):
             return None
+        for part in ("unet", "vae", "text_encoder"):
+            check_finite(getattr(upscaler, part).named_parameters(), f"The x4 upscaler {model}", again)
         upscaler.set_progress_bar_config(disable=True)
         LOADED_UPSCALERS[key] = upscaler.to(torch_device)
     return LOADED_UPSCALERS[key]

@@ -6,8 +6,12 @@ book.json. Pages are numbered from 1.
 A page whose picture no longer matches its words (new scene, prompt or seed) loses its picture, draft and candidates.
 """
 
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
 from storybook.book import MAX_PAGES, MIN_PAGES, Book, Page
-from storybook.errors import BookError
+from storybook.errors import BookError, describe_problems
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT, check_front, check_page, compose_prompt, mentions
 
 
@@ -28,8 +32,22 @@ def scene_prompt(book: Book, scene: str, slugs: list[str]) -> str:
     return compose_prompt(scene, [book.character(slug) for slug in slugs], book.style)
 
 
-def checked(book: Book, page: Page, number: int) -> Page:
-    """`page` if it follows the rules of `book`; raises BookError listing its problems otherwise."""
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], data: dict) -> Model:
+    """`data` as a `model` (plain texts of bounded length, see storybook/book.py); raises BookError saying what is
+    wrong otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise BookError(f"The edit was not saved: {describe_problems(error)}.") from None
+
+
+def checked(book: Book, fields: dict, number: int) -> Page:
+    """The page of `fields` if it is valid and follows the rules of `book`; raises BookError listing its problems
+    otherwise."""
+    page = validated(Page, fields)
     if problems := check_page(book, page, f"page {number}"):
         raise BookError("The edit was not saved:\n  " + "\n  ".join(problems))
     return page
@@ -60,7 +78,7 @@ def edit_page(
     if changes.keys() & {"scene", "characters", "prompt"}:
         changes |= {"image": None, "preview": None, "candidates": []}
     pages = list(book.pages)
-    pages[index] = checked(book, page.model_copy(update=changes), number)
+    pages[index] = checked(book, page.model_dump() | changes, number)
     return book.model_copy(update={"pages": pages})
 
 
@@ -76,7 +94,7 @@ def edit_front(book: Book, title: str | None = None, dedication: str | None = No
             changes["cover"] = book.cover.model_copy(update={"text": title.strip()})
     if dedication is not None:
         changes["dedication"] = dedication.strip()
-    edited = book.model_copy(update=changes)
+    edited = validated(Book, book.model_dump() | changes)
     if problems := check_front(edited):
         raise BookError("The edit was not saved:\n  " + "\n  ".join(problems))
     return edited
@@ -89,14 +107,14 @@ def add_page(book: Book, at: int, text: str, scene: str, characters: list[str] |
     if not 1 <= at <= len(book.pages) + 1:
         raise BookError(f"A new page can go at 1 to {len(book.pages) + 1}, not {at}.")
     slugs = characters if characters is not None else characters_in(book, scene)
-    page = Page(
-        text=text.strip(),
-        scene=scene.strip(),
-        prompt=scene_prompt(book, scene, slugs),
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
-        characters=slugs,
-        seed=max((p.seed for p in book.pages), default=book.seed * 1000) + 1,
-    )
+    page = {
+        "text": text.strip(),
+        "scene": scene.strip(),
+        "prompt": scene_prompt(book, scene, slugs),
+        "negative_prompt": DEFAULT_NEGATIVE_PROMPT,
+        "characters": slugs,
+        "seed": max((p.seed for p in book.pages), default=book.seed * 1000) + 1,
+    }
     pages = list(book.pages)
     pages.insert(at - 1, checked(book, page, at))
     return book.model_copy(update={"pages": pages})

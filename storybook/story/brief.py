@@ -4,9 +4,10 @@ The brief is all a writer ever sees of the family: names, the parent's text desc
 images never enter it, so they can never reach an LLM.
 """
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from storybook.book import BookCharacter, Pronouns
+from storybook.text import without_hidden
 
 
 class StoryBrief(BaseModel):
@@ -31,9 +32,33 @@ class DraftPage(BaseModel):
     )
     characters: list[str] = Field(description="The names of the characters drawn in the picture, as given.")
 
+    @field_validator("text")
+    @classmethod
+    def plain_text(cls, text: str) -> str:
+        """The text without the hidden characters a writer may return (storybook/text.py); its line breaks kept."""
+        return without_hidden(text, lines=True)
+
+    @field_validator("scene")
+    @classmethod
+    def plain_scene(cls, scene: str) -> str:
+        """The scene without hidden characters: one line."""
+        return without_hidden(scene)
+
+    @field_validator("characters")
+    @classmethod
+    def plain_names(cls, names: list[str]) -> list[str]:
+        """The names without hidden characters."""
+        return [without_hidden(name) for name in names]
+
 
 class StoryDraft(BaseModel):
     """A whole story as a writer returns it."""
 
     title: str = Field(description="A short title for the book.")
     pages: list[DraftPage]
+
+    @field_validator("title")
+    @classmethod
+    def plain_title(cls, title: str) -> str:
+        """The title without hidden characters: one line."""
+        return without_hidden(title)

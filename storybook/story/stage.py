@@ -7,9 +7,9 @@ prompt composed with the characters' fixed looks and the style, and the book is 
 import os
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from storybook import registry
 from storybook.book import (
@@ -35,6 +35,7 @@ from storybook.story.brief import StoryBrief, StoryDraft
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT, check_book, check_own_words, compose_prompt
 from storybook.story.llm_writer import LLMSettings, write_with_llm
 from storybook.story.offline_writer import write_offline
+from storybook.text import plain, plain_lines
 
 DEFAULT_STYLE = "soft watercolor picture book illustration"
 Writer = Literal["llm", "offline"]
@@ -43,15 +44,15 @@ Writer = Literal["llm", "offline"]
 class StoryRequest(BaseModel):
     """The story a parent asks for (the CLI's `story write` options; batch spec files hold the same fields)."""
 
-    child: str = Field(min_length=1, max_length=MAX_NAME)
+    child: Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(plain)]
     characters: list[str] = Field(default_factory=list)  # registered names; empty: the child's own character
-    theme: str = Field(min_length=1, max_length=MAX_THEME)
+    theme: Annotated[str, Field(min_length=1, max_length=MAX_THEME), AfterValidator(plain)]
     pages: int = Field(12, ge=MIN_PAGES, le=MAX_PAGES)
     age: int = Field(2, ge=0, le=6)
     pronouns: Pronouns = "they"
-    style: str = Field(DEFAULT_STYLE, min_length=1, max_length=MAX_THEME)
+    style: Annotated[str, Field(min_length=1, max_length=MAX_THEME), AfterValidator(plain)] = DEFAULT_STYLE
     max_words_per_page: int | None = Field(None, ge=1, le=MAX_WORDS_PER_PAGE)  # default: the age band's limit
-    dedication: str | None = Field(None, max_length=MAX_DEDICATION)
+    dedication: Annotated[str, Field(max_length=MAX_DEDICATION), AfterValidator(plain_lines)] | None = None
     seed: int | None = Field(None, ge=0, lt=2**53)  # default: a random seed, recorded in book.json
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from storybook.errors import TrainingError
 from storybook.storage import build_folder
+from storybook.weights import first_nonfinite, unreadable
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -74,32 +75,56 @@ def load_checkpoint(
 ) -> None:
     """Restore `models`' trainable parameters, the optimiser, `scaler` and `generator` from `checkpoint`.
 
-    Raises TrainingError when the files are damaged or the saved weights do not fit the models.
+    Raises TrainingError when the files are damaged (cut off, NaN or infinite weights, more than plain data) or the
+    saved weights are not exactly the models' trainable ones.
     """
     try:
         weights = load_file(checkpoint / "trainable.safetensors")
+    except (OSError, SafetensorError):
+        raise TrainingError(
+            f"{checkpoint} is damaged ({unreadable(checkpoint / 'trainable.safetensors')}); start over with --restart."
+        ) from None
+    if bad := first_nonfinite(weights.items()):
+        raise TrainingError(f"{checkpoint} is damaged (NaN or infinite weights in {bad}); start over with --restart.")
+    trained = {
+        f"{prefix}.{name}"
+        for prefix, model in models.items()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+    does_not_fit = (
+        f"{checkpoint} does not fit this run (it holds other weights than it trains); start over with --restart."
+    )
+    if weights.keys() != trained:
+        raise TrainingError(does_not_fit)
+    try:
         for prefix, model in models.items():
-            named = {key[len(prefix) + 1 :]: value for key, value in weights.items() if key.startswith(f"{prefix}.")}
-            if model.load_state_dict(named, strict=False).unexpected_keys:
-                raise RuntimeError("unexpected parameter names")
+            model.load_state_dict(
+                {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(f"{prefix}.")}, strict=False
+            )
+    except RuntimeError:  # weights of other shapes
+        raise TrainingError(does_not_fit) from None
+    try:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         if scaler is not None and (checkpoint / "scaler.pt").exists():
             scaler.load_state_dict(torch.load(checkpoint / "scaler.pt", weights_only=True))
         generator.set_state(torch.load(checkpoint / "rng.pt", weights_only=True))
-    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as error:
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
+        # torch's own words for a file with more than plain data advise loading it unsafely: never shown
         raise TrainingError(
-            f"{checkpoint} does not fit this model or is damaged ({error}); start over with --restart."
-        ) from error
+            f"{checkpoint} is damaged (its optimiser or random state cannot be read, or does not fit this run); start "
+            "over with --restart."
+        ) from None
 
 
-def read_state(checkpoint: Path, keys: frozenset[str] = frozenset({"step"})) -> dict:
+def read_state(checkpoint: Path) -> dict:
     """The JSON state saved with `checkpoint` (step, settings, history). Raises TrainingError when it is damaged or
-    lacks one of `keys`."""
+    lacks the step."""
     try:
         state = json.loads((checkpoint / "state.json").read_text())
     except (OSError, ValueError) as error:
         raise TrainingError(f"{checkpoint} is damaged ({error}); start over with --restart.") from error
-    if not isinstance(state, dict) or not state.keys() >= keys | {"step"} or not isinstance(state["step"], int):
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise TrainingError(
             f"{checkpoint} is damaged (its state.json lacks the run's progress); start over with --restart."
         )

@@ -5,9 +5,10 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from storybook.errors import ModelError
+from storybook.errors import ModelError, describe_problems
+from storybook.storage import InsidePath
 from storybook.training.config import Method, TrainingConfig
 
 SCHEMA_VERSION = 1
@@ -35,13 +36,20 @@ class IdentityMetadata(BaseModel):
     wall_time_s: float
     photo_sha256: list[str]
     captions: list[str] = []  # the caption each photo trained under (older identities did not record them)
-    files: list[str]
+    files: list[InsidePath]  # inside the identity's folder
     created_at: datetime
 
 
 def read_identity(folder: Path) -> IdentityMetadata:
-    """Read identity.json from `folder`. Raises ModelError when the character has no trained identity."""
+    """Read identity.json from `folder`. Raises ModelError when the character has no trained identity, or its record
+    is damaged."""
     record = folder / RECORD
     if not record.is_file():
         raise ModelError(f"No trained identity in {folder}: run `storybook character train NAME` first.")
-    return IdentityMetadata.model_validate(json.loads(record.read_text()))
+    try:
+        return IdentityMetadata.model_validate(json.loads(record.read_text(encoding="utf-8")))
+    except ValueError as error:  # not JSON (or not UTF-8), or not an identity record
+        problem = describe_problems(error) if isinstance(error, ValidationError) else "not a JSON record"
+        raise ModelError(
+            f"{record} is damaged ({problem}): build the identity again with `storybook character train NAME`."
+        ) from None

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from storybook.config import configured_model, load_config
 from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.models import load_pipeline, pick_dtype
-from storybook.registry import Character, character_dir, load_character, prepared_photo_paths
+from storybook.registry import Character, character_dir, check_not_removed, load_character, prepared_photo_paths
 from storybook.storage import build_folder
 from storybook.training.batches import Batches, batch_loss, fixed_noise_loss, image_sides
 from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -285,11 +285,16 @@ def train_identity(
     step, loss_history = 0, []
     if state is not None:
         load_checkpoint(checkpoint, trained, optimizer, saved_scaler, generator)
-        step, loss_history, photo_loss_before = state["step"], state["loss_history"], state["photo_loss_before"]
-        started -= state["elapsed_s"]
+        step, loss_history, photo_loss_before = state.step, state.loss_history, state.photo_loss_before
+        started -= state.elapsed_s
     else:
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         photo_loss_before = photo_loss()
+        if not math.isfinite(photo_loss_before):  # before any step: not the learning rate, the model
+            raise TrainingError(
+                f"{model} gives NaN or infinite values before any training, so nothing was trained: its weights are "
+                "damaged (download it again), or half precision overflowed (train with --mixed-precision no)."
+            )
     if config.fused_backward:  # each parameter steps as its gradient is ready; no gradient of the model is held
         fuse_into_backward(optimizer, parameters, MAX_GRAD_NORM)
 
@@ -314,6 +319,7 @@ def train_identity(
         try:
             rng_state = generator.get_state()  # the state the next step starts from: saved with `step` in checkpoints
             while step < config.steps:
+                check_not_removed(home, character)  # a removal waits for this run: it stops here, saving nothing
                 step_loss = 0.0
                 for _ in range(config.grad_accum):
                     with precision():
@@ -358,6 +364,7 @@ def train_identity(
             raise diverged(step)
         drawing_dtype = pick_dtype(run_device, load_config(home).dtype)  # what the renderer will load it in
         request = SaveRequest(model, fingerprint, step, export_kohya, drawing_dtype)
+        check_not_removed(home, character)
         with build_folder(folder / "identity") as building:
             files = part.save(building, pipeline, character, config, request)
             metadata = IdentityMetadata(

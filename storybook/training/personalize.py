@@ -4,10 +4,10 @@ identity/ folder."""
 
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from storybook.config import configured_adapter, configured_model
 from storybook.errors import ModelError, TrainingError
@@ -16,12 +16,19 @@ from storybook.image_prompt import (
     MINI_ADAPTER_SOURCE,
     AdapterSource,
     ImagePrompt,
-    adapter_files,
+    check_adapter,
     default_adapter,
     write_image_prompt,
 )
-from storybook.registry import character_dir, identity_folder, load_character
-from storybook.storage import build_folder
+from storybook.registry import (
+    Character,
+    character_dir,
+    character_lock,
+    check_not_removed,
+    identity_folder,
+    load_character,
+)
+from storybook.storage import build_folder, file_lock, remove_stale_builds
 from storybook.training.config import IdentityMethod, Method
 from storybook.training.identity import IdentityMetadata
 
@@ -37,21 +44,20 @@ def recommended_method(model: str) -> IdentityMethod:
 
 
 @contextmanager
-def identity_lock(folder: Path, name: str) -> Iterator[None]:
-    """Hold the character's identity lock for one build. Raises TrainingError when another build holds it: two runs
-    would write over each other's checkpoints and identity."""
-    lock = FileLock(folder / ".identity.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise TrainingError(
-            f"{name} is already being trained or prepared by another storybook run; wait for it to finish (or stop "
-            "it), then try again."
-        ) from None
-    try:
+def identity_lock(home: Path, character: Character) -> Iterator[None]:
+    """Hold the character's lock (`character_lock`) for one build of its identity. Raises TrainingError when another
+    build holds it (two runs would write over each other's checkpoints and identity), CharacterError when the
+    character is being removed."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(file_lock(character_lock(home, character.slug)))
+        except Timeout:
+            raise TrainingError(
+                f"{character.name} is already being trained or prepared by another storybook run, or removed; wait "
+                "for it to finish (or stop it), then try again."
+            ) from None
+        check_not_removed(home, character)
         yield
-    finally:
-        lock.release()
 
 
 def build_identity(
@@ -81,16 +87,15 @@ def build_identity(
                 f"{model} has no IP-Adapter of its own: give one with --ip-adapter (a local folder or a downloaded hub "
                 "id such as h94/IP-Adapter) and --ip-adapter-weight (e.g. models/ip-adapter_sd15.safetensors)."
             )
-        adapter_files(image_adapter)  # before any training: say now when its files are not on this machine
+        check_adapter(image_adapter)  # before any training: say now when it is not on this machine, or no adapter
     if image_scale is not None and not 0 <= image_scale <= 4:  # NaN too: checked before any training
         raise ModelError(f"The image-prompt scale must be a number from 0 to 4, not {image_scale}.")
     if image_scale is None:
         image_scale = MINI_ADAPTER_SCALE if image_adapter == MINI_ADAPTER_SOURCE else USER_ADAPTER_SCALE
     character = load_character(home, name)
     folder = character_dir(home, character.slug)
-    with identity_lock(folder, character.name):
-        for stale in folder.glob(".identity-building-*"):  # left by a build that was killed (the lock is ours)
-            shutil.rmtree(stale, ignore_errors=True)
+    with identity_lock(home, character):
+        remove_stale_builds(identity_folder(home, character.slug))  # left by a build that was killed
         if method == "ip-adapter":
             with build_folder(identity_folder(home, character.slug)) as built:
                 record = write_image_prompt(home, built, character, model, image_adapter, image_scale)

@@ -5,12 +5,13 @@ that fits them to the card (storybook/training/fit.py) or refuses them."""
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from storybook.config import configured_model, load_config
-from storybook.errors import TrainingError
+from storybook.errors import TrainingError, describe_problems
 from storybook.models import (
     check_model_on_disk,
     model_family,
@@ -28,7 +29,27 @@ from storybook.training.methods import METHODS, resolve_config
 from storybook.training.optimizers import optimizer_class
 from storybook.vram import GIB, MemoryNeed, ModelShape, model_shape, render_need
 
-RESUME_KEYS = frozenset({"config", "base", "loss_history", "photo_loss_before", "elapsed_s"})  # read by --resume
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class SavedRun(BaseModel):
+    """What `--resume` reads of a checkpoint's state.json (see `checkpoint_now` in `train_identity`), checked, so that
+    a damaged file is refused rather than resumed."""
+
+    step: int = Field(ge=0)
+    loss_history: list[Finite]  # one loss a step
+    photo_loss_before: Finite
+    elapsed_s: Finite = Field(ge=0)
+    config: TrainingConfig
+    base: str  # the base model's fingerprint
+    captions: list[str] | None = None  # each photo's caption (older checkpoints did not record them)
+
+    @model_validator(mode="after")
+    def one_loss_a_step(self) -> "SavedRun":
+        """A loss for every step done."""
+        if len(self.loss_history) != self.step:
+            raise ValueError(f"{len(self.loss_history)} losses recorded for {self.step} steps")
+        return self
 
 
 def default_mixed_precision(device: torch.device) -> MixedPrecision:
@@ -78,7 +99,7 @@ def run_settings(
     overrides: dict | None,
     resume: bool,
     restart: bool,
-) -> tuple[TrainingConfig, dict | None]:
+) -> tuple[TrainingConfig, SavedRun | None]:
     """The settings of this run (`fresh`, the method's defaults with the overrides, unless it resumes), and the
     checkpoint's saved state when it resumes (else None).
 
@@ -94,27 +115,26 @@ def run_settings(
         )
     if not resume:
         return fresh, None
-    state = read_state(checkpoint, RESUME_KEYS)
-    if state["base"] != fingerprint:
+    try:
+        state = SavedRun.model_validate(read_state(checkpoint))
+    except ValidationError as error:
+        raise TrainingError(
+            f"{checkpoint} is damaged ({describe_problems(error)}); start over with --restart."
+        ) from None
+    if state.base != fingerprint:
         raise TrainingError(
             f"{checkpoint} was made with another base model than {model}; resume with that model's --model, or "
             "start over with --restart."
         )
-    try:
-        saved_config = TrainingConfig.model_validate(state["config"])
-    except ValidationError:
-        raise TrainingError(
-            f"{checkpoint} is damaged (its settings cannot be read); start over with --restart."
-        ) from None
-    config = resumed_config(saved_config, method, overrides)
+    config = resumed_config(state.config, method, overrides)
     captions = photo_captions(character, config)
-    if state.get("captions", captions) != captions:
+    if (state.captions or captions) != captions:  # older checkpoints did not record them
         raise TrainingError(
             f"The captions of {character.name}'s photos changed since {checkpoint.name} was saved, so a resumed run "
             "would learn from both; start over with --restart (or put the captions back and resume)."
         )
-    if state["step"] > config.steps:
-        raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state['step']}.")
+    if state.step > config.steps:
+        raise TrainingError(f"{checkpoint} is already past --steps {config.steps}; give at least {state.step}.")
     return config, state
 
 
@@ -128,7 +148,7 @@ class RunPlan:
     fingerprint: str  # of the base model's UNet weights
     config: TrainingConfig
     checkpoint: Path | None  # the unfinished run's last checkpoint
-    state: dict | None  # its saved state, when the run resumes
+    state: SavedRun | None  # its saved state, when the run resumes
     need: MemoryNeed | None = None  # the expected GPU memory, on a CUDA card
     switches: list[str] = field(default_factory=list)  # the memory policies applied to fit the card
     class_batch: int = CLASS_BATCH  # class images drawn at a time (fewer where the card is small)
@@ -149,6 +169,8 @@ def plan_run(
     family and size, the settings (the method's defaults for them, mixed precision and optimizer for the device), the
     checkpoint to resume, and on a CUDA card the memory plan, which may switch settings the user did not give to
     policies that fit (announced in `switches`). Raises TrainingError and ModelError."""
+    if resume and restart:
+        raise TrainingError("Give --resume (go on with the unfinished run) or --restart (start over), not both.")
     device = device or load_config(home).device
     requested = parse_device(device) if device else None
     if requested is not None and requested.type == "cuda" and requested.index not in (None, 0):

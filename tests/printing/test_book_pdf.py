@@ -121,6 +121,14 @@ def test_export_refuses_unrendered_pages_and_leaves_no_file(drawn_book, tmp_path
     assert not (tmp_path / "book.pdf").exists()
 
 
+def test_export_refuses_a_book_whose_pictures_have_mixed_sizes_and_leaves_no_file(drawn_book, tmp_path):
+    book = load_book(drawn_book)  # a page drawn at another size (by an older storybook's `render --page`)
+    Image.new("RGB", (48, 32), "white").save(drawn_book / book.pages[2].image)
+    with pytest.raises(BookError, match="page 3 of .* another size than the other pages: run `storybook render"):
+        export_book(drawn_book, tmp_path / "book.pdf")
+    assert not (tmp_path / "book.pdf").exists()
+
+
 def test_text_shrinks_to_fit_and_too_much_text_is_an_error():
     register_fonts()
     size, lines = fit_text("Mia runs on the warm sand. " * 4, "Andika", 300, 200, BODY_PT)

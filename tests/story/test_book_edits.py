@@ -3,7 +3,7 @@
 import pytest
 
 from storybook.errors import BookError
-from storybook.story.book_edits import add_page, edit_page, move_page, remove_page
+from storybook.story.book_edits import add_page, edit_front, edit_page, move_page, remove_page
 from storybook.story.stage import StoryRequest, write_story
 
 
@@ -54,3 +54,20 @@ def test_add_remove_and_move_pages(book):
         remove_page(book, 1)
     with pytest.raises(BookError, match="already has 24 pages"):
         add_page(book.model_copy(update={"pages": book.pages * 3}), 1, "Hi", "a park")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda book: edit_page(book, 2, text="Mia waves\x1b]0;owned\x07 bye."),
+        lambda book: edit_page(book, 2, scene="zorv toddler waves \u202egnidaer"),
+        lambda book: add_page(book, 3, text="Hi!", scene="zorv toddler waves\x1b[8m"),
+        lambda book: edit_front(book, title="Mia\x1b[2J"),
+        lambda book: edit_front(book, dedication="For Mia \u2066x\u2069"),
+        lambda book: edit_page(book, 2, scene="zorv toddler " + "runs " * 2000),
+    ],
+    ids=["text", "scene", "new page", "title", "dedication", "huge scene"],
+)
+def test_an_edit_with_control_characters_or_a_huge_text_is_refused_saying_so(book, edit):
+    with pytest.raises(BookError, match="The edit was not saved: .*(control or invisible characters|at most 5000)"):
+        edit(book)

@@ -108,6 +108,19 @@ def test_a_good_reply_becomes_a_saved_book(server, family_home):
     assert server.requests[0]["path"] == "/v1/chat/completions"
 
 
+def test_control_characters_and_bidi_overrides_the_llm_writes_are_removed_from_the_book(server, family_home):
+    draft = good_draft(family_home)
+    draft.title = "\x1b]0;owned\x07Mia\u202e's Night\x1b[0m"
+    draft.pages[0].text = f"\x1b[31m{draft.pages[0].text}\r\nThe end\u200b."
+    draft.pages[1].scene = f"{draft.pages[1].scene}\x1b[8m"
+    server.reply(completion(draft.model_dump_json()))
+    folder, book = write_story(family_home, REQUEST, writer="llm", llm=settings(server))
+    assert book.title == "]0;ownedMia's Night[0m"
+    assert book.pages[0].text == f"[31m{good_draft(family_home).pages[0].text}\nThe end."
+    assert book.pages[1].scene == good_draft(family_home).pages[1].scene + "[8m" and load_book(folder) == book
+    assert len(server.requests) == 1  # removed, not sent back
+
+
 def test_the_request_holds_names_descriptions_and_theme_only(server, family_home):
     server.reply(completion(good_draft(family_home).model_dump_json()))
     write_story(family_home, REQUEST, writer="llm", llm=settings(server))

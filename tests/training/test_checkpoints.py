@@ -1,5 +1,8 @@
+import pickle
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from storybook.errors import TrainingError
 from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
@@ -67,3 +70,32 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_leaves_no
     with pytest.raises(TrainingError, match=r"No space left on device\); the last one \(step-000010\) is kept"):
         save_checkpoint(tmp_path, 20, {"unet": model}, optimizer, None, rng, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000010"]
+
+
+def test_a_checkpoint_with_nan_missing_or_unsafe_parts_is_refused_never_resumed(tmp_path):
+    model, optimizer = make_run(0)
+    rng = torch.Generator().get_state()
+    checkpoint = save_checkpoint(tmp_path, 1, {"unet": model}, optimizer, None, rng, {})
+    weights = checkpoint / "trainable.safetensors"
+    for damaged, said in [
+        ({"unet.weight": torch.full((2, 3), float("nan")), "unet.bias": torch.zeros(2)}, "NaN or infinite weights"),
+        ({"unet.weight": torch.zeros(2, 3)}, "does not fit this run"),  # the bias is missing: it would stay as it is
+        ({}, "does not fit this run"),
+    ]:
+        save_file(damaged, weights)
+        with pytest.raises(TrainingError, match=said):
+            load_checkpoint(checkpoint, {"unet": model}, optimizer, None, torch.Generator())
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")  # cut off
+    with pytest.raises(TrainingError, match="cut off or damaged"):
+        load_checkpoint(checkpoint, {"unet": model}, optimizer, None, torch.Generator())
+
+    save_checkpoint(tmp_path, 2, {"unet": model}, optimizer, None, rng, {})
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    (tmp_path / "step-000002" / "optimizer.pt").write_bytes(pickle.dumps({"state": Payload()}, protocol=2))
+    with pytest.raises(TrainingError, match="damaged") as refused:
+        load_checkpoint(tmp_path / "step-000002", {"unet": model}, optimizer, None, torch.Generator())
+    assert "weights_only" not in str(refused.value) and "trusted" not in str(refused.value)

@@ -1,13 +1,15 @@
 """Identity training on the tiny model: it learns, resumes exactly, and its artifacts load into fresh pipelines."""
 
 import importlib.util
+import json
 import os
+import shutil
 import signal
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
@@ -84,6 +86,15 @@ def test_interrupted_training_resumes_to_the_same_weights(home, mia):
         train_identity(home, "Mia", "lora", overrides=settings, show_progress=False)
     with pytest.raises(TrainingError, match=r"other settings were given: rank 8 \(the run has 4\)\. Leave them out"):
         train_identity(home, "Mia", "lora", overrides={**settings, "rank": 8}, resume=True, show_progress=False)
+    with pytest.raises(TrainingError, match=r"Give --resume \(go on with the unfinished run\) or --restart"):
+        train_identity(home, "Mia", "lora", resume=True, restart=True, show_progress=False)
+    state_file = folder / "checkpoints" / "step-000013" / "state.json"
+    state = state_file.read_text()
+    for damage in ({"loss_history": [0.1] * 3}, {"photo_loss_before": "NaN"}, {"config": {"method": "lora"}}):
+        state_file.write_text(json.dumps(json.loads(state) | damage))
+        with pytest.raises(TrainingError, match="step-000013 is damaged .*start over with --restart"):
+            train_identity(home, "Mia", "lora", resume=True, show_progress=False)
+    state_file.write_text(state)
 
     # The printed resume command gives no settings: they come from the checkpoint (20 steps, not the default 60).
     resumed = train_identity(home, "Mia", "lora", resume=True, show_progress=False)
@@ -120,6 +131,18 @@ def test_each_photo_trains_under_its_own_caption_and_a_changed_caption_stops_a_r
     registry.set_photo_captions(home, "Mia", {2: "a little girl sitting"})
     resumed = train_identity(home, "Mia", "lora", resume=True, show_progress=False)
     assert resumed.loss_history == pytest.approx(captioned.loss_history, rel=1e-4)
+
+
+def test_a_base_model_with_nan_weights_is_named_before_any_training(home, mia, tmp_path):
+    poisoned = tmp_path / "poisoned-tiny"
+    shutil.copytree(home / "models" / "tiny", poisoned)
+    unet = load_file(poisoned / "unet" / "diffusion_pytorch_model.safetensors")
+    unet["conv_in.weight"].view(-1)[0] = float("nan")
+    save_file(unet, poisoned / "unet" / "diffusion_pytorch_model.safetensors")
+    quick = {**FAST, "prior_preservation": False, "num_class_images": 0}
+    with pytest.raises(TrainingError, match="poisoned-tiny gives NaN or infinite values before any training"):
+        train_identity(home, "Mia", "lora", str(poisoned), quick, show_progress=False)
+    assert not (registry.character_dir(home, "Mia") / "identity").exists()
 
 
 def test_resume_without_checkpoint_is_refused(home, mia):

@@ -11,6 +11,7 @@ from storybook.training.config import Method, TrainingConfig, checked_config, mo
 from storybook.training.identity import IdentityMetadata, read_identity
 from storybook.training.methods import dreambooth, hypernetwork, lora, pivotal, textual_inversion
 from storybook.training.methods.base import MethodPart
+from storybook.weights import check_finite, file_tensors
 
 METHODS: dict[Method, MethodPart] = {
     part.name: part for part in (lora.PART, dreambooth.PART, textual_inversion.PART, hypernetwork.PART, pivotal.PART)
@@ -39,8 +40,9 @@ def load_identity(
     `adapter_name`, DreamBooth by swapping weights, Textual Inversion as new token embeddings, a hypernetwork as hooks
     at strength 0 until the renderer sets it, pivotal tuning as embeddings and a LoRA).
 
-    Raises ModelError when the identity was trained for a base model of another shape; warns when it was trained on
-    a different checkpoint of the same shape (it usually still works, less faithfully).
+    Raises ModelError when the identity was trained for a base model of another shape, or its files are damaged
+    (cannot be read, or hold NaN or infinite weights); warns when it was trained on a different checkpoint of the same
+    shape (it usually still works, less faithfully).
     """
     metadata = checked_identity(folder, pipeline.unet.config.cross_attention_dim, base_fingerprint)
     METHODS[metadata.method].load(pipeline, folder, metadata, adapter_name)
@@ -55,6 +57,11 @@ def checked_identity(folder: Path, cross_attention_dim: int, base_fingerprint: s
     checkpoint of the same shape (it usually still works, less faithfully).
     """
     metadata = read_identity(folder)
+    check_finite(
+        (pair for name in metadata.files for pair in file_tensors(folder / name)),
+        f"The identity of {metadata.character}",
+        f"Build it again with `storybook character train {metadata.character} --method {metadata.method}`.",
+    )
     if metadata.cross_attention_dim != cross_attention_dim:
         raise ModelError(
             f"The identity of {metadata.character} was trained on {metadata.base_model} "

@@ -26,6 +26,7 @@ from storybook.training.config import TrainingConfig
 from storybook.training.identity import IdentityMetadata
 from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
 from storybook.vram import ModelShape
+from storybook.weights import unreadable
 
 LAYER_STRUCTURE = (1, 2, 1)  # the webui's default: widths of the MLP's layers in multiples of the context width
 ACTIVATION = "linear"  # the webui's default
@@ -237,10 +238,10 @@ def read_hypernetwork(path: Path) -> Hypernetwork:
     running code. Raises ModelError for a file that is not one, would run code, or uses a layout not supported."""
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError):  # torch's words advise unsafe loading: not shown
         raise ModelError(
-            f"{path} is not a hypernetwork file that can be read safely (only plain weights are loaded, never code): "
-            f"{str(error).splitlines()[0]}"
+            f"{unreadable(path)} (only plain weights are loaded, never code): it is not a hypernetwork file that can "
+            "be read safely."
         ) from None
     if not isinstance(contents, dict) or not any(isinstance(key, int) for key in contents):
         raise ModelError(f"{path} is not a hypernetwork file (no per-width weights).")
