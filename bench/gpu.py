@@ -37,6 +37,7 @@ from train import (
     WARMUP_STEPS,
     build_sd15_shaped,
     run_in_subprocess,
+    sd15_text_config,
     sd_shaped_vae,
     section_header,
     write_section,
@@ -70,24 +71,10 @@ def sdxl_unet():
 
 
 def sdxl_text_configs(tokenizer):
-    """The configs of SDXL's text encoders (CLIP ViT-L and OpenCLIP ViT-bigG with projection), with `tokenizer`'s
-    special ids."""
+    """The configs of SDXL's text encoders (CLIP ViT-L, as SD 1.5's, and OpenCLIP ViT-bigG with projection), with
+    `tokenizer`'s special ids."""
     from transformers import CLIPTextConfig
 
-    special = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    first = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        hidden_act="quick_gelu",
-        **special,
-    )
     second = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=1280,
@@ -96,9 +83,11 @@ def sdxl_text_configs(tokenizer):
         num_attention_heads=20,
         projection_dim=1280,
         hidden_act="gelu",
-        **special,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    return first, second
+    return sd15_text_config(tokenizer), second
 
 
 def build_sdxl_shaped(folder: Path) -> Path:
