@@ -4,6 +4,8 @@ A character is hidden when it is of Unicode class C (controls such as ESC, the b
 characters such as bidi overrides and zero-width spaces; private-use, surrogate and unassigned code points) or a line or
 paragraph separator (U+2028, U+2029): in a terminal they recolour, move or reorder what follows, and in a book they
 print as nothing or as boxes. A line break (\\n) is text where a text may hold lines (a page's text, a dedication).
+The zero-width joiner and non-joiner are text too: emoji sequences (a family) and Persian, Arabic and Indic
+words are written with them, and they cannot reorder or recolour anything.
 
 What a person types with a hidden character is refused (`plain`); what a writer (an LLM) returns has them removed
 (`without_hidden`); text storybook prints without having checked it (an error naming a file) shows them escaped
@@ -13,11 +15,12 @@ What a person types with a hidden character is refused (`plain`); what a writer 
 import unicodedata
 
 SEPARATORS = "\u2028\u2029"  # line and paragraph separators (Unicode Zl, Zp)
+JOINERS = "\u200c\u200d"  # zero-width non-joiner and joiner: format characters that words and emoji are made with
 
 
 def is_hidden(character: str, lines: bool = False) -> bool:
     """Whether `character` is hidden (see the module); a line break is not where `lines`."""
-    if lines and character == "\n":
+    if (lines and character == "\n") or character in JOINERS:
         return False
     return unicodedata.category(character)[0] == "C" or character in SEPARATORS
 

@@ -11,6 +11,7 @@ from storybook import models
 from storybook.cli import app
 from storybook.config import config_path, configured_adapter, configured_model, load_config, update_config
 from storybook.errors import ModelError
+from storybook.models import TINY_MODEL_FOLDER
 from storybook.renderer import Renderer
 from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
@@ -62,7 +63,7 @@ def wrong_kinds(home, tiny_ip_adapter, tmp_path) -> dict:
     """Folders that are there but of the wrong kind for some setting: a base model, a text encoder with an image
     processor, an IP-Adapter whose weights file is a UNet's and whose image encoder is a text encoder, an image-to-
     image pipeline."""
-    tiny = home / "models" / "tiny"
+    tiny = TINY_MODEL_FOLDER
     text_encoder = tmp_path / "text-encoder"
     shutil.copytree(tiny / "text_encoder", text_encoder)
     (text_encoder / "preprocessor_config.json").write_text('{"image_processor_type": "CLIPImageProcessor"}')

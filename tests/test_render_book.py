@@ -318,7 +318,7 @@ def test_nan_weights_in_an_identity_or_a_base_model_never_give_a_black_page(home
     shutil.copytree(trained_characters, home / "characters")
     folder = new_book(home)
     poisoned = tmp_path / "poisoned-tiny"  # the tiny model with NaN in its VAE's last layer
-    shutil.copytree(home / "models" / "tiny", poisoned)
+    shutil.copytree(TINY_MODEL_FOLDER, poisoned)
     vae = load_file(poisoned / "vae" / "diffusion_pytorch_model.safetensors")
     vae["decoder.conv_out.bias"][0] = float("nan")
     save_file(vae, poisoned / "vae" / "diffusion_pytorch_model.safetensors")

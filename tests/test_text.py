@@ -30,7 +30,8 @@ def test_line_breaks_are_text_where_a_text_may_hold_lines_and_letters_of_every_s
     with pytest.raises(ValueError, match="U\\+000A"):
         plain("one\ntwo")  # a title is one line
     assert without_hidden("Mia\tand\r\nRex", lines=True) == "Miaand\nRex"
-    for words in ("Zoë's café", "ミアの本", "ليلى", "Мия и Рекс", "mia 🦕"):
+    family, persian = "\U0001f468\u200d\U0001f469\u200d\U0001f467", "\u0645\u06cc\u200c\u0631\u0648\u062f"  # ZWJ, ZWNJ
+    for words in ("Zoë's café", "ミアの本", "ليلى", "Мия и Рекс", "mia 🦕", f"our {family}", persian):
         assert plain(words) == without_hidden(words) == shown(words) == words
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.models import TINY_MODEL_FOLDER
 from storybook.tiny_model import build_tokenizer
 from storybook.training import losses
 from storybook.training.batches import photo_captions
@@ -135,7 +136,7 @@ def test_each_photo_trains_under_its_own_caption_and_a_changed_caption_stops_a_r
 
 def test_a_base_model_with_nan_weights_is_named_before_any_training(home, mia, tmp_path):
     poisoned = tmp_path / "poisoned-tiny"
-    shutil.copytree(home / "models" / "tiny", poisoned)
+    shutil.copytree(TINY_MODEL_FOLDER, poisoned)
     unet = load_file(poisoned / "unet" / "diffusion_pytorch_model.safetensors")
     unet["conv_in.weight"].view(-1)[0] = float("nan")
     save_file(unet, poisoned / "unet" / "diffusion_pytorch_model.safetensors")
