@@ -28,9 +28,9 @@ from storybook.lab.mini_model import MiniRecipe, train_mini
 from storybook.models import MINI_MODEL_FOLDER
 
 CANDIDATES = {
-    "v3": MiniRecipe(heights=world.FULL_BODY_HEIGHTS),  # the current recipe and framing
-    "story": MiniRecipe(),  # the toddler drawn large, the hat in the frame
-    "story+parts": MiniRecipe(part_weight=4.0, min_snr_gamma=5.0),  # and the loss where the toddler is
+    "v3": MiniRecipe(heights=world.FULL_BODY_HEIGHTS, part_weight=0.0, min_snr_gamma=None),  # the current recipe
+    "story": MiniRecipe(part_weight=0.0, min_snr_gamma=None),  # the toddler drawn large, the hat in the frame
+    "story+parts": MiniRecipe(),  # and the loss where the toddler is (v4's recipe so far)
     "story96+parts": MiniRecipe(resolution=96, part_weight=4.0, min_snr_gamma=5.0),  # and 24x24 latents
 }
 SCHEDULE_STEPS = 100_000  # far beyond the pilot: its learning rate stays constant after warm-up

@@ -52,8 +52,8 @@ class MiniRecipe:
 
     resolution: int = RESOLUTION
     heights: tuple[float, float] = world.STORY_HEIGHTS
-    part_weight: float = 0.0
-    min_snr_gamma: float | None = None
+    part_weight: float = 4.0  # v4's choice so far: the pilot's best attributes at 500 steps (README, "v4")
+    min_snr_gamma: float | None = 5.0
 
 
 def mini_words() -> list[str]:
