@@ -90,14 +90,15 @@ def test_the_loss_weighs_the_toddlers_pixels_more_and_min_snr_weighs_clean_times
     on_toddler, on_background = target.clone(), target.clone()
     on_toddler[:, :, 5, 5], on_background[:, :, 12, 12] = 1, 1  # the same error, in one place or the other
     snr = torch.tensor([0.5, 0.5])
-    plain, parts = MiniRecipe(), MiniRecipe(part_weight=4.0)
+    plain = MiniRecipe(part_weight=0.0, min_snr_gamma=None)
+    parts = MiniRecipe(part_weight=4.0, min_snr_gamma=None)
     assert denoising_loss(on_toddler, target, snr, covered, plain) == denoising_loss(
         on_background, target, snr, covered, plain
     )
     assert denoising_loss(on_toddler, target, snr, covered, parts) > 2 * denoising_loss(
         on_background, target, snr, covered, parts
     )
-    min_snr = MiniRecipe(min_snr_gamma=5.0)
+    min_snr = MiniRecipe(part_weight=0.0, min_snr_gamma=5.0)
     clean, noisy = torch.tensor([50.0, 50.0]), torch.tensor([0.5, 0.5])
     assert denoising_loss(on_toddler, target, clean, covered, min_snr) < 0.5 * denoising_loss(
         on_toddler, target, noisy, covered, min_snr
