@@ -18,10 +18,12 @@ $(VENV)/installed: pyproject.toml $(CONSTRAINTS)
 demo: $(VENV)/installed
 	$(BIN)/storybook --home demo demo
 
+# Two test processes (pytest-xdist), each a file at a time, with one torch thread each (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(VENV)/installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15
 
 bench: $(VENV)/installed
 	$(BIN)/python bench/train.py

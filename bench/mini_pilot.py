@@ -9,17 +9,21 @@ guidance 7.5) and the evaluator reads the setting and the four worded attributes
 
 Usage: python bench/mini_pilot.py CANDIDATE [--until 3000] [--every 500] [--work DIR] [--threads 1]
        python bench/mini_pilot.py CANDIDATE --read [--evaluator FOLDER]
+       python bench/mini_pilot.py CANDIDATE --take SNAPSHOT --cpu-s S   (the long run's weights-only snapshot as the
+           next step-N, S its CPU seconds so far; the VAE stays the pilot's, so the curve goes on comparably)
        python bench/mini_pilot.py v3 --table   (every candidate's curve)
     candidates: v3, story, story+parts, story96+parts
 """
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
+from safetensors.torch import load_file, save_file
 
 from storybook.lab import world
 from storybook.lab.drawing import check_scenes, read_captions
@@ -59,6 +63,26 @@ def pilot(name: str, until: int, every: int, work: Path) -> None:
         cpu_file.write_text(str(cpu_seconds + time.process_time() - started))
         (folder / "pipeline" / "cpu_s.txt").write_text(cpu_file.read_text())
         (folder / "pipeline").rename(snapshot)
+
+
+def take_snapshot(name: str, work: Path, snapshot: Path, cpu_seconds: float) -> Path:
+    """Add the long run's weights-only `snapshot` (`train_mini(..., snapshot=)`) to candidate `name`'s curve as
+    `step-N`: its last pilot pipeline with the snapshot's UNet and text encoder, in fp32."""
+    folder = work / name
+    last = max(folder.glob("step-*"), key=lambda path: int(path.name[5:]))
+    step = json.loads((snapshot / "snapshot.json").read_text())["step"]
+    out = folder / f"step-{step}"
+    if out.exists():
+        return out
+    partial = folder / f".step-{step}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(last, partial)
+    for part, weights_file in (("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        weights = {key: value.float() for key, value in load_file(snapshot / f"{part}.safetensors").items()}
+        save_file(weights, partial / part / weights_file)
+    (partial / "cpu_s.txt").write_text(str(cpu_seconds))
+    partial.rename(out)
+    return out
 
 
 def read_snapshots(name: str, work: Path, evaluator_folder: Path | None) -> None:
@@ -106,10 +130,14 @@ def main() -> None:
     parser.add_argument("--evaluator", type=Path, help="an evaluator folder (default: the committed one)")
     parser.add_argument("--read", action="store_true", help="read the saved snapshots instead of training")
     parser.add_argument("--table", action="store_true", help="print every candidate's curve read so far")
+    parser.add_argument("--take", type=Path, help="a long run's weights-only snapshot to add as the next step-N")
+    parser.add_argument("--cpu-s", type=float, help="with --take: the CPU seconds spent training up to it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.table:
         print_table(args.work)
+    elif args.take:
+        print(take_snapshot(args.candidate, args.work, args.take, args.cpu_s))
     elif args.read:
         read_snapshots(args.candidate, args.work, args.evaluator)
     else:

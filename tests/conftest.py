@@ -15,6 +15,8 @@ from storybook import registry
 from storybook.models import TINY_MODEL_FOLDER
 from storybook.sample_photos import write_sample_photos
 
+# Test processes side by side (`make test` runs pytest-xdist's workers) share the cores: one torch thread each.
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
 os.environ.setdefault("STORYBOOK_MODEL", "tiny")  # the suite runs on the tiny model unless a test names another
 

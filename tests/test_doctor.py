@@ -2,6 +2,7 @@
 
 from typer.testing import CliRunner
 
+from storybook import cli
 from storybook.cli import app
 from storybook.config import update_config
 from storybook.doctor import doctor_report
@@ -27,7 +28,7 @@ def test_a_12_gib_card_trains_sdxl_dreambooth_in_bf16_weights_and_refuses_nothin
 
 
 def test_the_cli_prints_an_8_gib_cards_refusals_in_one_line_each(tmp_path, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(cli.console, "width", 400)  # wide enough for each refusal on one line, whatever the terminal
     update_config(tmp_path, {"model": "storybook-mini"})
     result = CliRunner().invoke(app, ["--home", str(tmp_path), "doctor", "--gpu-memory", "8"])
     assert result.exit_code == 0, result.output

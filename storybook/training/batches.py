@@ -118,15 +118,23 @@ def batch_loss(unet, batches: Batches, scheduler: DDPMScheduler, generator: torc
 
 def fixed_noise_loss(unet, latents: torch.Tensor, conditioning: Conditioning, scheduler: DDPMScheduler) -> float:
     """Denoising loss on `latents` at 8 evenly spaced timesteps with fixed noise (seed 0): unlike the per-step
-    training loss, which swings with the random timesteps, it is comparable before and after training."""
+    training loss, which swings with the random timesteps, it is comparable before and after training. The 8
+    timesteps go through the UNet as one batch on the CPU (fewer, larger calls), one at a time on a card."""
     generator = torch.Generator("cpu").manual_seed(0)
     timesteps = torch.linspace(50, scheduler.config.num_train_timesteps - 50, 8).long()
-    total = 0.0
+    noises = [torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype) for _ in timesteps]
+    groups = [timesteps] if latents.device.type == "cpu" else [timestep[None] for timestep in timesteps]
+    total, done = 0.0, 0
     with torch.no_grad():
-        for timestep in timesteps:
-            noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-            t = timestep.repeat(len(latents)).to(latents.device)
-            prediction = unet(scheduler.add_noise(latents, noise, t), t, **conditioning.unet_inputs()).sample
-            target = losses.diffusion_target(scheduler, latents, noise, t)
-            total += losses.weighted_mse(prediction, target, torch.ones(len(latents), device=latents.device)).item()
+        for group in groups:
+            count = len(group)
+            noise = torch.cat(noises[done : done + count])
+            clean = latents.repeat(count, *[1] * (latents.dim() - 1))
+            t = group.repeat_interleave(len(latents)).to(latents.device)
+            repeated = concatenated([conditioning] * count)
+            prediction = unet(scheduler.add_noise(clean, noise, t), t, **repeated.unet_inputs()).sample
+            target = losses.diffusion_target(scheduler, clean, noise, t)
+            weights = torch.ones(len(clean), device=latents.device)
+            total += losses.weighted_mse(prediction, target, weights).item() * count
+            done += count
     return total / len(timesteps)

@@ -408,16 +408,20 @@ def save_samples(
     precision: Callable[[], torch.autocast],
     steps: int = 20,
 ) -> Path:
-    """Render the encoded validation prompts `inputs` with the current weights (seeds 0..n-1), one picture at a time,
-    and save them side by side at `path`: denoised under the run's mixed `precision`, decoded outside it in the VAE's
-    own dtype (SDXL's overflows in fp16)."""
+    """Render the encoded validation prompts `inputs` with the current weights (seeds 0..n-1) and save them side by
+    side at `path`: denoised under the run's mixed `precision`, decoded outside it in the VAE's own dtype (SDXL's
+    overflows in fp16). On the CPU the prompts are drawn as one batch (about half the time of one at a time); on a
+    card one at a time, within the memory the run was planned for (`storybook.vram`)."""
     was_training = pipeline.unet.training
     pipeline.unet.eval()
     vae, images = pipeline.vae, []
-    for seed, prompt in enumerate(inputs):
+    together = pipeline.unet.device.type == "cpu"
+    groups = [list(range(len(inputs)))] if together else [[index] for index in range(len(inputs))]
+    for seeds in groups:
+        batch = {key: torch.cat([inputs[seed][key] for seed in seeds]) for key in inputs[0]}
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         with precision():
-            generator = torch.Generator("cpu").manual_seed(seed)
-            latents = pipeline(**prompt, num_inference_steps=steps, generator=generator, output_type="latent").images
+            latents = pipeline(**batch, num_inference_steps=steps, generator=generators, output_type="latent").images
         with torch.no_grad():
             pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
         images += pipeline.image_processor.postprocess(pixels, output_type="pil")

@@ -9,6 +9,8 @@ import signal
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from storybook import registry
@@ -16,10 +18,11 @@ from storybook.errors import TrainingError, TrainingInterrupted
 from storybook.models import TINY_MODEL_FOLDER
 from storybook.tiny_model import build_tokenizer
 from storybook.training import losses
-from storybook.training.batches import photo_captions
+from storybook.training.batches import fixed_noise_loss, photo_captions
 from storybook.training.config import checked_config
+from storybook.training.families import pipeline_family, sample_inputs_sd
 from storybook.training.identity import read_identity
-from storybook.training.loop import train_identity
+from storybook.training.loop import save_samples, train_identity
 from storybook.training.methods import load_identity
 from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
 from tests.training.pictures import fresh_pipeline, photo_colour, render
@@ -270,3 +273,34 @@ def test_frozen_parts_a_step_does_not_use_wait_on_the_cpu_and_the_cpu_has_no_mem
         loaded = load_for_training(home, mia, plan)
         assert loaded.parked_vae == [loaded.pipeline.vae]  # latents are cached
         assert (loaded.parked_text == [loaded.pipeline.text_encoder]) == text_waits  # Textual Inversion encodes
+
+
+def test_the_sample_grid_shows_each_prompt_as_drawn_alone(tmp_path):
+    pipeline = fresh_pipeline(tmp_path)
+    prompts = ["a photo of zorv toddler", "zorv toddler at the beach", "zorv toddler in a garden"]
+    inputs = [sample_inputs_sd(pipeline, prompt) for prompt in prompts]
+    grid = save_samples(pipeline, inputs, tmp_path / "grid.png", lambda: torch.autocast("cpu", enabled=False), steps=4)
+
+    drawn = np.asarray(Image.open(grid), dtype=np.int16)
+    width = drawn.shape[1] // len(prompts)
+    for seed, prompt in enumerate(inputs):  # one batch on the CPU, the same pictures as one at a time
+        alone = pipeline(**prompt, num_inference_steps=4, generator=torch.Generator().manual_seed(seed)).images[0]
+        assert np.abs(drawn[:, seed * width : (seed + 1) * width] - np.asarray(alone, dtype=np.int16)).max() <= 2
+
+
+def test_the_photo_loss_is_the_mean_over_its_timesteps_each_with_its_own_noise(home, mia):
+    pipeline = fresh_pipeline(home)
+    config = pipeline.unet.config
+    latents = torch.randn(3, config.in_channels, config.sample_size, config.sample_size, generator=torch.Generator())
+    conditioning = pipeline_family(pipeline).encode(pipeline, [mia.instance_prompt] * 3)
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)  # the trainer's
+
+    generator, losses_at = torch.Generator().manual_seed(0), []
+    for timestep in torch.linspace(50, scheduler.config.num_train_timesteps - 50, 8).long():
+        noise = torch.randn(latents.shape, generator=generator)
+        t = timestep.repeat(3)
+        with torch.no_grad():
+            prediction = pipeline.unet(scheduler.add_noise(latents, noise, t), t, **conditioning.unet_inputs()).sample
+        losses_at.append(torch.mean((prediction - losses.diffusion_target(scheduler, latents, noise, t)) ** 2).item())
+
+    assert fixed_noise_loss(pipeline.unet, latents, conditioning, scheduler) == pytest.approx(np.mean(losses_at), 1e-4)
