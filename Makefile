@@ -14,14 +14,19 @@ $(VENV)/installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
-.PHONY: demo test bench
+.PHONY: demo test test-fast bench
 demo: $(VENV)/installed
 	$(BIN)/storybook --home demo demo
 
 test: $(VENV)/installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
+
+# The inner loop while changing code: the tests not marked slow (minutes); `make test` runs them all, as CI does.
+test-fast: $(VENV)/installed
+	$(BIN)/pytest -q -m "not slow"
 
 bench: $(VENV)/installed
 	$(BIN)/python bench/train.py

@@ -18,6 +18,9 @@ from rich.text import Text
 from tqdm import tqdm
 from typer.core import TyperGroup
 
+# Commands import the heavy parts they run (torch, diffusers, the lab) inside their functions, for start-up speed:
+# `storybook --help` and the quick commands load no model library. Never to hide an import circle: `lint-imports`
+# checks the layers, these imports included.
 from storybook import registry
 from storybook.book import (
     BOOK_FILE,
@@ -31,7 +34,7 @@ from storybook.book import (
     load_book,
     save_book,
 )
-from storybook.config import H94_IMAGE_ENCODER, H94_WEIGHT, Dtype, configured_model, load_config
+from storybook.config import H94_IMAGE_ENCODER, H94_WEIGHT, X4_UPSCALER, Dtype, configured_model, load_config
 from storybook.errors import (
     BookError,
     CharacterError,
@@ -41,15 +44,15 @@ from storybook.errors import (
     describe_problems,
     error_text,
 )
+from storybook.identities.training_config import IdentityMethod
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
-from storybook.printing.print_pictures import X4_UPSCALER, Upscaler
 from storybook.quiet import quiet_libraries, quiet_library_logs
+from storybook.render.print_pictures import Upscaler
 from storybook.storage import HOME_ENV, MINI_MODEL, MODEL_ENV, data_home, slugify
 from storybook.story import book_edits
 from storybook.story.llm_writer import DEFAULT_LLM_MODEL, LLMSettings
 from storybook.story.stage import DEFAULT_STYLE, StoryRequest, Writer, default_writer, write_story
 from storybook.text import shown
-from storybook.training.config import IdentityMethod
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 if TYPE_CHECKING:
@@ -234,7 +237,8 @@ def config_command(
 
     def configure():
         """Apply the settings given (checked first, written atomically), then show them all."""
-        from storybook.config import DataRootConfig, config_path, described_settings, update_config
+        from storybook.config import DataRootConfig, config_path, described_settings
+        from storybook.render.configure import update_config
 
         given = {
             "model": model,
@@ -396,8 +400,8 @@ def character_show(name: str) -> None:
     """Show a character's record and its identity: training metadata, image prompt."""
 
     def show():
-        from storybook.image_prompt import ImagePrompt
-        from storybook.training.identity import IdentityMetadata
+        from storybook.identities.image_prompt import ImagePrompt
+        from storybook.identities.record import IdentityMetadata
 
         character = registry.load_character(state["home"], name)
         console.print_json(character.model_dump_json())
@@ -580,7 +584,7 @@ def character_train(
         raise typer.BadParameter("--ray, --ray-address and --gpus-per-task go with --all.")
 
     def train():
-        from storybook.image_prompt import AdapterSource
+        from storybook.config import AdapterSource
         from storybook.training.personalize import build_identity
 
         adapter = None
@@ -854,7 +858,7 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
 def render_and_report(folder: Path, **options) -> None:
     """Render the book in `folder` with a progress bar, then say what was drawn and warn about long prompts; pictures
     the safety checker withheld end it with an error."""
-    from storybook.render_book import render_book, withheld_message
+    from storybook.render.pages import render_book, withheld_message
 
     try:
         with progress_bar("rendering") as progress:
@@ -903,7 +907,7 @@ def render(
     a picture is drawn with them."""
 
     def draw():
-        from storybook.render_book import with_settings
+        from storybook.render.pages import with_settings
 
         folder = book_dir(state["home"], book)
         given = {"model": model, "steps": steps, "guidance": guidance, "width": width, "height": height}
@@ -1069,7 +1073,7 @@ def make(
         raise typer.BadParameter(describe_problems(error)) from None
     if not state["debug"]:
         quiet_libraries()  # before storybook.batch imports the model libraries
-    from storybook.batch import make_specs
+    from storybook.dispatch import make_specs
 
     def say(line: str) -> None:
         """Print a line of the run (it names spec files and quotes writers): hidden characters escaped."""
@@ -1131,7 +1135,7 @@ def demo() -> None:
     def run_demo():
         from storybook.lab.world import DEMO_TODDLER, write_photos
         from storybook.models import load_tokenizer
-        from storybook.render_book import with_settings
+        from storybook.render.pages import with_settings
         from storybook.training.personalize import build_identity, recommended_method
 
         home = state["home"]

@@ -32,9 +32,11 @@ from storybook.book import RenderSettings, book_file
 from storybook.cluster import RaySettings, check_reachable
 from storybook.config import load_config
 from storybook.errors import BookError, error_text
+from storybook.identities.training_config import SMALL_MODEL_PARAMETERS
 from storybook.models import load_tokenizer, resolve_model, unet_parameter_count
 from storybook.quiet import quiet_libraries, quiet_stderr
-from storybook.render_book import (
+from storybook.registry import identity_hash
+from storybook.render.pages import (
     IMAGES_DIR,
     PicturePlan,
     attach,
@@ -45,9 +47,16 @@ from storybook.render_book import (
     unscreened_warning,
     withheld_message,
 )
-from storybook.renderer import ImageJob, PictureSource, dreambooth_character, picture_source, tokens_beyond
+from storybook.render.renderer import (
+    ImageJob,
+    PictureSource,
+    Renderer,
+    dreambooth_character,
+    picture_source,
+    tokens_beyond,
+)
 from storybook.storage import atomic_write_bytes, contained
-from storybook.training.config import SMALL_MODEL_PARAMETERS
+from storybook.training.personalize import build_identity
 
 RAY_HINT = "pip install 'storybook[ray]'"
 MAX_TASK_RETRIES = 3  # a batch whose worker dies is drawn again this many times (Ray Data's default: for ever)
@@ -167,8 +176,6 @@ class PageDrawer:
     def renderer_for(self, home: Path, model: str, dreambooth: str | None):
         """The actor's renderer for `model` and DreamBooth identity `dreambooth`: the loaded one when it fits, else a
         new one (the old one's memory given back first)."""
-        from storybook.renderer import Renderer
-
         if self.renderer is None or not self.renderer.fits(model, dreambooth):
             if self.renderer is not None:
                 self.renderer.release()
@@ -177,8 +184,6 @@ class PageDrawer:
 
     def draw(self, rows: list[dict]) -> list[tuple[bytes, str, bool, str]]:
         """Draw rows of one book with the same characters: (PNG bytes, safety note, withheld, '') for each."""
-        from storybook.registry import identity_hash
-
         first = rows[0]
         home, settings = Path(first["home"]), RenderSettings.model_validate_json(first["render"])
         identities = json.loads(first["identities"])
@@ -401,8 +406,6 @@ class BuiltIdentity:
 def build_one(home: str, name: str, method: str, model: str | None, overrides: dict, options: dict) -> float:
     """A Ray task: build `name`'s identity by `method` (see `build_identity`) on the GPU Ray gave it, else the CPU;
     return its wall time."""
-    from storybook.training.personalize import build_identity
-
     quiet_libraries()
     started = time.perf_counter()
     build_identity(Path(home), name, method, model, overrides, show_progress=False, **options)

@@ -14,7 +14,7 @@ import pytest
 
 from storybook.book import save_book
 from storybook.cli import app_command_line
-from storybook.render_book import render_book, with_settings
+from storybook.render.pages import render_book, with_settings
 from storybook.story.stage import StoryRequest, write_story
 
 pytestmark = pytest.mark.slow

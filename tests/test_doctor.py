@@ -3,8 +3,8 @@
 from typer.testing import CliRunner
 
 from storybook.cli import app
-from storybook.config import update_config
 from storybook.doctor import doctor_report
+from storybook.render.configure import update_config
 
 
 def verdict(verdicts, model: str, what: str):

@@ -25,9 +25,15 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from storybook.adapter_format import adapter_weights, load_adapter_weights, new_adapter_weights, save_adapter_weights
+from storybook.config import MINI_ADAPTER_FILE
 from storybook.errors import LabError
-from storybook.image_prompt import MINI_ADAPTER_FILE, image_processor
+from storybook.identities.adapter_format import (
+    adapter_weights,
+    load_adapter_weights,
+    new_adapter_weights,
+    save_adapter_weights,
+)
+from storybook.identities.image_prompt import image_processor
 from storybook.lab import world
 from storybook.lab.mini_model import RESOLUTION, SCHEDULE, cpu_state, save_state, training_caption, warmup_cosine
 from storybook.models import MINI_MODEL_FOLDER

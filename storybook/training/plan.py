@@ -12,6 +12,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from storybook.config import configured_model, load_config
 from storybook.errors import TrainingError, describe_problems
+from storybook.identities import METHODS, resolve_config
+from storybook.identities.base import ModelShape
+from storybook.identities.training_config import Method, MixedPrecision, Optimizer, TrainingConfig, resumed_config
 from storybook.models import (
     check_model_on_disk,
     model_family,
@@ -23,11 +26,9 @@ from storybook.registry import Character, character_dir
 from storybook.training.batches import photo_captions
 from storybook.training.checkpoints import latest_checkpoint, read_state
 from storybook.training.class_images import BATCH as CLASS_BATCH
-from storybook.training.config import Method, MixedPrecision, Optimizer, TrainingConfig, resumed_config
 from storybook.training.fit import Card, fit_to_card
-from storybook.training.methods import METHODS, resolve_config
 from storybook.training.optimizers import optimizer_class
-from storybook.vram import GIB, MemoryNeed, ModelShape, model_shape, render_need
+from storybook.training.vram import GIB, MemoryNeed, model_shape, render_need
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 

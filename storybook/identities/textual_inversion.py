@@ -11,11 +11,10 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import save_file
 
 from storybook.errors import TrainingError
+from storybook.identities.base import MethodPart, ModelShape, SaveRequest, Trainable, freeze
+from storybook.identities.record import IdentityMetadata
+from storybook.identities.training_config import TrainingConfig
 from storybook.registry import Character
-from storybook.training.config import TrainingConfig
-from storybook.training.identity import IdentityMetadata
-from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
-from storybook.vram import ModelShape
 
 EMBEDS_FILE = "learned_embeds.safetensors"
 A1111_PLACEHOLDER_ID = 265  # the id of "*" in CLIP's vocabulary, which A1111 files record for their one string

@@ -26,21 +26,15 @@ from diffusers import (
 from PIL import Image
 
 from storybook.book import RenderSettings, Scheduler
-from storybook.config import load_config
+from storybook.config import AdapterSource, load_config
 from storybook.errors import ModelError
-from storybook.image_prompt import (
-    AdapterSource,
-    adapter_fingerprint,
-    adapter_root,
-    load_image_embeds,
-    read_image_prompt,
-)
+from storybook.identities import METHODS, checked_identity, load_identity, unload_identity
+from storybook.identities.dreambooth import components as dreambooth_components
+from storybook.identities.image_prompt import adapter_fingerprint, adapter_root, load_image_embeds, read_image_prompt
+from storybook.identities.record import IdentityMetadata, read_identity
 from storybook.models import load_pipeline, model_fingerprint, parse_device, pick_device, pick_dtype, resolve_model
 from storybook.registry import identity_folder, identity_hash
-from storybook.safety import checker_fingerprint, checker_in_use, load_safety_checker
-from storybook.training.identity import IdentityMetadata, read_identity
-from storybook.training.methods import METHODS, checked_identity, load_identity, unload_identity
-from storybook.training.methods.dreambooth import components as dreambooth_components
+from storybook.render.safety import checker_fingerprint, checker_in_use, load_safety_checker
 from storybook.weights import check_finite, file_tensors
 
 SCHEDULERS = {

@@ -1,5 +1,5 @@
 """Identity-training settings: what decides the trained weights, checked. Each method's defaults per model scale live
-in its part (storybook/training/methods/)."""
+in its part (storybook/identities/)."""
 
 from typing import Literal
 
@@ -34,44 +34,82 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: Method
-    steps: int = Field(gt=0, le=100_000)
-    learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
-    rank: int = Field(4, gt=0, le=256)  # LoRA only; alpha = rank, as in diffusers' train_dreambooth_lora.py
-    lora_convolutions: bool = False  # LoRA also on the UNet's ResNet convolutions and projections (LoCon)
+    steps: int = Field(gt=0, le=100_000, description="Optimiser steps.")
+    learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE, description="Learning rate.")
+    rank: int = Field(
+        4, gt=0, le=256, description="LoRA rank."
+    )  # LoRA only; alpha = rank, as in diffusers' train_dreambooth_lora.py
+    # LoRA also on the UNet's ResNet convolutions and projections (LoCon)
+    lora_convolutions: bool = Field(False, description="LoRA on the UNet's convolutions too.")
+    # Textual Inversion and pivotal tuning: new token embeddings learned for the identifier
     num_vectors: int = Field(
-        1, ge=1, le=4
-    )  # Textual Inversion and pivotal tuning: new token embeddings learned for the identifier
+        1, ge=1, le=4, description="Textual Inversion: embedding vectors learned for the identifier (1-4)."
+    )
     # The photos' caption: "a photo of zorv toddler", or the class noun alone as the hypernetwork paper trained
     # ("a photo of toddler": the identity then changes every toddler drawn).
-    captions: Literal["identifier", "class"] = "identifier"
+    captions: Literal["identifier", "class"] = Field(
+        "identifier",
+        description="identifier ('a photo of zorv toddler', default) or class ('a photo of toddler', as the "
+        "hypernetwork paper trained: the identity then changes every toddler drawn).",
+    )
     # Each photo's own caption after that ("a photo of toddler, a little girl waving"), as the webui's [filewords]
     # templates train; photos without one train on the bare caption. Set by BLIP or the parent (storybook.captions).
-    photo_captions: bool = False
+    photo_captions: bool = Field(
+        False,
+        description="Train each photo under its own caption too (`storybook character caption`; default: on for the "
+        "hypernetwork, as the webui's [filewords]).",
+    )
     # Pivotal tuning: the identifier's embeddings alone for the first `embedding_steps` (AttnDreamBooth's order),
     # then with the LoRA; 0 trains them together from the start (diffusers' advanced script). Their rate: the
     # `embedding_learning_rate`, or `learning_rate` when None.
-    embedding_steps: int = Field(0, ge=0, le=100_000)
-    embedding_learning_rate: float | None = Field(None, gt=0, le=MAX_LEARNING_RATE)
+    embedding_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Pivotal tuning: train the identifier's embeddings alone for this many steps first "
+        "(AttnDreamBooth's order), then with the LoRA (default 0: together).",
+    )
+    embedding_learning_rate: float | None = Field(
+        None, gt=0, le=MAX_LEARNING_RATE, description="Pivotal tuning: the embeddings' learning rate (default: --lr)."
+    )
     batch_size: int = Field(1, gt=0, le=256)
-    grad_accum: int = Field(1, gt=0, le=256)
+    grad_accum: int = Field(1, gt=0, le=256, description="Gradient accumulation steps.")
     prior_preservation: bool = True
     prior_loss_weight: float = Field(1.0, ge=0, le=100)
     num_class_images: int = Field(100, ge=0, le=10_000)
     class_image_steps: int = Field(25, gt=0, le=200)
     train_text_encoder: bool = False
-    mixed_precision: MixedPrecision = "no"
-    gradient_checkpointing: bool = False
-    optimizer: Optimizer = "adamw"
+    mixed_precision: MixedPrecision = Field(
+        "no", description="no, fp16 or bf16 (GPU only; default there bf16 where supported, else fp16)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations to save memory (default: on for full DreamBooth on real models)."
+    )
+    optimizer: Optimizer = Field(
+        "adamw",
+        description="adamw, adamw-8bit (bitsandbytes; default on CUDA when it is installed) or adafactor (factored "
+        "moments, almost no state).",
+    )
     # Full fine-tunes only: each parameter updated as soon as its gradient is ready, inside the backward pass, so the
     # model's gradients are never held at once (kohya's --fused_backward_pass; Adafactor, no accumulation, no fp16).
-    fused_backward: bool = False
+    fused_backward: bool = Field(
+        False,
+        description="DreamBooth with adafactor: update each weight inside the backward pass (no model-sized "
+        "gradients).",
+    )
     # Full fine-tunes only: the trained weights themselves in bf16, updated by Adafactor with stochastic rounding
     # (kohya's --full_bf16): half the memory of fp32 weights, for SDXL DreamBooth on a 16-24 GB card.
-    full_bf16: bool = False
-    snr_gamma: float | None = Field(None, gt=0, le=100)  # 5.0 is kohya's and the Min-SNR paper's choice
-    offset_noise: float = Field(0.0, ge=-1, le=1)  # ~0.1 in kohya's sd-scripts
+    full_bf16: bool = Field(
+        False, description="DreamBooth with adafactor and bf16: the trained weights in bf16, stochastically rounded."
+    )
+    snr_gamma: float | None = Field(
+        None, gt=0, le=100, description="Min-SNR weighting gamma (5 is common)."
+    )  # 5.0 is kohya's and the Min-SNR paper's choice
+    offset_noise: float = Field(
+        0.0, ge=-1, le=1, description="Offset-noise strength (~0.1)."
+    )  # ~0.1 in kohya's sd-scripts
     seed: int = 0
-    checkpoint_every: int = Field(100, gt=0)
+    checkpoint_every: int = Field(100, gt=0, description="Save a checkpoint every N steps.")
     cache_latents: bool = True
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ guidance, size, scheduler, dtype). Rendering again draws only pictures whose key
 or a changed setting redraws just what it changed, and a run stopped by Ctrl-C or kill -9 resumes with at most the
 batch in flight lost. book.json is updated after every batch, keeping edits made meanwhile.
 
-Where a safety checker is loaded (see storybook/safety.py) every picture passes it before it is stored: a flagged one
+Where a safety checker is loaded (see render/safety.py) every picture passes it before it is stored: a flagged one
 is drawn again with the next seeds, a few times at most, and what happened is reported; a picture flagged every time
 is not stored, so its page has no picture and the book cannot be exported until the page is changed.
 """
@@ -23,14 +23,14 @@ from pydantic import ValidationError
 
 from storybook import registry
 from storybook.book import Book, Candidate, Page, RenderSettings, book_file, load_book, save_book
+from storybook.config import SAFETY_OFF
 from storybook.errors import BookError, ModelError, describe_problems
-from storybook.image_prompt import read_image_prompt
+from storybook.identities.image_prompt import read_image_prompt
+from storybook.identities.training_config import SMALL_MODEL_PARAMETERS
 from storybook.models import TINY_MODEL
-from storybook.renderer import ImageJob, PictureSource, Renderer, dreambooth_character, picture_size
-from storybook.safety import SAFETY_OFF
+from storybook.render.renderer import ImageJob, PictureSource, Renderer, dreambooth_character, picture_size
 from storybook.storage import MINI_MODEL, atomic_write_bytes, slugify
 from storybook.story.book_edits import cover_page
-from storybook.training.config import SMALL_MODEL_PARAMETERS
 
 IMAGES_DIR = "images"
 KEY_VERSION = 1  # bump when the renderer changes what a key's picture looks like

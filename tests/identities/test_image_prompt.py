@@ -12,15 +12,16 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from storybook import registry
-from storybook.adapter_format import adapter_weights
 from storybook.book import RenderSettings, load_book, save_book
 from storybook.cli import app
+from storybook.config import AdapterSource
 from storybook.errors import ModelError
-from storybook.image_prompt import AdapterSource, load_image_embeds, read_image_prompt
+from storybook.identities.adapter_format import adapter_weights
+from storybook.identities.image_prompt import load_image_embeds, read_image_prompt
 from storybook.models import TINY_MODEL_FOLDER
 from storybook.registry import identity_hash
-from storybook.render_book import render_book, with_settings
-from storybook.renderer import ImageJob, Renderer, region_masks
+from storybook.render.pages import render_book, with_settings
+from storybook.render.renderer import ImageJob, Renderer, region_masks
 from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
 from storybook.training.personalize import build_identity
@@ -235,9 +236,9 @@ def test_a_plus_adapter_takes_the_patch_tokens_of_the_most_typical_photo_not_the
 ):
     from transformers import CLIPVisionModelWithProjection
 
-    from storybook.image_prompt import adapter_files, embed_photos, image_processor, most_typical
+    from storybook.identities.image_prompt import adapter_files, embed_photos, image_processor, most_typical
 
-    monkeypatch.setattr("storybook.image_prompt.is_plus_adapter", lambda weights: True)
+    monkeypatch.setattr("storybook.identities.image_prompt.is_plus_adapter", lambda weights: True)
     embeds = embed_photos(tiny_ip_adapter, sample_photos, torch.device("cpu"), torch.float32)
     encoder = CLIPVisionModelWithProjection.from_pretrained(adapter_files(tiny_ip_adapter)[1]).eval()
     pictures = [Image.open(path).convert("RGB") for path in sample_photos]
@@ -253,8 +254,8 @@ def test_a_plus_adapter_takes_the_patch_tokens_of_the_most_typical_photo_not_the
 def test_the_image_encoder_runs_in_the_data_roots_dtype_and_the_embedding_is_kept_in_fp32(
     home, sample_photos, tiny_ip_adapter
 ):
-    from storybook.config import update_config
-    from storybook.image_prompt import embed_photos
+    from storybook.identities.image_prompt import embed_photos
+    from storybook.render.configure import update_config
 
     register(home, sample_photos)
     update_config(home, {"dtype": "bf16"})  # what a GPU's fp16 would be; bf16 on this CPU

@@ -9,16 +9,16 @@ from safetensors.torch import load_file
 
 from storybook import registry
 from storybook.book import load_book
-from storybook.config import update_config
 from storybook.errors import TrainingError
+from storybook.identities import load_identity
+from storybook.identities.families import Conditioning, concatenated
+from storybook.identities.lora import KOHYA_FILE, LORA_FILE
+from storybook.identities.record import read_identity
 from storybook.models import load_tokenizer
-from storybook.render_book import render_book
-from storybook.training.families import Conditioning, concatenated
-from storybook.training.identity import read_identity
+from storybook.render.configure import update_config
+from storybook.render.pages import render_book
 from storybook.training.loop import train_identity
-from storybook.training.methods import load_identity
-from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
-from tests.test_render_book import new_book, pixels
+from tests.render.test_pages import new_book, pixels
 
 QUICK = {"steps": 6, "num_class_images": 2, "class_image_steps": 2, "checkpoint_every": 3}
 

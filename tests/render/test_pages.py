@@ -19,7 +19,7 @@ from storybook import registry
 from storybook.book import load_book, save_book
 from storybook.errors import ModelError
 from storybook.models import TINY_MODEL_FOLDER
-from storybook.render_book import IMAGES_DIR, render_book, with_settings
+from storybook.render.pages import IMAGES_DIR, render_book, with_settings
 from storybook.story import book_edits
 from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer

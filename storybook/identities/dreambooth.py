@@ -9,12 +9,11 @@ import transformers
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from storybook.errors import ModelError
+from storybook.identities.base import MethodPart, ModelShape, SaveRequest, Trainable, freeze
+from storybook.identities.families import text_encoders
+from storybook.identities.record import IdentityMetadata
+from storybook.identities.training_config import TrainingConfig
 from storybook.registry import Character
-from storybook.training.config import TrainingConfig
-from storybook.training.families import text_encoders
-from storybook.training.identity import IdentityMetadata
-from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
-from storybook.vram import ModelShape
 
 # Published practice: the HF DreamBooth blog for faces (lr 1e-6..2e-6, 800-1200 steps, 100-200 class images, prior
 # weight 1.0), with gradient checkpointing (diffusers' README: full DreamBooth fits 16 GB with it and 8-bit Adam);

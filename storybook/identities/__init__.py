@@ -2,20 +2,54 @@
 pipeline for rendering, and its default settings per model scale."""
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from diffusers import DiffusionPipeline
 
 from storybook.errors import ModelError
-from storybook.training.config import Method, TrainingConfig, checked_config, model_scale
-from storybook.training.identity import IdentityMetadata, read_identity
-from storybook.training.methods import dreambooth, hypernetwork, lora, pivotal, textual_inversion
-from storybook.training.methods.base import MethodPart
+from storybook.identities import dreambooth, hypernetwork, lora, pivotal, textual_inversion
+from storybook.identities.base import MethodPart
+from storybook.identities.record import IdentityMetadata, read_identity
+from storybook.identities.training_config import IdentityMethod, Method, TrainingConfig, checked_config, model_scale
 from storybook.weights import check_finite, file_tensors
 
 METHODS: dict[Method, MethodPart] = {
     part.name: part for part in (lora.PART, dreambooth.PART, textual_inversion.PART, hypernetwork.PART, pivotal.PART)
 }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an identity method (`storybook character train --method`) builds an identity: the weights it trains (a
+    METHODS part; None: none) and whether an image prompt (IP-Adapter, image_prompt.py) is built beside them; what it
+    is in a few words (the CLI's help) and in a parent's words (the app's choice)."""
+
+    trained: Method | None
+    image_prompt: bool
+    summary: str
+    label: str | None  # None: not offered in the app (an expert's method: the CLI only)
+
+
+# Every identity method by name, in the order the app offers them: the one list the CLI, the app and the builder read.
+RECIPES: dict[IdentityMethod, Recipe] = {
+    "ip-adapter": Recipe(
+        None, True, "the photos as an image prompt: ready in seconds, no training", "From the photos (ready in seconds)"
+    ),
+    "lora": Recipe("lora", False, "small file", "Trained on the photos (LoRA, minutes)"),
+    "lora+ip-adapter": Recipe("lora", True, "both", "Both"),
+    "textual-inversion": Recipe(
+        "textual-inversion", False, "a new word's embedding, a few KB", "A new word for it (Textual Inversion, minutes)"
+    ),
+    "hypernetwork": Recipe("hypernetwork", False, "A1111's", "AUTOMATIC1111 hypernetwork (minutes)"),
+    "pivotal": Recipe("pivotal", False, "Textual Inversion + LoRA", "A new word and a LoRA (pivotal tuning, minutes)"),
+    "pivotal+ip-adapter": Recipe(
+        "pivotal", True, "pivotal tuning and the image prompt", "Pivotal tuning and the photos (minutes)"
+    ),
+    "dreambooth": Recipe("dreambooth", False, "full fine-tune", None),
+}
+assert set(RECIPES) == set(get_args(IdentityMethod)), "IdentityMethod and RECIPES name the same methods"
 
 
 def default_config(method: Method, unet_parameters: int, family: str = "sd") -> TrainingConfig:

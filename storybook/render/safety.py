@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from storybook.config import SAFETY_OFF
 from storybook.errors import ModelError
 from storybook.models import config_class, files_fingerprint, local_snapshot
 from storybook.weights import check_finite, damaged_file
 
-SAFETY_OFF = "off"  # the config's value for "no safety checker"
 CHECKER_CLASS = "StableDiffusionSafetyChecker"
 PictureCheck = Callable[[list[Image.Image]], list[bool]]  # pictures -> whether each is flagged
 

@@ -13,12 +13,11 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from storybook.identities.base import MethodPart, ModelShape, SaveRequest, Trainable, freeze
+from storybook.identities.families import pipeline_family, text_encoders
+from storybook.identities.record import IdentityMetadata
+from storybook.identities.training_config import TrainingConfig
 from storybook.registry import Character
-from storybook.training.config import TrainingConfig
-from storybook.training.families import pipeline_family, text_encoders
-from storybook.training.identity import IdentityMetadata
-from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
-from storybook.vram import ModelShape
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"

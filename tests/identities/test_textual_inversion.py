@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
-from storybook.training.config import TrainingConfig
-from storybook.training.identity import read_identity
+from storybook.identities import load_identity, unload_identity
+from storybook.identities.record import read_identity
+from storybook.identities.textual_inversion import EMBEDS_FILE, train_identifier_embeddings
+from storybook.identities.training_config import TrainingConfig
 from storybook.training.loop import train_identity
-from storybook.training.methods import load_identity, unload_identity
-from storybook.training.methods.textual_inversion import EMBEDS_FILE, train_identifier_embeddings
 from tests.training.pictures import colour_distance, fresh_pipeline, photo_colour, render
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storybook.printing.print_pictures import PrintPictures, tile_starts, upscale_tiled
+from storybook.render.print_pictures import PrintPictures, tile_starts, upscale_tiled
 from tests.printing.test_book_pdf import tiny_x4_upscaler
 
 

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from storybook.training.methods import resolve_config
-from storybook.vram import GIB, REFERENCE_SHAPES, SD15_SHAPE, SDXL_SHAPE, model_shape, render_need, training_need
+from storybook.identities import resolve_config
+from storybook.training.vram import (
+    GIB,
+    REFERENCE_SHAPES,
+    SD15_SHAPE,
+    SDXL_SHAPE,
+    model_shape,
+    render_need,
+    training_need,
+)
 
 NO_PRIOR = {"prior_preservation": False, "num_class_images": 0}
 # ShivamShrirao/diffusers examples/dreambooth/README.md, "Tested on Tesla T4 GPU": SD 1.x DreamBooth at 512 px,

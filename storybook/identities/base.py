@@ -7,10 +7,29 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
+from storybook.identities.record import IdentityMetadata
+from storybook.identities.training_config import Method, ModelScale, TrainingConfig
 from storybook.registry import Character
-from storybook.training.config import Method, ModelScale, TrainingConfig
-from storybook.training.identity import IdentityMetadata
-from storybook.vram import ModelShape
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimates need of a base model: parameter counts by part and the sizes derived from its configs."""
+
+    family: str  # 'sd' or 'sdxl'
+    native_size: int  # pixels: the side it was trained at
+    latent_side: int  # the UNet's latent side at that size
+    base_channels: int  # the UNet's first channel width
+    unet: int
+    text_encoders: tuple[int, ...]
+    vae: int
+    vae_upcast: bool  # the VAE runs in fp32 whatever the precision (its config's force_upcast)
+    token_embeddings: int  # the first text encoder's embedding matrix (Textual Inversion trains it)
+    lora_per_rank: int  # a rank-1 LoRA on the UNet's attention projections
+    locon_per_rank: int  # ... on its convolutions, projections and feed-forward layers (--lora-convolutions)
+    text_lora_per_rank: int  # ... on the text encoders' attention
+    hypernetwork: int  # the webui's 1, 2, 1 hypernetwork over the UNet's context widths
+    largest_tensor: int  # the UNet's largest weight (what a fused backward pass holds a gradient of)
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,7 @@ class MethodPart:
     set_strength: Callable[[DiffusionPipeline, str, float], None] | None = None
     lora_adapter: bool = False  # loads a LoRA adapter named after the character, which the renderer switches per page
     families: frozenset[str] = frozenset({"sd"})  # the model families it trains on ('sd', 'sdxl')
-    # For the memory plan (storybook/vram.py): how many parameters it trains on a model of a shape, and the bytes of
+    # For the memory plan (training/vram.py): how many parameters it trains on a model of a shape, and the bytes of
     # the frozen text encoders that stay on the card beside them (given the frozen weights' bytes per value; 0 when
     # they wait on the CPU because the captions' encodings are cached).
     trained_parameters: Callable[[ModelShape, TrainingConfig], int] = lambda shape, config: 0

@@ -8,7 +8,7 @@ Sources of the figures (GiB as nvidia-smi reports them):
   gradient checkpointing, 8-bit Adam 9.92; fp32 the same 10.08; batch 2 10.4; without checkpointing 11.17, batch 2
   13.67; checkpointing with torch's AdamW 15.79; neither 17.7. The activations per picture below are that table's
   batch-2 minus batch-1 rows (0.48 with checkpointing, 2.50 without); every other row is a prediction checked in
-  tests/test_vram.py.
+  tests/training/test_vram.py.
 - SDXL full fine-tune at 1024 px, batch 1, Adafactor fused into the backward pass (kohya-ss/sd-scripts pull request
   1259): 10 GB with bf16 weights, 16.4 GB with fp32 ones.
 - SDXL LoRA with checkpointing, cached latents and text encoder outputs, an 8-bit optimiser, rank 4-8: "can be done
@@ -20,7 +20,11 @@ x 320): SDXL at 1024 px has 4x the positions at the same widths (320/640/1280), 
 import json
 from dataclasses import dataclass
 
-from storybook.training.config import TrainingConfig
+from storybook.identities import METHODS
+from storybook.identities.base import ModelShape
+from storybook.identities.lora import TEXT_TARGETS, UNET_CONV_TARGETS, UNET_TARGETS
+from storybook.identities.training_config import TrainingConfig
+from storybook.models import model_family, model_folder
 
 GIB = 2**30
 CUDA_CONTEXT = int(0.5 * GIB)  # torch's CUDA context and kernels, which nvidia-smi counts and the allocator does not
@@ -39,27 +43,7 @@ DECODE_PER_MEGAPIXEL = 3.0 * GIB  # the VAE decoding one fp32 picture of 1024 x 
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw-8bit": 2.0, "adafactor": 0.01}  # state per trained parameter (fp32 weights)
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What the estimates need of a base model: parameter counts by part and the sizes derived from its configs."""
-
-    family: str  # 'sd' or 'sdxl'
-    native_size: int  # pixels: the side it was trained at
-    latent_side: int  # the UNet's latent side at that size
-    base_channels: int  # the UNet's first channel width
-    unet: int
-    text_encoders: tuple[int, ...]
-    vae: int
-    vae_upcast: bool  # the VAE runs in fp32 whatever the precision (its config's force_upcast)
-    token_embeddings: int  # the first text encoder's embedding matrix (Textual Inversion trains it)
-    lora_per_rank: int  # a rank-1 LoRA on the UNet's attention projections
-    locon_per_rank: int  # ... on its convolutions, projections and feed-forward layers (--lora-convolutions)
-    text_lora_per_rank: int  # ... on the text encoders' attention
-    hypernetwork: int  # the webui's 1, 2, 1 hypernetwork over the UNet's context widths
-    largest_tensor: int  # the UNet's largest weight (what a fused backward pass holds a gradient of)
-
-
-# The public models' shapes, counted from their configs on the meta device (tests/test_vram.py counts them again).
+# The public models' shapes, counted from their configs on the meta device (tests/training/test_vram.py counts them).
 SD15_SHAPE = ModelShape(
     family="sd",
     native_size=512,
@@ -136,8 +120,7 @@ def training_need(
     (storybook's loop), the trained weights in fp32 (bf16 with full_bf16), their gradients (one tensor's at a time
     with fused_backward) and optimiser state, the activations of the batch (twice the pictures with prior
     preservation's class images) and, with `sample_grids`, drawing a sample picture at a checkpoint. What the method
-    trains and keeps on the card is its part's (storybook/training/methods/)."""
-    from storybook.training.methods import METHODS
+    trains and keeps on the card is its part's (storybook/identities/)."""
 
     part = METHODS[config.method]
     half = config.mixed_precision != "no"
@@ -190,9 +173,6 @@ def model_shape(model_path: str) -> ModelShape:
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.attention_processor import Attention
-
-    from storybook.models import model_family, model_folder
-    from storybook.training.methods.lora import TEXT_TARGETS, UNET_CONV_TARGETS, UNET_TARGETS
 
     folder = model_folder(model_path, ["model_index.json", "*/config.json"])
     index = json.loads((folder / "model_index.json").read_text())

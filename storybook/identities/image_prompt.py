@@ -18,17 +18,17 @@ import json
 import os
 import time
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection
 from transformers.models.clip import CLIPImageProcessorPil
 
-from storybook.config import load_config
+from storybook.config import MINI_ADAPTER, MINI_ADAPTER_SOURCE, AdapterSource, load_config
 from storybook.errors import ModelError, describe_problems
 from storybook.models import config_class, files_fingerprint, local_snapshot, pick_device, pick_dtype
 from storybook.registry import Character, prepared_photo_paths
@@ -37,39 +37,10 @@ from storybook.weights import check_finite, damaged_file, file_tensors, unreadab
 
 IMAGE_PROMPT_FILE = "image_prompt.json"
 EMBEDS_FILE = "image_embeds.safetensors"
-MINI_ADAPTER = "storybook-mini"  # alias of the committed adapter of storybook-mini
-MINI_ADAPTER_FOLDER = Path(__file__).resolve().parent / "weights" / "storybook-mini-ip-adapter"
-MINI_ADAPTER_FILE = "ip-adapter_storybook-mini.safetensors"
+MINI_ADAPTER_FOLDER = Path(__file__).resolve().parent.parent / "weights" / "storybook-mini-ip-adapter"
 ENCODER_CLASS = "CLIPVisionModelWithProjection"  # an IP-Adapter's image encoder
 MINI_ADAPTER_SCALE = 1.0  # storybook-mini's adapter was trained at scale 1 (README, "Consistency lab")
 REBUILD = "Build the identity again with `storybook character train NAME` (and its --method)."
-
-
-class AdapterSource(BaseModel):
-    """Where an IP-Adapter is: a hub id or local folder (or 'storybook-mini'), its weights file and image encoder
-    as paths inside it (h94/IP-Adapter: 'models/ip-adapter_sd15.safetensors' and 'models/image_encoder')."""
-
-    source: str
-    weight_name: str
-    image_encoder: str = "image_encoder"
-
-    @field_validator("source")
-    @classmethod
-    def local_folders_are_absolute(cls, source: str) -> str:
-        """A local folder is kept as an absolute path, so the app and other working directories find it too."""
-        folder = Path(source).expanduser()
-        return str(folder.resolve()) if folder.is_dir() else source
-
-    @field_validator("weight_name", "image_encoder")
-    @classmethod
-    def stays_inside_the_adapter(cls, path: str) -> str:
-        """Paths inside the adapter's folder: relative, without '..'."""
-        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
-            raise ValueError(f"{path!r} must be a path inside the adapter's folder (relative, without '..')")
-        return path
-
-
-MINI_ADAPTER_SOURCE = AdapterSource(source=MINI_ADAPTER, weight_name=MINI_ADAPTER_FILE)
 
 
 class ImagePrompt(BaseModel):

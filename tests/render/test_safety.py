@@ -12,14 +12,15 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor
 
 from storybook.book import load_book
-from storybook.config import load_config, update_config
+from storybook.config import load_config
 from storybook.errors import BookError, ModelError
 from storybook.models import TINY_MODEL_FOLDER
 from storybook.printing.book_pdf import export_book
-from storybook.render_book import SAFETY_REDRAWS, render_book
-from storybook.renderer import ImageJob, Renderer
-from storybook.safety import SafetyChecker, load_safety_checker
-from tests.test_render_book import new_book, pixels
+from storybook.render.configure import update_config
+from storybook.render.pages import SAFETY_REDRAWS, render_book
+from storybook.render.renderer import ImageJob, Renderer
+from storybook.render.safety import SafetyChecker, load_safety_checker
+from tests.render.test_pages import new_book, pixels
 
 pytestmark = pytest.mark.slow
 

@@ -21,11 +21,10 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from storybook.errors import ModelError
+from storybook.identities.base import MethodPart, ModelShape, SaveRequest, Trainable, freeze
+from storybook.identities.record import IdentityMetadata
+from storybook.identities.training_config import TrainingConfig
 from storybook.registry import Character
-from storybook.training.config import TrainingConfig
-from storybook.training.identity import IdentityMetadata
-from storybook.training.methods.base import MethodPart, SaveRequest, Trainable, freeze
-from storybook.vram import ModelShape
 from storybook.weights import unreadable
 
 LAYER_STRUCTURE = (1, 2, 1)  # the webui's default: widths of the MLP's layers in multiples of the context width

@@ -1,5 +1,5 @@
 """Trained identities on disk: identity.json (what was trained, from what, how, and how well) beside the method's
-weights. How each method writes and loads its weights is in its part (storybook/training/methods/)."""
+weights. How each method writes and loads its weights is in its part (storybook/identities/)."""
 
 import json
 from datetime import datetime
@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from storybook.errors import ModelError, describe_problems
+from storybook.identities.training_config import Method, TrainingConfig
 from storybook.storage import InsidePath
-from storybook.training.config import Method, TrainingConfig
 
 SCHEMA_VERSION = 1
 RECORD = "identity.json"

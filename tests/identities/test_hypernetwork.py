@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from storybook import registry
 from storybook.book import RenderSettings
 from storybook.errors import ModelError
-from storybook.renderer import ImageJob, Renderer
+from storybook.identities import load_identity, unload_identity
+from storybook.identities.hypernetwork import read_hypernetwork, set_strength
+from storybook.render.renderer import ImageJob, Renderer
 from storybook.training.loop import train_identity
-from storybook.training.methods import load_identity, unload_identity
-from storybook.training.methods.hypernetwork import read_hypernetwork, set_strength
 from tests.training.pictures import fresh_pipeline, render
 
 pytestmark = pytest.mark.slow

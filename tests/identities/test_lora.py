@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from storybook import registry
+from storybook.identities.lora import KOHYA_FILE, LORA_FILE
 from storybook.training.loop import train_identity
-from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
 from tests.training.pictures import fresh_pipeline, render
 
 pytestmark = pytest.mark.slow

@@ -9,12 +9,11 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
+from storybook.identities import lora, textual_inversion
+from storybook.identities.base import MethodPart, ModelShape, SaveRequest, Trainable
+from storybook.identities.record import IdentityMetadata
+from storybook.identities.training_config import TrainingConfig
 from storybook.registry import Character
-from storybook.training.config import TrainingConfig
-from storybook.training.identity import IdentityMetadata
-from storybook.training.methods import lora, textual_inversion
-from storybook.training.methods.base import MethodPart, SaveRequest, Trainable
-from storybook.vram import ModelShape
 
 # The LoRA's defaults with its class images (the diffusers script keeps prior preservation optional); the embeddings
 # train at the LoRA's rate, as the script's joint training does. storybook-mini, measured with the consistency lab

@@ -9,12 +9,12 @@ import torch
 
 from storybook import registry
 from storybook.book import RenderSettings, load_book
-from storybook.config import update_config
-from storybook.render_book import open_renderer
-from storybook.renderer import ImageJob, Renderer, region_masks
+from storybook.render.configure import update_config
+from storybook.render.pages import open_renderer
+from storybook.render.renderer import ImageJob, Renderer, region_masks
 from storybook.tiny_model import build_tokenizer
 from storybook.training.personalize import build_identity
-from tests.test_render_book import new_book
+from tests.render.test_pages import new_book
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +55,16 @@ def test_a_renderer_switch_frees_the_old_pipeline_before_the_new_one_loads(studi
     first = open_renderer(studio, book)
     old_unet = weakref.ref(first.pipeline.unet)
     alive_at_load = []
-    import storybook.renderer
+    import storybook.render.renderer
 
-    real_load = storybook.renderer.load_pipeline
+    real_load = storybook.render.renderer.load_pipeline
 
     def load_pipeline(*args, **kwargs):
         gc.collect()
         alive_at_load.append(old_unet() is not None)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(storybook.renderer, "load_pipeline", load_pipeline)
+    monkeypatch.setattr(storybook.render.renderer, "load_pipeline", load_pipeline)
     update_config(studio, {"safety_checker": "off"})  # another setting: the renderer cannot draw the book as it is
     second = open_renderer(studio, book, first)
     assert alive_at_load == [False]  # one pipeline at a time: the old one was gone when the new one loaded

@@ -1,7 +1,7 @@
 import pytest
 
 from storybook.errors import TrainingError
-from storybook.training.methods import resolve_config
+from storybook.identities import resolve_config
 
 
 def test_published_defaults_for_real_models_and_scaled_ones_for_the_tiny_and_mini_models():

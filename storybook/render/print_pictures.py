@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from storybook.book import book_file
+from storybook.config import X4_UPSCALER
 from storybook.errors import ModelError
 from storybook.storage import atomic_write_bytes
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 PRINT_DPI = 300
 PRINT_DIR = "print"
-X4_UPSCALER = "stabilityai/stable-diffusion-x4-upscaler"
 UPSCALER_CLASS = "StableDiffusionUpscalePipeline"
 X4_STEPS = 20
 X4_TILE = 128  # input pixels per side of a tile (512 enlarged)
@@ -44,6 +44,7 @@ def load_x4_upscaler(model: str, device: str | None = None) -> "StableDiffusionU
     """diffusers' x4 upscaler from a local folder or the Hugging Face cache (never downloaded), loaded once per process
     and device; None when absent. Raises ModelError when its files are here but damaged (cannot be read, or NaN or
     infinite weights: its pictures would be black)."""
+    # Lazy for import speed (torch and diffusers load only once a book is exported), not to hide a circle.
     from diffusers import StableDiffusionUpscalePipeline
 
     from storybook.models import local_snapshot, pick_device, pick_dtype
