@@ -14,7 +14,7 @@ $(VENV)/installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
-.PHONY: demo test test-fast bench
+.PHONY: demo test test-fast screenshots bench
 demo: $(VENV)/installed
 	$(BIN)/storybook --home demo demo
 
@@ -27,6 +27,11 @@ test: $(VENV)/installed
 # The inner loop while changing code: the tests not marked slow (minutes); `make test` runs them all, as CI does.
 test-fast: $(VENV)/installed
 	$(BIN)/pytest -q -m "not slow"
+
+# The README's pictures (docs/screenshots/), from a book storybook-mini draws; the tests never write them. Needs
+# Debian's chromium. A few minutes on a CPU.
+screenshots: $(VENV)/installed
+	$(BIN)/python scripts/screenshots.py
 
 bench: $(VENV)/installed
 	$(BIN)/python bench/train.py
