@@ -31,12 +31,13 @@ def tree_changes() -> dict[str, str] | None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[BEFORE] = tree_changes()
+    if not hasattr(session.config, "workerinput"):  # pytest-xdist's controller checks the tree; its workers need not
+        session.config.stash[BEFORE] = tree_changes()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     before = session.config.stash.get(BEFORE, None)
-    after = tree_changes()
+    after = tree_changes() if before is not None else None
     if before is None or after is None:
         return
     if changed := sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path)):

@@ -10,23 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from storybook import registry
-from storybook.cli.shell import (
-    CaptionerOption,
-    ModelOption,
-    RayAddressOption,
-    app,
-    console,
-    run,
-    state,
-)
+from storybook.cli.shell import CaptionerOption, ModelOption, RayAddressOption, app, console, run, state
 from storybook.cli.training_options import with_training_options
 from storybook.config import H94_IMAGE_ENCODER, H94_WEIGHT, configured_model, load_config
-from storybook.errors import (
-    CharacterError,
-    ModelError,
-    PhotoError,
-    error_text,
-)
+from storybook.errors import CharacterError, ModelError, PhotoError, error_text
 from storybook.identities import RECIPES
 from storybook.identities.training_config import IdentityMethod
 from storybook.text import shown

@@ -7,9 +7,7 @@ from rich.table import Table
 
 from storybook.cli.shell import app, console, run, state
 from storybook.config import Dtype
-from storybook.errors import (
-    ModelError,
-)
+from storybook.errors import ModelError
 
 
 @app.command("config")

@@ -13,28 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from storybook import registry
-from storybook.book import (
-    BOOK_FILE,
-    Scheduler,
-    book_dir,
-    load_book,
-    save_book,
-)
-from storybook.cli.shell import (
-    RayAddressOption,
-    app,
-    console,
-    progress_bar,
-    run,
-    say_warning,
-    state,
-)
+from storybook.book import BOOK_FILE, Scheduler, book_dir, load_book, save_book
+from storybook.cli.shell import RayAddressOption, app, console, progress_bar, run, say_warning, state
 from storybook.cli.story import edit_book
 from storybook.config import X4_UPSCALER
-from storybook.errors import (
-    BookError,
-    describe_problems,
-)
+from storybook.errors import BookError, describe_problems
 from storybook.printing.book_pdf import Layout, Profile, Trim, export_book
 from storybook.quiet import quiet_libraries
 from storybook.render.print_pictures import Upscaler

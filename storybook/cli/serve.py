@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 
 from storybook.cli.shell import app, run, state
-from storybook.errors import (
-    StorybookError,
-)
+from storybook.errors import StorybookError
 from storybook.storage import HOME_ENV
 
 APP_FILE = Path(__file__).resolve().parents[2] / "streamlit_app.py"

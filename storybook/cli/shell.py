@@ -16,10 +16,7 @@ from rich.text import Text
 from tqdm import tqdm
 from typer.core import TyperGroup
 
-from storybook.errors import (
-    StorybookError,
-    describe_problems,
-)
+from storybook.errors import StorybookError, describe_problems
 from storybook.quiet import quiet_libraries, quiet_library_logs
 from storybook.storage import HOME_ENV, MODEL_ENV, data_home
 from storybook.text import shown

@@ -7,21 +7,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from storybook.book import (
-    BOOK_FILE,
-    MAX_PAGES,
-    MIN_PAGES,
-    Book,
-    Pronouns,
-    book_dir,
-    list_books,
-    load_book,
-    save_book,
-)
+from storybook.book import BOOK_FILE, MAX_PAGES, MIN_PAGES, Book, Pronouns, book_dir, list_books, load_book, save_book
 from storybook.cli.shell import app, console, run, say_warning, state
-from storybook.errors import (
-    BookError,
-)
+from storybook.errors import BookError
 from storybook.storage import slugify
 from storybook.story import book_edits
 from storybook.story.llm_writer import DEFAULT_LLM_MODEL, LLMSettings

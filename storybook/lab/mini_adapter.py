@@ -37,6 +37,7 @@ from storybook.identities.image_prompt import image_processor
 from storybook.lab import world
 from storybook.lab.mini_model import RESOLUTION, SCHEDULE, cpu_state, save_state, training_caption, warmup_cosine
 from storybook.models import MINI_MODEL_FOLDER
+from storybook.training.losses import diffusion_target
 
 ENCODER_SIZE = 64  # pixels the image encoder sees (CLIP's processor resizes and centre-crops to it)
 IMAGE_EMBED_DIM = 64
@@ -227,7 +228,9 @@ def train_mini_adapter(
             added_cond_kwargs={"image_embeds": [image]},
             cross_attention_kwargs={"ip_adapter_masks": [masks]},
         ).sample
-        loss = F.mse_loss(prediction, scheduler.get_velocity(batch, noise, timesteps))
+        # The identity trainer's loss target; its own step, because the adapter trains with the base model's UNet
+        # on the world's scenes, not an identity's photos.
+        loss = F.mse_loss(prediction, diffusion_target(scheduler, batch, noise, timesteps))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
