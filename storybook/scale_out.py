@@ -10,8 +10,9 @@ with what is missing, locally or on the cluster, and a second run draws nothing.
 comes back with its error, so that book fails alone; an actor that dies is restarted by Ray and its batch drawn again.
 
 Workers read the data root (base models, the characters' identity files) at the driver's path: on a cluster of
-several machines it must be shared (README, "Many books on a Ray cluster"). When the user says the whole data root is
-shared (`shared`), the workers write the pictures into the books themselves and only their names travel back.
+several machines it must be shared (docs/batch.md, "Many books on a Ray cluster"). When the user says the whole
+data root is shared (`shared`), the workers write the pictures into the books themselves and only their names
+travel back.
 """
 
 import io
@@ -194,7 +195,8 @@ class PageDrawer:
         if renderer.source != expected:
             raise BookError(
                 f"A worker draws {settings.model} as {renderer.source}, but the driver planned {expected}: give every "
-                "node the same data root, models, settings and device kind (README, 'Many books on a Ray cluster')."
+                "node the same data root, models, settings and device kind (docs/batch.md, 'Many books on a Ray "
+                "cluster')."
             )
         renderer.load_identities(json.loads(first["book_characters"]))
         characters = tuple(json.loads(first["characters"]))

@@ -96,7 +96,7 @@ def doctor(
         console.print(f"GPU: {line}")
         if not verdicts:
             return
-        table = Table("model", "what", "fits", "GiB", "how", title="Memory plan (estimates; see README, GPU memory)")
+        table = Table("model", "what", "fits", "GiB", "how", title="Memory plan (estimates; see docs/gpu.md)")
         for verdict in verdicts:
             fits = {True: "yes", False: "no", None: "-"}[verdict.fits]
             table.add_row(

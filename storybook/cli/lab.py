@@ -107,7 +107,7 @@ def lab_train_mini(
         str, typer.Option(help="Train on this device, e.g. cuda (the pictures are drawn on the CPU).")
     ] = "cpu",
 ) -> None:
-    """Train storybook-mini from scratch on the lab's world (resumable; README "storybook-mini" gives the times)."""
+    """Train storybook-mini from scratch on the lab's world (resumable; docs/lab.md gives the times)."""
 
     def train() -> None:
         from storybook.lab.mini_model import train_mini

@@ -39,7 +39,7 @@ IMAGE_PROMPT_FILE = "image_prompt.json"
 EMBEDS_FILE = "image_embeds.safetensors"
 MINI_ADAPTER_FOLDER = Path(__file__).resolve().parent.parent / "weights" / "storybook-mini-ip-adapter"
 ENCODER_CLASS = "CLIPVisionModelWithProjection"  # an IP-Adapter's image encoder
-MINI_ADAPTER_SCALE = 1.0  # storybook-mini's adapter was trained at scale 1 (README, "Consistency lab")
+MINI_ADAPTER_SCALE = 1.0  # storybook-mini's adapter was trained at scale 1 (docs/lab.md, "Consistency lab")
 REBUILD = "Build the identity again with `storybook character train NAME` (and its --method)."
 
 

@@ -30,8 +30,8 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Published practice: diffusers' train_dreambooth_lora.py README (lr 1e-4, ~500-1000 steps); for SDXL its
 # train_dreambooth_lora_sdxl.py README (lr 1e-4, 500 steps, batch 1 with 4 accumulated, rank 4). The tiny model
 # learns in a minute on a CPU: higher rates, bigger batches, a few cheap class images. storybook-mini, measured with the
-# consistency lab (README, "Consistency lab"): the tiny model's rate spoils its pictures, and a LoRA on attention alone
-# (a tenth of this UNet's weights) learns nothing of the photos, so it also adapts the convolutions.
+# consistency lab (docs/lab.md, "Consistency lab"): the tiny model's rate spoils its pictures, and a LoRA on
+# attention alone (a tenth of this UNet's weights) learns nothing of the photos, so it also adapts the convolutions.
 DEFAULTS = {
     "real": {"steps": 800, "learning_rate": 1e-4, "rank": 8, "num_class_images": 100, "checkpoint_every": 100},
     "xl": {

@@ -17,7 +17,7 @@ from storybook.registry import Character
 
 # The LoRA's defaults with its class images (the diffusers script keeps prior preservation optional); the embeddings
 # train at the LoRA's rate, as the script's joint training does. storybook-mini, measured with the consistency lab
-# (README, "Consistency lab"): 300 steps draw the held-out character whole as often as 600 (12% against 11% of
+# (docs/lab.md, "Consistency lab"): 300 steps draw the held-out character whole as often as 600 (12% against 11% of
 # pages) at a third of the class drift (10% against 32%) in half the time.
 DEFAULTS = lora.DEFAULTS | {"mini": lora.DEFAULTS["mini"] | {"steps": 300}}
 

@@ -160,7 +160,7 @@ def train_mini_adapter(
     if not (base / "model_index.json").is_file():
         raise LabError(
             f"{base} holds no text-only storybook-mini to start from: train it first with "
-            f"`storybook lab train-mini --out {base}` (see README, 'storybook-mini')."
+            f"`storybook lab train-mini --out {base}` (see docs/lab.md, 'storybook-mini')."
         )
     torch.manual_seed(seed)
     work.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ class SavedRun(BaseModel):
 def default_mixed_precision(device: torch.device) -> MixedPrecision:
     """The mixed precision a run trains with unless told: bf16 on a CUDA GPU that supports it, else fp16 there
     (frozen weights in half precision, trained ones and an upcast VAE in fp32); none elsewhere (bf16 autocast on
-    this project's CPU trained a storybook-mini LoRA ten times slower, README "GPU memory and speed")."""
+    this project's CPU trained a storybook-mini LoRA ten times slower, docs/gpu.md)."""
     if device.type != "cuda":
         return "no"
     return "bf16" if bf16_in_hardware() else "fp16"
@@ -218,7 +218,7 @@ def class_images_at_a_time(shape: ModelShape, card: Card) -> int:
 
 def check_precision_on(device: torch.device, config: TrainingConfig) -> None:
     """Raises TrainingError for mixed precision on the CPU: bf16 autocast on this project's CPU trained ten times
-    slower (measured, README "GPU memory and speed")."""
+    slower (measured, docs/gpu.md)."""
     if config.mixed_precision != "no" and device.type == "cpu":
         raise TrainingError(
             "Mixed precision needs a GPU (bf16 autocast on this project's CPU trained ten times slower, measured); "
