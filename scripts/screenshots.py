@@ -58,7 +58,8 @@ def main() -> None:
         photo_strip(photos).save(SCREENSHOTS / "photos.png")
         page = load_book(book_folder).pages[SHOWN_PAGE - 1]
         Image.open(book_folder / page.image).resize((256, 256), Image.NEAREST).save(SCREENSHOTS / "page.png")
-        with serve_app(home) as url, sync_playwright() as playwright:
+        # A generous start: the script may run beside a busy machine's other work.
+        with serve_app(home, start_timeout=600) as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             click_through(browser, url, book_folder, SCREENSHOTS)
             browser.close()

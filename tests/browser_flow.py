@@ -22,14 +22,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(data_root: Path) -> Iterator[str]:
-    """The app served for `data_root` (as `storybook app` serves it); yields its URL."""
+def serve_app(data_root: Path, start_timeout: float = 60) -> Iterator[str]:
+    """The app served for `data_root` (as `storybook app` serves it); yields its URL. Raises AssertionError when it
+    has not started within `start_timeout` seconds."""
     port = free_port()
     command = app_command_line(port) + ["--server.headless=true", "--server.address=127.0.0.1"]  # `storybook app`
     # Started from the data root, not the project: the app's settings must hold whatever the folder.
     server = subprocess.Popen(command, cwd=data_root, env={**os.environ, "STORYBOOK_HOME": str(data_root)})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + start_timeout
     try:
         while True:
             try:
