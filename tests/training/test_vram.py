@@ -100,7 +100,7 @@ def test_the_reference_shapes_are_the_public_architectures_counted_again(tmp_pat
     from accelerate import init_empty_weights
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
     from gpu import sdxl_text_configs, sdxl_unet
     from train import sd15_text_config, sd15_unet, sd_shaped_vae
 
