@@ -14,7 +14,7 @@ $(VENV)/installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
-.PHONY: demo test bench
+.PHONY: demo test test-fast screenshots bench
 demo: $(VENV)/installed
 	$(BIN)/storybook --home demo demo
 
@@ -23,7 +23,17 @@ TEST_WORKERS ?= 2
 test: $(VENV)/installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15
+
+# The inner loop while changing code: the tests not marked slow (minutes); `make test` runs them all, as CI does.
+test-fast: $(VENV)/installed
+	$(BIN)/pytest -q -m "not slow"
+
+# The README's pictures (docs/screenshots/), from a book storybook-mini draws; the tests never write them. Needs
+# Debian's chromium. A few minutes on a CPU.
+screenshots: $(VENV)/installed
+	$(BIN)/python scripts/screenshots.py
 
 bench: $(VENV)/installed
 	$(BIN)/python bench/train.py

@@ -10,6 +10,7 @@ from app_pages.common import cached_tokenizer, home, keep_only, show_job
 from storybook import registry
 from storybook.config import configured_model, load_config
 from storybook.errors import PhotoError, StorybookError
+from storybook.identities import RECIPES
 from storybook.jobs import Progress, is_running, start_job
 from storybook.photos import upload_file_name
 from storybook.training.personalize import IdentityMethod, recommended_method
@@ -52,15 +53,8 @@ def add_character_form(root: Path) -> None:
     st.success(f"Added {character.name} (token '{character.token}'). Train it below.")
 
 
-METHODS: dict[str, IdentityMethod] = {
-    "From the photos (ready in seconds)": "ip-adapter",
-    "Trained on the photos (LoRA, minutes)": "lora",
-    "Both": "lora+ip-adapter",
-    "A new word for it (Textual Inversion, minutes)": "textual-inversion",
-    "AUTOMATIC1111 hypernetwork (minutes)": "hypernetwork",
-    "A new word and a LoRA (pivotal tuning, minutes)": "pivotal",
-    "Pivotal tuning and the photos (minutes)": "pivotal+ip-adapter",
-}
+# The app's choices, in a parent's words (storybook.identities.RECIPES lists every method once).
+METHODS: dict[str, IdentityMethod] = {recipe.label: name for name, recipe in RECIPES.items() if recipe.label}
 
 
 def train(root: Path, slug: str, method: IdentityMethod, steps: int | None, restart: bool = False) -> None:

@@ -8,7 +8,7 @@ from storybook.book import Book, list_books, load_book
 from storybook.errors import StorybookError
 from storybook.jobs import JobState, cancel_job, read_job
 from storybook.models import load_tokenizer
-from storybook.printing.print_pictures import release_upscalers
+from storybook.render.print_pictures import release_upscalers
 from storybook.storage import data_home
 
 

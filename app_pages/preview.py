@@ -9,7 +9,7 @@ from app_pages.common import choose_book, home, keep_only, renderers, show_job
 from storybook.book import Book, Page, load_book, save_book
 from storybook.errors import StorybookError
 from storybook.jobs import Progress, is_running, start_job
-from storybook.render_book import open_renderer, render_book
+from storybook.render.pages import open_renderer, render_book
 from storybook.storage import contained
 from storybook.story import book_edits
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages.common import home, renderers
-from storybook.config import DataRootConfig, configured_model, described_settings, load_config, update_config
+from storybook.config import DataRootConfig, configured_model, described_settings, load_config
 from storybook.errors import StorybookError
 from storybook.models import check_model_on_disk
+from storybook.render.configure import update_config
 
 DEVICES = ["default", "cuda", "mps", "cpu"]
 DTYPES = ["default", "fp32", "fp16", "bf16"]

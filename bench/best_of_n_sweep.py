@@ -21,14 +21,15 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
-from storybook.image_prompt import MINI_ADAPTER_SOURCE, adapter_files, image_processor
+from storybook.config import MINI_ADAPTER_SOURCE
+from storybook.identities.image_prompt import adapter_files, image_processor
 from storybook.lab import world
 from storybook.lab.evaluator import load_evaluator
 from storybook.lab.metrics import is_same_character
 from storybook.lab.sweep import FieldTally, draw_pages, image_prompt_characters
 from storybook.models import MINI_MODEL
 from storybook.registry import load_character, prepared_photo_paths
-from storybook.renderer import Renderer
+from storybook.render.renderer import Renderer
 
 PAGES = len(world.page_settings())
 

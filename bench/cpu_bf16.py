@@ -26,8 +26,8 @@ def training_step_seconds(bf16: bool, repeats: int) -> float:
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
+    from storybook.identities.lora import UNET_CONV_TARGETS, UNET_TARGETS
     from storybook.models import MINI_MODEL_FOLDER
-    from storybook.training.methods.lora import UNET_CONV_TARGETS, UNET_TARGETS
 
     unet = UNet2DConditionModel.from_pretrained(MINI_MODEL_FOLDER, subfolder="unet")
     unet.requires_grad_(False)

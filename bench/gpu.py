@@ -10,7 +10,7 @@ at 1024 px) and random weights, built on the GPU from their configs: nothing is 
   bare loop of pipeline calls (bench/render.py's workload, one render each way).
 - The memory plan against the card: a full DreamBooth step on SD 1.5 (bf16, checkpointing, torch's AdamW) and a
   masked two-character SDXL page (two image prompts, each in its region), each with its peak memory beside the plan's
-  estimate of it (storybook/vram.py); the training rows carry the plan's estimate too.
+  estimate of it (storybook/training/vram.py); the training rows carry the plan's estimate too.
 Each part runs in its own subprocess; the section of bench/RESULTS.md (`## GPU`) is rewritten as soon as a part is
 measured, so a run cut short keeps what it finished. The whole call stops at `--budget` seconds (default 480, the
 8 minutes it is meant to take on one H100/H200-class GPU): a part that would start after it is reported as skipped,
@@ -131,7 +131,7 @@ def storybook_training(
     from storybook.sample_photos import write_sample_photos
     from storybook.tiny_model import build_tokenizer
     from storybook.training.loop import StepReport, train_identity
-    from storybook.vram import model_shape, training_need
+    from storybook.training.vram import model_shape, training_need
 
     name = f"Mia {method} {precision} {'on' if checkpointing else 'off'}"
     add_character(home, name, write_sample_photos(home / "photos"), build_tokenizer())
@@ -173,12 +173,12 @@ def plain_training(home: Path, model: str, precision: str, steps: int) -> dict:
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
+    from storybook.identities import resolve_config
+    from storybook.identities.families import Conditioning, pipeline_family
+    from storybook.identities.lora import UNET_TARGETS
     from storybook.models import model_family, unet_parameter_count
     from storybook.sample_photos import write_sample_photos
-    from storybook.training.families import Conditioning, pipeline_family
     from storybook.training.latents import images_tensor
-    from storybook.training.methods import resolve_config
-    from storybook.training.methods.lora import UNET_TARGETS
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     rank = resolve_config("lora", unet_parameter_count(model), family=model_family(model)).rank
@@ -255,15 +255,15 @@ def masked_page(spec: dict) -> dict:
     from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from storybook.adapter_format import new_adapter_weights, save_adapter_weights
     from storybook.book import RenderSettings
-    from storybook.image_prompt import AdapterSource
+    from storybook.config import AdapterSource
+    from storybook.identities.adapter_format import new_adapter_weights, save_adapter_weights
     from storybook.registry import add_character
-    from storybook.renderer import ImageJob, Renderer
+    from storybook.render.renderer import ImageJob, Renderer
     from storybook.sample_photos import write_sample_photos
     from storybook.tiny_model import build_tokenizer
     from storybook.training.personalize import build_identity
-    from storybook.vram import model_shape, render_need
+    from storybook.training.vram import model_shape, render_need
 
     home, model, steps = Path(spec["home"]), spec["model"], spec["render_steps"]
     adapter = home / "ip-adapter"
@@ -387,7 +387,7 @@ def main() -> None:
                 f"- Models: random weights in the public architectures, built on the GPU; LoRA at storybook's "
                 f"defaults for the model (rank 8 SD 1.5, 4 SDXL), batch 1, {args.train_steps} steps, no prior "
                 "preservation; s/step: median after a warm-up; peak: torch.cuda.max_memory_allocated; plan: the "
-                "memory plan's estimate of that peak (storybook/vram.py, `MemoryNeed.allocated`)",
+                "memory plan's estimate of that peak (storybook/training/vram.py, `MemoryNeed.allocated`)",
                 "- Plain loop: the photo and caption encoded at every step (diffusers' example scripts); ratio: "
                 "storybook s/step / plain s/step, same precision, without gradient checkpointing",
                 "",

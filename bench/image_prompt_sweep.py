@@ -18,7 +18,7 @@ from pathlib import Path
 from storybook.lab.evaluator import load_evaluator
 from storybook.lab.sweep import FieldTally, draw_pages, image_prompt_characters
 from storybook.models import MINI_MODEL
-from storybook.renderer import Renderer
+from storybook.render.renderer import Renderer
 
 
 def sweep(work: Path, characters: int, settings: list[tuple[float, float]], held_out: bool = True) -> None:

@@ -27,7 +27,7 @@ from storybook import registry
 from storybook.lab.evaluator import load_evaluator
 from storybook.lab.sweep import FieldTally, draw_pages, image_prompt_characters
 from storybook.models import MINI_MODEL
-from storybook.renderer import Renderer
+from storybook.render.renderer import Renderer
 
 
 @dataclass

@@ -82,7 +82,7 @@ def run_one(spec: dict) -> dict:
     process's peak memory."""
     from storybook.book import load_book
     from storybook.memory import peak_memory_bytes
-    from storybook.render_book import open_renderer, render_book
+    from storybook.render.pages import open_renderer, render_book
 
     home, book = Path(spec["home"]), Path(spec["book"])
     pages = len(load_book(book).pages) + 1
@@ -109,7 +109,7 @@ def prepare_book(root: Path, model: str, steps: int, train_steps: int) -> Path:
     """A data root with Mia and Rex trained on `model` and a 12-page book about both, set to render in `steps`."""
     from storybook.book import save_book
     from storybook.registry import add_character
-    from storybook.render_book import with_settings
+    from storybook.render.pages import with_settings
     from storybook.sample_photos import write_sample_photos
     from storybook.story.stage import StoryRequest, write_story
     from storybook.tiny_model import build_tokenizer

@@ -8,23 +8,22 @@ Precedence, everywhere: a flag (or a spec's or book's own setting) > the data ro
 import json
 import os
 import re
-from collections.abc import Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
 
-from filelock import FileLock
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from storybook.errors import ModelError, describe_problems
-from storybook.storage import MINI_MODEL, MODEL_ENV, InsidePath, atomic_write_text, default_model
+from storybook.storage import MINI_MODEL, MODEL_ENV, InsidePath, default_model
 from storybook.text import hidden_characters
-
-if TYPE_CHECKING:
-    from storybook.image_prompt import AdapterSource
 
 CONFIG_FILE = "config.json"
 H94_WEIGHT = "models/ip-adapter_sd15.safetensors"  # an IP-Adapter's files, as h94/IP-Adapter lays out SD 1.5's
 H94_IMAGE_ENCODER = "models/image_encoder"
+MINI_ADAPTER = "storybook-mini"  # alias of the committed adapter of storybook-mini
+MINI_ADAPTER_FILE = "ip-adapter_storybook-mini.safetensors"
+X4_UPSCALER = "stabilityai/stable-diffusion-x4-upscaler"  # the upscaler for print files, unless one is set
+SAFETY_OFF = "off"  # the config's value for "no safety checker"
 Dtype = Literal["fp32", "fp16", "bf16"]
 
 
@@ -38,7 +37,7 @@ def plain_line(value: str) -> str:
 def absolute_if_local(value: str) -> str:
     """A local folder as an absolute path (the app and every command find it from any working directory); a hub
     id or alias as it is."""
-    if value in ("tiny", MINI_MODEL, "off"):  # the aliases, and "off" (no safety checker)
+    if value in ("tiny", MINI_MODEL, SAFETY_OFF):  # the aliases, and "off" (no safety checker)
         return value
     try:
         path = Path(value).expanduser()
@@ -52,6 +51,33 @@ ModelSource = Annotated[
     str, Field(min_length=1, max_length=500), AfterValidator(plain_line), AfterValidator(absolute_if_local)
 ]
 FileInside = Annotated[InsidePath, Field(max_length=500), AfterValidator(plain_line)]  # a path inside its folder
+
+
+class AdapterSource(BaseModel):
+    """Where an IP-Adapter is: a hub id or local folder (or 'storybook-mini'), its weights file and image encoder
+    as paths inside it (h94/IP-Adapter: 'models/ip-adapter_sd15.safetensors' and 'models/image_encoder')."""
+
+    source: str
+    weight_name: str
+    image_encoder: str = "image_encoder"
+
+    @field_validator("source")
+    @classmethod
+    def local_folders_are_absolute(cls, source: str) -> str:
+        """A local folder is kept as an absolute path, so the app and other working directories find it too."""
+        folder = Path(source).expanduser()
+        return str(folder.resolve()) if folder.is_dir() else source
+
+    @field_validator("weight_name", "image_encoder")
+    @classmethod
+    def stays_inside_the_adapter(cls, path: str) -> str:
+        """Paths inside the adapter's folder: relative, without '..'."""
+        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+            raise ValueError(f"{path!r} must be a path inside the adapter's folder (relative, without '..')")
+        return path
+
+
+MINI_ADAPTER_SOURCE = AdapterSource(source=MINI_ADAPTER, weight_name=MINI_ADAPTER_FILE)
 
 
 class DataRootConfig(BaseModel):
@@ -106,58 +132,19 @@ def load_config(home: Path) -> DataRootConfig:
         ) from None
 
 
-def update_config(home: Path, changes: dict) -> DataRootConfig:
-    """Apply `changes` (field -> value; None unsets a field) to the data root's settings, check them and save them
-    atomically; return the result. Raises ModelError, and writes nothing, for a bad value, and for a model set that is
-    not on this machine or of the wrong kind (see `check_kinds`)."""
-    home.mkdir(parents=True, exist_ok=True)
-    with FileLock(home / f".{CONFIG_FILE}.lock"):  # the CLI and the app saving at once: neither loses the other's
-        try:
-            config = DataRootConfig.model_validate(load_config(home).model_dump() | changes)
-        except ValidationError as error:
-            raise ModelError(f"Bad setting: {describe_problems(error)}. Nothing was changed.") from None
-        check_kinds(home, config, changes.keys())
-        atomic_write_text(config_path(home), config.model_dump_json(indent=2, exclude_none=True) + "\n")
-    return config
-
-
-def check_kinds(home: Path, config: DataRootConfig, changed: Iterable[str]) -> None:
-    """Raises ModelError when a model setting among `changed` names what is not on this machine or is of the wrong
-    kind, where every render would fail: the base model (a text-to-image Stable Diffusion pipeline), the safety
-    checker (a StableDiffusionSafetyChecker), the IP-Adapter with its weights file and image encoder, and the
-    upscaler when it is here (an x4 upscaler; one not downloaded yet is allowed: export falls back to lanczos)."""
-    from storybook.image_prompt import check_adapter
-    from storybook.models import check_model_on_disk, local_snapshot, model_family, pipeline_class
-    from storybook.printing.print_pictures import UPSCALER_CLASS, X4_UPSCALER
-    from storybook.safety import SAFETY_OFF, named_checker_folders
-
-    changed = set(changed)
-    if "model" in changed and config.model:
-        model_family(check_model_on_disk(config.model, home))
-    if "safety_checker" in changed and config.safety_checker not in (None, SAFETY_OFF):
-        named_checker_folders(config.safety_checker)
-    if changed & {"ip_adapter", "ip_adapter_weight", "image_encoder"} and (adapter := adapter_of(config)):
-        check_adapter(adapter)
-    upscaler = local_snapshot(config.upscaler) if "upscaler" in changed and config.upscaler else None
-    if upscaler is not None and (kind := pipeline_class(upscaler)) != UPSCALER_CLASS:
-        raise ModelError(f"{config.upscaler} is a {kind}, not an x4 upscaler ({UPSCALER_CLASS}, e.g. {X4_UPSCALER}).")
-
-
 def configured_model(home: Path) -> str:
     """The base model of the data root: its config's, else $STORYBOOK_MODEL, else storybook-mini."""
     return load_config(home).model or default_model()
 
 
-def configured_adapter(home: Path) -> "AdapterSource | None":
+def configured_adapter(home: Path) -> AdapterSource | None:
     """The data root's IP-Adapter (with h94/IP-Adapter's SD 1.5 file layout where its paths are not set), or None."""
     return adapter_of(load_config(home))
 
 
-def adapter_of(config: DataRootConfig) -> "AdapterSource | None":
+def adapter_of(config: DataRootConfig) -> AdapterSource | None:
     """The IP-Adapter `config` names (with h94/IP-Adapter's SD 1.5 file layout where its paths are not set), or
     None."""
-    from storybook.image_prompt import MINI_ADAPTER, MINI_ADAPTER_SOURCE, AdapterSource
-
     if config.ip_adapter is None:
         return None
     if config.ip_adapter == MINI_ADAPTER and not (config.ip_adapter_weight or config.image_encoder):
@@ -172,8 +159,6 @@ def adapter_of(config: DataRootConfig) -> "AdapterSource | None":
 def described_settings(home: Path) -> list[tuple[str, str, str]]:
     """(setting, value in use, where it comes from) for each setting of the data root, for `storybook config` and
     the app's Settings page."""
-    from storybook.printing.print_pictures import X4_UPSCALER
-
     config = load_config(home)
     defaults = {
         "model": (default_model(), f"${MODEL_ENV}" if os.environ.get(MODEL_ENV) else "default"),

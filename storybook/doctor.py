@@ -1,6 +1,6 @@
 """`storybook doctor`: what this machine's GPU can do, by model family and method, before anything runs: each method at
 its defaults fits as it is, fits with a memory policy (named), or is refused; and drawing a page, one and four at a
-time. From the memory plan (storybook/vram.py, storybook/training/fit.py) and parameter counts alone: nothing loads.
+time. From the memory plan (training/vram.py, training/fit.py) and parameter counts alone: nothing loads.
 """
 
 import importlib.util
@@ -11,11 +11,13 @@ import torch
 
 from storybook.config import configured_model, load_config
 from storybook.errors import StorybookError, TrainingError
+from storybook.identities import METHODS
+from storybook.identities.base import ModelShape
+from storybook.identities.training_config import TrainingConfig
 from storybook.models import TINY_MODEL, check_model_on_disk, pick_device
-from storybook.training.config import TrainingConfig
 from storybook.training.fit import FALLBACK_METHODS, Card, default_settings, fit_to_card
 from storybook.training.plan import bf16_in_hardware
-from storybook.vram import FAMILY_NAMES, GIB, SD15_SHAPE, SDXL_SHAPE, ModelShape, gib, model_shape, render_need
+from storybook.training.vram import FAMILY_NAMES, GIB, SD15_SHAPE, SDXL_SHAPE, gib, model_shape, render_need
 
 DRAWING_BYTES = 2  # pages are drawn in fp16 on a GPU (`pick_dtype`)
 
@@ -66,8 +68,6 @@ def settings_line(config: TrainingConfig) -> str:
 
 def verdicts(card: Card, label: str, shape: ModelShape) -> list[Verdict]:
     """Each method at its defaults on `card`, then drawing one and four pages, for a model of `shape`."""
-    from storybook.training.methods import METHODS
-
     rows = []
     for method in FALLBACK_METHODS:
         if shape.family not in METHODS[method].families:

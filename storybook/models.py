@@ -11,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from storybook.config import load_config
 from storybook.errors import ModelError
 from storybook.storage import MINI_MODEL, atomic_write_text
 from storybook.weights import damaged_file
@@ -196,8 +197,6 @@ def load_pipeline(
 
     Raises ModelError with what was looked for and how to provide it when the weights are not available.
     """
-    from storybook.config import load_config
-
     model_path = resolve_model(model, home)
     model_family(model_path)
     config = load_config(home)

@@ -81,7 +81,7 @@ def character_dir(home: Path, name: str) -> Path:
 
 
 def identity_folder(home: Path, name: str) -> Path:
-    """The folder of character `name`'s trained identity (see storybook.training.identity)."""
+    """The folder of character `name`'s trained identity (see storybook.identities.record)."""
     return character_dir(home, name) / "identity"
 
 

@@ -10,8 +10,9 @@ with what is missing, locally or on the cluster, and a second run draws nothing.
 comes back with its error, so that book fails alone; an actor that dies is restarted by Ray and its batch drawn again.
 
 Workers read the data root (base models, the characters' identity files) at the driver's path: on a cluster of
-several machines it must be shared (README, "Many books on a Ray cluster"). When the user says the whole data root is
-shared (`shared`), the workers write the pictures into the books themselves and only their names travel back.
+several machines it must be shared (docs/batch.md, "Many books on a Ray cluster"). When the user says the whole
+data root is shared (`shared`), the workers write the pictures into the books themselves and only their names
+travel back.
 """
 
 import io
@@ -32,9 +33,11 @@ from storybook.book import RenderSettings, book_file
 from storybook.cluster import RaySettings, check_reachable
 from storybook.config import load_config
 from storybook.errors import BookError, error_text
+from storybook.identities.training_config import SMALL_MODEL_PARAMETERS
 from storybook.models import load_tokenizer, resolve_model, unet_parameter_count
 from storybook.quiet import quiet_libraries, quiet_stderr
-from storybook.render_book import (
+from storybook.registry import identity_hash
+from storybook.render.pages import (
     IMAGES_DIR,
     PicturePlan,
     attach,
@@ -45,9 +48,16 @@ from storybook.render_book import (
     unscreened_warning,
     withheld_message,
 )
-from storybook.renderer import ImageJob, PictureSource, dreambooth_character, picture_source, tokens_beyond
+from storybook.render.renderer import (
+    ImageJob,
+    PictureSource,
+    Renderer,
+    dreambooth_character,
+    picture_source,
+    tokens_beyond,
+)
 from storybook.storage import atomic_write_bytes, contained
-from storybook.training.config import SMALL_MODEL_PARAMETERS
+from storybook.training.personalize import build_identity
 
 RAY_HINT = "pip install 'storybook[ray]'"
 MAX_TASK_RETRIES = 3  # a batch whose worker dies is drawn again this many times (Ray Data's default: for ever)
@@ -167,8 +177,6 @@ class PageDrawer:
     def renderer_for(self, home: Path, model: str, dreambooth: str | None):
         """The actor's renderer for `model` and DreamBooth identity `dreambooth`: the loaded one when it fits, else a
         new one (the old one's memory given back first)."""
-        from storybook.renderer import Renderer
-
         if self.renderer is None or not self.renderer.fits(model, dreambooth):
             if self.renderer is not None:
                 self.renderer.release()
@@ -177,8 +185,6 @@ class PageDrawer:
 
     def draw(self, rows: list[dict]) -> list[tuple[bytes, str, bool, str]]:
         """Draw rows of one book with the same characters: (PNG bytes, safety note, withheld, '') for each."""
-        from storybook.registry import identity_hash
-
         first = rows[0]
         home, settings = Path(first["home"]), RenderSettings.model_validate_json(first["render"])
         identities = json.loads(first["identities"])
@@ -189,7 +195,8 @@ class PageDrawer:
         if renderer.source != expected:
             raise BookError(
                 f"A worker draws {settings.model} as {renderer.source}, but the driver planned {expected}: give every "
-                "node the same data root, models, settings and device kind (README, 'Many books on a Ray cluster')."
+                "node the same data root, models, settings and device kind (docs/batch.md, 'Many books on a Ray "
+                "cluster')."
             )
         renderer.load_identities(json.loads(first["book_characters"]))
         characters = tuple(json.loads(first["characters"]))
@@ -401,8 +408,6 @@ class BuiltIdentity:
 def build_one(home: str, name: str, method: str, model: str | None, overrides: dict, options: dict) -> float:
     """A Ray task: build `name`'s identity by `method` (see `build_identity`) on the GPU Ray gave it, else the CPU;
     return its wall time."""
-    from storybook.training.personalize import build_identity
-
     quiet_libraries()
     started = time.perf_counter()
     build_identity(Path(home), name, method, model, overrides, show_progress=False, **options)

@@ -22,6 +22,8 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from storybook.training.losses import diffusion_target
+
 RESOLUTION = 32  # pixels; the VAE halves it, so the UNet works on 16x16 latents
 # Whole-word tokens for the words picture-book prompts use most; anything else falls back to byte-level pieces.
 PROMPT_WORDS = """
@@ -189,7 +191,10 @@ def train_unet(
     seed: int,
 ) -> None:
     """Teach the UNet (and text encoder) to denoise procedural scenes from their captions: a weak but real
-    text-to-image model, so that fine-tuning an identity on it changes what it draws in a measurable way."""
+    text-to-image model, so that fine-tuning an identity on it changes what it draws in a measurable way.
+
+    The identity trainer's loss target (`diffusion_target`); its own step, because a base model trains every weight
+    from scratch on generated scenes, with none of an identity's photos, class images or method parts."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=1e-3)
     for _ in range(steps):
@@ -202,7 +207,7 @@ def train_unet(
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
         prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, text_encoder(token_ids)[0]).sample
-        loss = F.mse_loss(prediction, scheduler.get_velocity(latents, noise, timesteps))
+        loss = F.mse_loss(prediction, diffusion_target(scheduler, latents, noise, timesteps))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

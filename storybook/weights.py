@@ -1,7 +1,7 @@
 """Weights as storybook reads them: a file that cannot be read is named as damaged (not as a bug, nor as a download
 that is missing), and weights holding NaN or an infinity are refused when they load. Such weights raise no error
 anywhere else: they draw black pictures and write empty captions (the pictures are checked too, see
-storybook/renderer.py).
+storybook/render/renderer.py).
 """
 
 import pickle

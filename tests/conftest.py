@@ -104,8 +104,8 @@ def tiny_ip_adapter(tmp_path_factory):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from storybook.adapter_format import new_adapter_weights, save_adapter_weights
-    from storybook.image_prompt import AdapterSource
+    from storybook.config import AdapterSource
+    from storybook.identities.adapter_format import new_adapter_weights, save_adapter_weights
 
     root = tmp_path_factory.mktemp("ip-adapter")
     unet = UNet2DConditionModel.from_pretrained(TINY_MODEL_FOLDER, subfolder="unet")
@@ -136,7 +136,7 @@ def drawn_book(family_home):
     from PIL import Image
 
     from storybook.book import save_book
-    from storybook.render_book import save_png
+    from storybook.render.pages import save_png
     from storybook.story.stage import StoryRequest, write_story
 
     request = StoryRequest(child="Mia", characters=["Mia", "Rex"], theme="bedtime", pages=8, pronouns="she", seed=5)

@@ -82,7 +82,7 @@ def ray_is_running() -> bool:
 def test_the_progress_of_books_shows_spec_names_as_they_are(monkeypatch):
     from rich.console import Console
 
-    from storybook import cli
+    from storybook.cli import make as cli
 
     screen = io.StringIO()
     monkeypatch.setattr(cli, "console", Console(file=screen, force_terminal=True, width=100, markup=False))

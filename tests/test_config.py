@@ -9,10 +9,11 @@ from typer.testing import CliRunner
 
 from storybook import models
 from storybook.cli import app
-from storybook.config import config_path, configured_adapter, configured_model, load_config, update_config
+from storybook.config import config_path, configured_adapter, configured_model, load_config
 from storybook.errors import ModelError
 from storybook.models import TINY_MODEL_FOLDER
-from storybook.renderer import Renderer
+from storybook.render.configure import update_config
+from storybook.render.renderer import Renderer
 from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
 from storybook.training.personalize import build_identity
@@ -98,7 +99,7 @@ def test_a_setting_of_the_wrong_kind_is_refused_when_it_is_saved(home, wrong_kin
 
 
 def test_local_folders_are_kept_absolute_and_storybook_mini_names_its_own_adapter(home, tmp_path, monkeypatch):
-    from storybook.image_prompt import MINI_ADAPTER_SOURCE
+    from storybook.config import MINI_ADAPTER_SOURCE
 
     (tmp_path / "upscaler").mkdir()
     (tmp_path / "upscaler" / "model_index.json").write_text('{"_class_name": "StableDiffusionUpscalePipeline"}')

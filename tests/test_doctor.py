@@ -2,10 +2,10 @@
 
 from typer.testing import CliRunner
 
-from storybook import cli
 from storybook.cli import app
-from storybook.config import update_config
+from storybook.cli.shell import console
 from storybook.doctor import doctor_report
+from storybook.render.configure import update_config
 
 
 def verdict(verdicts, model: str, what: str):
@@ -28,7 +28,7 @@ def test_a_12_gib_card_trains_sdxl_dreambooth_in_bf16_weights_and_refuses_nothin
 
 
 def test_the_cli_prints_an_8_gib_cards_refusals_in_one_line_each(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.console, "width", 400)  # wide enough for each refusal on one line, whatever the terminal
+    monkeypatch.setattr(console, "width", 400)  # wide enough for each refusal on one line, whatever the terminal
     update_config(tmp_path, {"model": "storybook-mini"})
     result = CliRunner().invoke(app, ["--home", str(tmp_path), "doctor", "--gpu-memory", "8"])
     assert result.exit_code == 0, result.output

@@ -20,14 +20,15 @@ from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from storybook import registry
-from storybook.batch import MadeBook, make_books, make_specs, prepare_spec_book
+from storybook.batch import MadeBook, make_books, prepare_spec_book
 from storybook.book import load_book
 from storybook.cli import app
 from storybook.cluster import RaySettings
-from storybook.config import update_config
+from storybook.dispatch import make_specs
 from storybook.errors import BookError
-from storybook.render_book import plan_pictures
-from storybook.renderer import picture_source
+from storybook.render.configure import update_config
+from storybook.render.pages import plan_pictures
+from storybook.render.renderer import picture_source
 from storybook.scale_out import (
     BookRun,
     PageDrawer,
@@ -165,7 +166,7 @@ def test_every_character_is_built_as_a_ray_task_and_one_that_fails_fails_alone(h
 
 
 def test_pictures_the_safety_checker_withholds_on_ray_fail_their_book_alone(studio, tmp_path, local_ray):
-    from tests.test_safety import write_checker
+    from tests.render.test_safety import write_checker
 
     update_config(studio, {"safety_checker": str(write_checker(tmp_path / "checker", flags_everything=True))})
     spec = write_spec(tmp_path, "screened", characters=["Mia"])

@@ -9,12 +9,13 @@ from streamlit.testing.v1 import AppTest
 
 from storybook import registry
 from storybook.book import load_book, save_book
-from storybook.config import load_config, update_config
+from storybook.config import load_config
+from storybook.identities.record import read_identity
 from storybook.jobs import read_job
-from storybook.render_book import with_settings
+from storybook.render.configure import update_config
+from storybook.render.pages import with_settings
 from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
-from storybook.training.identity import read_identity
 
 APP = str(Path(__file__).parents[1] / "streamlit_app.py")
 

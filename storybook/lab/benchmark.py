@@ -20,6 +20,7 @@ from PIL import Image
 
 from storybook.book import RenderSettings
 from storybook.errors import LabError
+from storybook.identities import resolve_config
 from storybook.lab import world
 from storybook.lab.evaluator import Evaluator, load_evaluator
 from storybook.lab.metrics import (
@@ -40,10 +41,9 @@ from storybook.models import (
     unet_parameter_count,
 )
 from storybook.registry import add_character, identity_folder, set_photo_captions
-from storybook.renderer import ImageJob, Renderer
+from storybook.render.renderer import ImageJob, Renderer
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
 from storybook.training.class_images import class_image_dir, ensure_class_images
-from storybook.training.methods import resolve_config
 from storybook.training.personalize import IdentityMethod, build_identity
 
 # Name -> (identity method, the settings it trains with); None: no identity, the base model with the text description

@@ -2,7 +2,7 @@
 
 It is the lab's measuring instrument, so it is trained on renders of every toddler (training and held-out families)
 and checked on fresh ones; blur and noise during training let it read the softer pictures a diffusion model draws.
-The committed weights live in storybook/weights/evaluator (README, "Consistency lab").
+The committed weights live in storybook/weights/evaluator (docs/lab.md, "Consistency lab").
 """
 
 import json

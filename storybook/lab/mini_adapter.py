@@ -25,12 +25,19 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from storybook.adapter_format import adapter_weights, load_adapter_weights, new_adapter_weights, save_adapter_weights
+from storybook.config import MINI_ADAPTER_FILE
 from storybook.errors import LabError
-from storybook.image_prompt import MINI_ADAPTER_FILE, image_processor
+from storybook.identities.adapter_format import (
+    adapter_weights,
+    load_adapter_weights,
+    new_adapter_weights,
+    save_adapter_weights,
+)
+from storybook.identities.image_prompt import image_processor
 from storybook.lab import world
 from storybook.lab.mini_model import RESOLUTION, SCHEDULE, cpu_state, save_state, training_caption, warmup_cosine
 from storybook.models import MINI_MODEL_FOLDER
+from storybook.training.losses import diffusion_target
 
 ENCODER_SIZE = 64  # pixels the image encoder sees (CLIP's processor resizes and centre-crops to it)
 IMAGE_EMBED_DIM = 64
@@ -153,7 +160,7 @@ def train_mini_adapter(
     if not (base / "model_index.json").is_file():
         raise LabError(
             f"{base} holds no text-only storybook-mini to start from: train it first with "
-            f"`storybook lab train-mini --out {base}` (see README, 'storybook-mini')."
+            f"`storybook lab train-mini --out {base}` (see docs/lab.md, 'storybook-mini')."
         )
     torch.manual_seed(seed)
     work.mkdir(parents=True, exist_ok=True)
@@ -221,7 +228,9 @@ def train_mini_adapter(
             added_cond_kwargs={"image_embeds": [image]},
             cross_attention_kwargs={"ip_adapter_masks": [masks]},
         ).sample
-        loss = F.mse_loss(prediction, scheduler.get_velocity(batch, noise, timesteps))
+        # The identity trainer's loss target; its own step, because the adapter trains with the base model's UNet
+        # on the world's scenes, not an identity's photos.
+        loss = F.mse_loss(prediction, diffusion_target(scheduler, batch, noise, timesteps))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -17,7 +17,7 @@ from storybook.lab.benchmark import benchmark_toddlers, draw_all, register
 from storybook.lab.evaluator import Evaluator, load_evaluator
 from storybook.lab.metrics import identity_consistency, is_same_character, part_match, share
 from storybook.models import MINI_MODEL
-from storybook.renderer import Renderer
+from storybook.render.renderer import Renderer
 from storybook.training.personalize import IdentityMethod, build_identity
 
 

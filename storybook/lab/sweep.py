@@ -13,7 +13,7 @@ from storybook.lab.benchmark import benchmark_toddlers, draw_all, register
 from storybook.lab.evaluator import labels_of
 from storybook.lab.metrics import identity_consistency, pairwise_agreement
 from storybook.models import MINI_MODEL
-from storybook.renderer import Renderer
+from storybook.render.renderer import Renderer
 from storybook.training.personalize import build_identity
 
 FIELDS = ["setting", *world.ATTRIBUTES, *world.SIGNATURE]

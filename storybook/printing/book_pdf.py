@@ -19,11 +19,11 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfgen.canvas import Canvas
 
 from storybook.book import Book, Page, book_file, load_book
-from storybook.config import DataRootConfig, load_config
+from storybook.config import X4_UPSCALER, DataRootConfig, load_config
 from storybook.errors import BookError, CharacterError
 from storybook.printing.fonts import BOLD_FONT, FONT, printable_font, register_fonts
-from storybook.printing.print_pictures import X4_UPSCALER, PrintPictures, Upscaler
 from storybook.registry import identity_hash
+from storybook.render.print_pictures import PrintPictures, Upscaler
 from storybook.storage import user_file_target, write_user_file
 
 Trim = Literal["8x8", "8.5x8.5", "8x10"]

@@ -1,2 +1,2 @@
-"""registry -> training: a character's identity built from its photos, by any method (storybook/training/methods/),
+"""registry -> training: a character's identity built from its photos, by any method (storybook/identities/),
 in one training loop (loop.py) with its settings, losses, checkpoints and class images beside it."""

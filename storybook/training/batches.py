@@ -8,11 +8,11 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
+from storybook.identities.families import Conditioning, concatenated, pipeline_family
+from storybook.identities.training_config import TrainingConfig
 from storybook.registry import Character
 from storybook.training import losses
 from storybook.training.class_images import class_prompt
-from storybook.training.config import TrainingConfig
-from storybook.training.families import Conditioning, concatenated, pipeline_family
 from storybook.training.latents import LatentSource
 
 

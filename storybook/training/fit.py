@@ -1,5 +1,5 @@
 """Fitting a training run to the card it runs on, before any weights load: the memory plan of the settings asked for
-(storybook/vram.py) and, when it does not fit, the first of the policies that does, applied in the order kohya and
+(training/vram.py) and, when it does not fit, the first of the policies that does, applied in the order kohya and
 diffusers' scripts reach for them on small cards (gradient checkpointing, 8-bit AdamW, Adafactor fused into the
 backward pass, bf16 weights), each only where the user did not set what it changes; or a refusal in one line naming
 what would fit. Methods and families are parts: the policies and the refusal ask the plan, never the method's name.
@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from storybook.errors import TrainingError
-from storybook.training.config import Method, TrainingConfig, checked_config
-from storybook.training.methods import METHODS, resolve_config
-from storybook.vram import FAMILY_NAMES, GIB, MemoryNeed, ModelShape, gib, training_need
+from storybook.identities import METHODS, resolve_config
+from storybook.identities.base import ModelShape
+from storybook.identities.training_config import Method, TrainingConfig, checked_config
+from storybook.training.vram import FAMILY_NAMES, GIB, MemoryNeed, gib, training_need
 
 CARD_SIZES_GIB = (8, 12, 16, 24, 32, 40, 48, 80)  # common cards, for "a card of N GiB" in a refusal
 FALLBACK_METHODS: tuple[Method, ...] = ("lora", "textual-inversion", "hypernetwork", "pivotal", "dreambooth")

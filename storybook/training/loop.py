@@ -1,7 +1,7 @@
 """Identity training, one loop for every method: sample cached latents of the photos (and of the class images), add
 noise, predict it under the run's autocast, weight the loss, step; checkpoint every N steps and on Ctrl-C; save the
 identity at the end. What trains, how it is saved and how it loads is the method's part
-(storybook/training/methods/); what the model family conditions on is its part (families.py). Every random draw comes
+(storybook/identities/); what the model family conditions on is its part (families.py). Every random draw comes
 from one CPU generator whose state is checkpointed, so a resumed run reaches the same weights as an unbroken one.
 
 Mixed precision is written out here with torch.amp: the forward pass, captions' encoding included, runs under
@@ -30,21 +30,21 @@ from tqdm.auto import tqdm
 
 from storybook.config import configured_model, load_config
 from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.identities import METHODS
+from storybook.identities.base import SaveRequest, Trainable, freeze
+from storybook.identities.families import pipeline_family, text_encoders
+from storybook.identities.record import RECORD, IdentityMetadata
+from storybook.identities.training_config import Method, MixedPrecision, TrainingConfig
 from storybook.models import load_pipeline, pick_dtype
 from storybook.registry import Character, character_dir, check_not_removed, load_character, prepared_photo_paths
 from storybook.storage import build_folder
 from storybook.training.batches import Batches, batch_loss, fixed_noise_loss, image_sides
 from storybook.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from storybook.training.class_images import class_image_dir, ensure_class_images
-from storybook.training.config import Method, MixedPrecision, TrainingConfig
-from storybook.training.families import pipeline_family, text_encoders
-from storybook.training.identity import RECORD, IdentityMetadata
 from storybook.training.latents import LatentSource, images_tensor
-from storybook.training.methods import METHODS
-from storybook.training.methods.base import SaveRequest, Trainable, freeze
 from storybook.training.optimizers import WEIGHT_DECAY, fuse_into_backward, optimizer_class
 from storybook.training.plan import RunPlan, class_image_dtype, plan_run
-from storybook.vram import gib
+from storybook.training.vram import gib
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # frozen weights, by precision
 MAX_GRAD_NORM = 1.0  # as diffusers' example scripts clip

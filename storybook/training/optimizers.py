@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import torch
 
 from storybook.errors import TrainingError
-from storybook.training.config import Optimizer
+from storybook.identities.training_config import Optimizer
 
 WEIGHT_DECAY = 1e-2  # diffusers' example scripts' AdamW default, for every optimiser here
 

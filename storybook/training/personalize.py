@@ -9,17 +9,18 @@ from pathlib import Path
 
 from filelock import Timeout
 
-from storybook.config import configured_adapter, configured_model
+from storybook.config import MINI_ADAPTER_SOURCE, AdapterSource, configured_adapter, configured_model
 from storybook.errors import ModelError, TrainingError
-from storybook.image_prompt import (
+from storybook.identities import RECIPES
+from storybook.identities.image_prompt import (
     MINI_ADAPTER_SCALE,
-    MINI_ADAPTER_SOURCE,
-    AdapterSource,
     ImagePrompt,
     check_adapter,
     default_adapter,
     write_image_prompt,
 )
+from storybook.identities.record import IdentityMetadata
+from storybook.identities.training_config import IdentityMethod
 from storybook.registry import (
     Character,
     character_dir,
@@ -29,11 +30,9 @@ from storybook.registry import (
     load_character,
 )
 from storybook.storage import build_folder, file_lock, remove_stale_builds
-from storybook.training.config import IdentityMethod, Method
-from storybook.training.identity import IdentityMetadata
+from storybook.training.loop import train_identity
 
 RECOMMENDED_METHOD: IdentityMethod = "ip-adapter"  # on storybook-mini: no worse than any measured, ready in 0.2 s
-TRAINED_WITH_IMAGE_PROMPT: dict[IdentityMethod, Method] = {"lora+ip-adapter": "lora", "pivotal+ip-adapter": "pivotal"}
 USER_ADAPTER_SCALE = 0.6  # a common starting strength for an IP-Adapter beside a text prompt
 
 
@@ -78,8 +77,9 @@ def build_identity(
     strength. Raises what the trainer raises, and ModelError when an image prompt has no adapter to use.
     """
     model = model or configured_model(home)
+    recipe = RECIPES[method]
     image_adapter = None
-    if method.endswith("ip-adapter"):
+    if recipe.image_prompt:
         configured = configured_adapter(home) if model == configured_model(home) else None  # its model's adapter
         image_adapter = adapter or configured or default_adapter(model)
         if image_adapter is None:
@@ -96,16 +96,13 @@ def build_identity(
     folder = character_dir(home, character.slug)
     with identity_lock(home, character):
         remove_stale_builds(identity_folder(home, character.slug))  # left by a build that was killed
-        if method == "ip-adapter":
+        if recipe.trained is None:
             with build_folder(identity_folder(home, character.slug)) as built:
                 record = write_image_prompt(home, built, character, model, image_adapter, image_scale)
             shutil.rmtree(folder / "samples", ignore_errors=True)  # sample grids of an earlier trained identity
             return None, record
-        from storybook.training.loop import train_identity
-
-        trained = TRAINED_WITH_IMAGE_PROMPT.get(method, method)
         metadata = train_identity(
-            home, character.slug, trained, model, overrides, command_method=method, **training_options
+            home, character.slug, recipe.trained, model, overrides, command_method=method, **training_options
         )
         if image_adapter is None:
             return metadata, None

@@ -12,6 +12,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from storybook.config import configured_model, load_config
 from storybook.errors import TrainingError, describe_problems
+from storybook.identities import METHODS, resolve_config
+from storybook.identities.base import ModelShape
+from storybook.identities.training_config import Method, MixedPrecision, Optimizer, TrainingConfig, resumed_config
 from storybook.models import (
     check_model_on_disk,
     model_family,
@@ -23,11 +26,9 @@ from storybook.registry import Character, character_dir
 from storybook.training.batches import photo_captions
 from storybook.training.checkpoints import latest_checkpoint, read_state
 from storybook.training.class_images import BATCH as CLASS_BATCH
-from storybook.training.config import Method, MixedPrecision, Optimizer, TrainingConfig, resumed_config
 from storybook.training.fit import Card, fit_to_card
-from storybook.training.methods import METHODS, resolve_config
 from storybook.training.optimizers import optimizer_class
-from storybook.vram import GIB, MemoryNeed, ModelShape, model_shape, render_need
+from storybook.training.vram import GIB, MemoryNeed, model_shape, render_need
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -55,7 +56,7 @@ class SavedRun(BaseModel):
 def default_mixed_precision(device: torch.device) -> MixedPrecision:
     """The mixed precision a run trains with unless told: bf16 on a CUDA GPU that supports it, else fp16 there
     (frozen weights in half precision, trained ones and an upcast VAE in fp32); none elsewhere (bf16 autocast on
-    this project's CPU trained a storybook-mini LoRA ten times slower, README "GPU memory and speed")."""
+    this project's CPU trained a storybook-mini LoRA ten times slower, docs/gpu.md)."""
     if device.type != "cuda":
         return "no"
     return "bf16" if bf16_in_hardware() else "fp16"
@@ -217,7 +218,7 @@ def class_images_at_a_time(shape: ModelShape, card: Card) -> int:
 
 def check_precision_on(device: torch.device, config: TrainingConfig) -> None:
     """Raises TrainingError for mixed precision on the CPU: bf16 autocast on this project's CPU trained ten times
-    slower (measured, README "GPU memory and speed")."""
+    slower (measured, docs/gpu.md)."""
     if config.mixed_precision != "no" and device.type == "cpu":
         raise TrainingError(
             "Mixed precision needs a GPU (bf16 autocast on this project's CPU trained ten times slower, measured); "

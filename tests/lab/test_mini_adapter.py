@@ -4,8 +4,9 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from storybook.adapter_format import adapter_weights
-from storybook.image_prompt import MINI_ADAPTER_FILE, MINI_ADAPTER_FOLDER, MINI_ADAPTER_SCALE, image_processor
+from storybook.config import MINI_ADAPTER_FILE
+from storybook.identities.adapter_format import adapter_weights
+from storybook.identities.image_prompt import MINI_ADAPTER_FOLDER, MINI_ADAPTER_SCALE, image_processor
 from storybook.lab import world
 from storybook.lab.evaluator import load_evaluator
 from storybook.lab.mini_adapter import (

@@ -16,8 +16,8 @@ from storybook.book import load_book, save_book
 from storybook.errors import BookError, ModelError, OutputError
 from storybook.printing.book_pdf import BODY_PT, INCH, SAFE_MARGIN, TRIM_SIZES, export_book, fit_text
 from storybook.printing.fonts import register_fonts
-from storybook.printing.print_pictures import PrintPictures
 from storybook.registry import identity_hash
+from storybook.render.print_pictures import PrintPictures
 
 
 def boxes(page) -> tuple[list[float], list[float], list[float]]:

@@ -6,7 +6,7 @@ import pytest
 
 from storybook.errors import TrainingError
 from storybook.training.fit import Card, default_settings, fit_to_card
-from storybook.vram import GIB, SD15_SHAPE, SDXL_SHAPE
+from storybook.training.vram import GIB, SD15_SHAPE, SDXL_SHAPE
 
 FUSED = "Adafactor fused into the backward pass"
 

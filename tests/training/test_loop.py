@@ -15,16 +15,16 @@ from safetensors.torch import load_file, save_file
 
 from storybook import registry
 from storybook.errors import TrainingError, TrainingInterrupted
+from storybook.identities import load_identity
+from storybook.identities.families import pipeline_family, sample_inputs_sd
+from storybook.identities.lora import KOHYA_FILE, LORA_FILE
+from storybook.identities.record import read_identity
+from storybook.identities.training_config import checked_config
 from storybook.models import TINY_MODEL_FOLDER
 from storybook.tiny_model import build_tokenizer
 from storybook.training import losses
 from storybook.training.batches import fixed_noise_loss, photo_captions
-from storybook.training.config import checked_config
-from storybook.training.families import pipeline_family, sample_inputs_sd
-from storybook.training.identity import read_identity
 from storybook.training.loop import save_samples, train_identity
-from storybook.training.methods import load_identity
-from storybook.training.methods.lora import KOHYA_FILE, LORA_FILE
 from tests.training.pictures import fresh_pipeline, photo_colour, render
 
 pytestmark = pytest.mark.slow

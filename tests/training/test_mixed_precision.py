@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from storybook import registry
-from storybook.config import update_config
 from storybook.models import load_tokenizer
+from storybook.render.configure import update_config
 from storybook.training.loop import train_identity
 
 pytestmark = pytest.mark.slow
