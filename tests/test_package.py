@@ -9,6 +9,17 @@ ROOT = Path(__file__).resolve().parent.parent
 LOAD_APP = "from streamlit.testing.v1 import AppTest; AppTest.from_file('streamlit_app.py', default_timeout=60).run()"
 
 
+def run_with(code: str, user_settings: dict[str, str], tmp_path: Path) -> str:
+    """The last word `code` prints, run in a fresh interpreter with the OpenMP settings `user_settings` only."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env |= {"STORYBOOK_HOME": str(tmp_path)} | user_settings
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return result.stdout.split()[-1]
+
+
+SETTINGS = "\nimport os, torch\nprint(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), sep='/')"
+
+
 @pytest.mark.parametrize(
     "entry_point",
     [
@@ -17,12 +28,12 @@ LOAD_APP = "from streamlit.testing.v1 import AppTest; AppTest.from_file('streaml
         LOAD_APP,  # the app, its first page run
     ],
 )
-@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
-def test_every_entry_point_makes_torchs_threads_wait_passively_unless_the_user_said_otherwise(
-    tmp_path, entry_point, user_value
+@pytest.mark.parametrize(("user_settings", "seen"), [({}, "None/1000"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE/None")])
+def test_every_entry_point_makes_torchs_threads_spin_briefly_unless_the_user_said_otherwise(
+    tmp_path, entry_point, user_settings, seen
 ):
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    env |= {"STORYBOOK_HOME": str(tmp_path)} | ({"OMP_WAIT_POLICY": user_value} if user_value else {})
-    code = f"{entry_point}\nimport os, torch\nprint(os.environ['OMP_WAIT_POLICY'])"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.split()[-1] == (user_value or "PASSIVE")
+    assert run_with(entry_point + SETTINGS, user_settings, tmp_path) == seen
+
+
+def test_a_spin_count_the_user_set_is_kept(tmp_path):
+    assert run_with("import storybook" + SETTINGS, {"GOMP_SPINCOUNT": "5"}, tmp_path) == "None/5"

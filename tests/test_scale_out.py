@@ -104,6 +104,14 @@ def test_ray_draws_the_books_a_local_make_draws_a_broken_spec_fails_alone_and_a_
     assert [m.drawn for m in make_books(studio, specs, say=lambda line: None)] == [0, 0, 0]  # one cache, both ways
 
 
+def command_line(process: psutil.Process) -> str:
+    """`process`'s command line, or "" for one that has ended meanwhile (gone, or a zombie not yet reaped)."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return ""
+
+
 def test_a_worker_killed_mid_run_costs_only_its_pictures_which_are_drawn_again(studio, tmp_path, local_ray):
     specs = [
         write_spec(tmp_path, f"book-{index}", characters=["Mia"], theme="a day at the beach", pages=8, seed=index)
@@ -121,9 +129,7 @@ def test_a_worker_killed_mid_run_costs_only_its_pictures_which_are_drawn_again(s
     while killed is None and run.is_alive() and time.monotonic() < deadline:
         drawn = list((studio / "books").glob("*/images/*.png"))
         workers = [  # this test's own Ray instance: its processes are children of this one
-            process
-            for process in psutil.Process().children(recursive=True)
-            if "PageDrawer" in " ".join(process.cmdline())
+            process for process in psutil.Process().children(recursive=True) if "PageDrawer" in command_line(process)
         ]
         if 0 < len(drawn) < 13 and workers:  # a few pictures in, most still to draw
             killed, killed_at = workers[0].pid, time.time()
