@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # isort: off
-import storybook  # noqa: F401  first: it sets how torch's threads wait (OMP_WAIT_POLICY) before torch loads
+import storybook  # noqa: F401  first: it sets how torch's threads wait (GOMP_SPINCOUNT) before torch loads
 
 # isort: on
 import pytest
