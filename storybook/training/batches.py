@@ -123,18 +123,16 @@ def fixed_noise_loss(unet, latents: torch.Tensor, conditioning: Conditioning, sc
     generator = torch.Generator("cpu").manual_seed(0)
     timesteps = torch.linspace(50, scheduler.config.num_train_timesteps - 50, 8).long()
     noises = [torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype) for _ in timesteps]
-    groups = [timesteps] if latents.device.type == "cpu" else [timestep[None] for timestep in timesteps]
-    total, done = 0.0, 0
+    per_call = len(timesteps) if latents.device.type == "cpu" else 1
+    total = 0.0
     with torch.no_grad():
-        for group in groups:
-            count = len(group)
-            noise = torch.cat(noises[done : done + count])
-            clean = latents.repeat(count, *[1] * (latents.dim() - 1))
-            t = group.repeat_interleave(len(latents)).to(latents.device)
-            repeated = concatenated([conditioning] * count)
+        for start in range(0, len(timesteps), per_call):
+            noise = torch.cat(noises[start : start + per_call])
+            clean = latents.repeat(per_call, *[1] * (latents.dim() - 1))
+            t = timesteps[start : start + per_call].repeat_interleave(len(latents)).to(latents.device)
+            repeated = concatenated([conditioning] * per_call)
             prediction = unet(scheduler.add_noise(clean, noise, t), t, **repeated.unet_inputs()).sample
             target = losses.diffusion_target(scheduler, clean, noise, t)
             weights = torch.ones(len(clean), device=latents.device)
-            total += losses.weighted_mse(prediction, target, weights).item() * count
-            done += count
+            total += losses.weighted_mse(prediction, target, weights).item() * per_call
     return total / len(timesteps)
