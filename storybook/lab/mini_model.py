@@ -27,6 +27,7 @@ from storybook.lab import world
 from storybook.storage import atomic_write_bytes
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
 from storybook.tiny_model import PROMPT_WORDS, assemble_pipeline, build_text_encoder, build_tokenizer
+from storybook.training.losses import diffusion_target
 
 RESOLUTION = 64  # pixels; the VAE divides by 4, so the UNet works on 16x16 latents
 PHOTO_SHARE = 0.15  # of training pictures that are plain-backdrop "photos", as parents upload
@@ -348,7 +349,9 @@ def train_mini(
         timesteps = torch.randint(SCHEDULE["num_train_timesteps"], (batch_size,), generator=generator).to(device)
         embeddings = text_encoder(token_ids.input_ids.to(device))[0]
         prediction = unet(scheduler.add_noise(batch, noise, timesteps), timesteps, embeddings).sample
-        target = scheduler.get_velocity(batch, noise, timesteps)
+        # The identity trainer's loss target; its own step, because a base model trains every weight from scratch
+        # with its caption drawn per scene and its loss weighted where the toddler is (`denoising_loss`).
+        target = diffusion_target(scheduler, batch, noise, timesteps)
         loss = denoising_loss(prediction, target, snr_of[timesteps], masks[indices], recipe)
         optimizer.zero_grad()
         loss.backward()
