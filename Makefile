@@ -18,13 +18,14 @@ $(VENV)/installed: pyproject.toml $(CONSTRAINTS)
 demo: $(VENV)/installed
 	$(BIN)/storybook --home demo demo
 
-# Two test processes (pytest-xdist), each a file at a time, with one torch thread each (tests/conftest.py).
-TEST_WORKERS ?= 2
+# PYTEST_ARGS="-n 2 --dist loadfile": two test processes (pytest-xdist), a file at a time each, one torch thread
+# each (tests/conftest.py); CI runs one until the Ray test that kills a worker mid-run stops missing its moment there.
+PYTEST_ARGS ?=
 test: $(VENV)/installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15
+	$(BIN)/pytest -q --durations 15 $(PYTEST_ARGS)
 
 # The inner loop while changing code: the tests not marked slow (minutes); `make test` runs them all, as CI does.
 test-fast: $(VENV)/installed
