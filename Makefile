@@ -18,9 +18,9 @@ $(VENV)/installed: pyproject.toml $(CONSTRAINTS)
 demo: $(VENV)/installed
 	$(BIN)/storybook --home demo demo
 
-# PYTEST_ARGS="-n 2 --dist loadfile": two test processes (pytest-xdist), a file at a time each, one torch thread
-# each (tests/conftest.py); CI runs one until the Ray test that kills a worker mid-run stops missing its moment there.
-PYTEST_ARGS ?=
+# Two test processes (pytest-xdist), a file at a time each, one torch thread each (tests/conftest.py), as CI runs
+# them; `make test PYTEST_ARGS=` runs the suite in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(VENV)/installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

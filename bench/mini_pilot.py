@@ -67,9 +67,10 @@ def pilot(name: str, until: int, every: int, work: Path) -> None:
 
 def take_snapshot(name: str, work: Path, snapshot: Path, cpu_seconds: float) -> Path:
     """Add the long run's weights-only `snapshot` (`train_mini(..., snapshot=)`) to candidate `name`'s curve as
-    `step-N`: its last pilot pipeline with the snapshot's UNet and text encoder, in fp32."""
+    `step-N`: its last pilot pipeline (on a machine without one, the committed model, whose VAE the pilot trains on)
+    with the snapshot's UNet and text encoder, in fp32."""
     folder = work / name
-    last = max(folder.glob("step-*"), key=lambda path: int(path.name[5:]))
+    last = max(folder.glob("step-*"), key=lambda path: int(path.name[5:]), default=MINI_MODEL_FOLDER)
     step = json.loads((snapshot / "snapshot.json").read_text())["step"]
     out = folder / f"step-{step}"
     if out.exists():

@@ -11,7 +11,8 @@ diffusers' `load_ip_adapter` as it loads a real adapter:
    embedding of one of its registration photos. The image condition is dropped a quarter of the time: half of those
    as a zero embedding (what classifier-free guidance draws its negative with), half with the image branch off (a
    zero IP-Adapter mask: the same as scale 0, how pages without an image prompt are drawn), so text-only generation
-   keeps working. The text encoder and VAE stay as they are.
+   keeps working. The loss is the text stage's (`MiniRecipe`: weighted where the toddler is, Min-SNR-gamma). The text
+   encoder and VAE stay as they are.
 """
 
 import random
@@ -35,7 +36,16 @@ from storybook.identities.adapter_format import (
 )
 from storybook.identities.image_prompt import image_processor
 from storybook.lab import world
-from storybook.lab.mini_model import RESOLUTION, SCHEDULE, cpu_state, save_state, training_caption, warmup_cosine
+from storybook.lab.mini_model import (
+    SCHEDULE,
+    MiniRecipe,
+    cpu_state,
+    denoising_loss,
+    save_state,
+    toddler_coverage,
+    training_caption,
+    warmup_cosine,
+)
 from storybook.models import MINI_MODEL_FOLDER
 from storybook.training.losses import diffusion_target
 
@@ -109,20 +119,27 @@ def train_image_encoder(
 
 @torch.no_grad()
 def encode_pairs(
-    vae: AutoencoderKL, encoder: CLIPVisionModelWithProjection, count: int, rng: random.Random
-) -> tuple[torch.Tensor, torch.Tensor, list[world.Scene]]:
-    """`count` story scenes of training-family toddlers: their scaled latents (count, 4, 16, 16), the image embedding
-    of one registration photo of each scene's toddler (count, 64), on the VAE's and the encoder's devices, and the
-    scenes (for captions)."""
-    scenes = [world.random_scene(rng, world.random_toddler(rng, held_out=False)) for _ in range(count)]
-    latents, embeddings = [], []
+    vae: AutoencoderKL,
+    encoder: CLIPVisionModelWithProjection,
+    count: int,
+    rng: random.Random,
+    recipe: MiniRecipe = MiniRecipe(),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[world.Scene]]:
+    """`count` story scenes of training-family toddlers in `recipe`'s framing: their scaled latents (count, 4, h, w),
+    where the toddler is on the latent grid (count, 1, h, w), the image embedding of one registration photo of each
+    scene's toddler (count, 64), on the VAE's and the encoder's devices, and the scenes (for captions)."""
+    scenes = [
+        world.random_scene(rng, world.random_toddler(rng, held_out=False), heights=recipe.heights) for _ in range(count)
+    ]
+    latents, coverage, embeddings = [], [], []
     for start in range(0, count, 256):
         chunk = scenes[start : start + 256]
-        pictures = world.to_tensor([world.draw_scene(scene, RESOLUTION) for scene in chunk]).to(vae.device)
+        pictures = world.to_tensor([world.draw_scene(scene, recipe.resolution) for scene in chunk]).to(vae.device)
         latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
+        coverage.append(toddler_coverage(chunk, recipe.resolution, latents[-1].shape[-1]).to(vae.device))
         pixels = photo_pixels([scene.toddler for scene in chunk], [rng.randrange(100) for _ in chunk])
         embeddings.append(encoder(pixels.to(encoder.device)).image_embeds)
-    return torch.cat(latents), torch.cat(embeddings), scenes
+    return torch.cat(latents), torch.cat(coverage), torch.cat(embeddings), scenes
 
 
 def image_condition(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +165,7 @@ def train_mini_adapter(
     seed: int = 0,
     checkpoint_every: int = 250,
     device: str = "cpu",
+    recipe: MiniRecipe = MiniRecipe(),
     progress: Callable[[str], None] = print,
 ) -> tuple[Path, Path]:
     """Train the image encoder and the adapter with the UNet of the pipeline in `base`, on `device`; save the pipeline
@@ -182,17 +200,19 @@ def train_mini_adapter(
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", dtype=torch.float32)
     base_config = dict(unet.config)
 
-    dataset_file = work / "pairs.pt"
+    dataset_file = work / "story-pairs.pt"
     if dataset_file.exists():
-        latents, embeddings, scenes = torch.load(dataset_file, map_location=device, weights_only=False)
+        latents, coverage, embeddings, scenes = torch.load(dataset_file, map_location=device, weights_only=False)
     else:
-        latents, embeddings, scenes = encode_pairs(vae, encoder, dataset_size, random.Random(f"pairs-{seed}"))
-        torch.save((latents.cpu(), embeddings.cpu(), scenes), dataset_file)
+        pairs_rng = random.Random(f"pairs-{seed}")
+        latents, coverage, embeddings, scenes = encode_pairs(vae, encoder, dataset_size, pairs_rng, recipe)
+        torch.save((latents.cpu(), coverage.cpu(), embeddings.cpu(), scenes), dataset_file)
         progress(f"encoded {len(scenes)} training pairs")
 
     load_adapter_weights(unet, new_adapter_weights(unet, IMAGE_EMBED_DIM, torch.Generator().manual_seed(seed)))
     unet.to(device)
     scheduler = DDPMScheduler(**SCHEDULE)
+    snr_of = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).to(device)  # per timestep
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
     rng, generator, step = random.Random(f"adapter-{seed}"), torch.Generator().manual_seed(seed), 0
     checkpoint_file = work / "adapter-checkpoint.pt"
@@ -228,9 +248,10 @@ def train_mini_adapter(
             added_cond_kwargs={"image_embeds": [image]},
             cross_attention_kwargs={"ip_adapter_masks": [masks]},
         ).sample
-        # The identity trainer's loss target; its own step, because the adapter trains with the base model's UNet
-        # on the world's scenes, not an identity's photos.
-        loss = F.mse_loss(prediction, diffusion_target(scheduler, batch, noise, timesteps))
+        # The identity trainer's loss target with the text stage's weights; its own step, because the adapter trains
+        # with the base model's UNet on the world's scenes, not an identity's photos.
+        target = diffusion_target(scheduler, batch, noise, timesteps)
+        loss = denoising_loss(prediction, target, snr_of[timesteps], coverage[indices], recipe)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

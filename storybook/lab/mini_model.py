@@ -170,9 +170,15 @@ def encode_dataset(
             chunk = scenes[start : start + 256]
             pictures = world.to_tensor([world.draw_scene(scene, size) for scene in chunk]).to(vae.device)
             latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
-            covered = world.to_tensor([world.toddler_mask(scene, size).convert("RGB") for scene in chunk])[:, :1]
-            masks.append(F.avg_pool2d((covered + 1) / 2, size // latents[-1].shape[-1]).to(vae.device))
+            masks.append(toddler_coverage(chunk, size, latents[-1].shape[-1]).to(vae.device))
     return torch.cat(latents), torch.cat(masks), scenes
+
+
+def toddler_coverage(scenes: list[world.Scene], size: int, latent_size: int) -> torch.Tensor:
+    """The share of each latent pixel the toddler covers in each of `scenes` drawn at `size` px, (N, 1, latent_size,
+    latent_size): where `denoising_loss` weighs the loss more."""
+    covered = world.to_tensor([world.toddler_mask(scene, size).convert("RGB") for scene in scenes])[:, :1]
+    return F.avg_pool2d((covered + 1) / 2, size // latent_size)
 
 
 def refine_decoder(

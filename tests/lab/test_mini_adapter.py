@@ -1,7 +1,11 @@
 """storybook-mini's IP-Adapter: the committed files load through diffusers' own call and draw the photos' child."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 
 from storybook.config import MINI_ADAPTER_FILE
@@ -13,9 +17,12 @@ from storybook.lab.mini_adapter import (
     ENCODER_SIZE,
     IMAGE_DROP_SHARE,
     IMAGE_EMBED_DIM,
+    build_image_encoder,
+    encode_pairs,
     image_condition,
     train_mini_adapter,
 )
+from storybook.lab.mini_model import build_vae
 from storybook.models import MINI_MODEL, MINI_MODEL_FOLDER, load_pipeline
 
 FIELDS = [*world.ATTRIBUTES, *world.SIGNATURE]  # the seven identity fields
@@ -54,6 +61,15 @@ def test_an_image_prompt_on_storybook_mini_draws_the_childs_look(tmp_path):
 
     with_prompt, without = fields_right(MINI_ADAPTER_SCALE), fields_right(0.0)
     assert with_prompt >= without + MIN_GAIN, (with_prompt, without)
+
+
+def test_the_adapter_trains_on_story_scenes_weighted_where_the_toddler_is():
+    latents, coverage, embeddings, scenes = encode_pairs(build_vae(), build_image_encoder(), 6, random.Random(0))
+    assert latents.shape == (6, 4, 16, 16) and coverage.shape == (6, 1, 16, 16) and embeddings.shape == (6, 64)
+    for scene, covered in zip(scenes, coverage, strict=True):
+        assert world.STORY_HEIGHTS[0] <= scene.height <= world.STORY_HEIGHTS[1]  # the toddler drawn large
+        mask = torch.from_numpy(np.asarray(world.toddler_mask(scene, 64), dtype=np.float32) / 255)
+        assert torch.allclose(covered[0], F.avg_pool2d(mask[None], 4)[0], atol=1e-6)  # the loss's weights
 
 
 def test_adapter_training_resumes_and_writes_loadable_files(tmp_path):
