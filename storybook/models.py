@@ -11,7 +11,6 @@ import torch
 from diffusers import DiffusionPipeline
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from storybook.config import load_config
 from storybook.errors import ModelError
 from storybook.storage import MINI_MODEL, atomic_write_text
 from storybook.weights import damaged_file
@@ -187,23 +186,23 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
 def load_pipeline(
     model: str,
     home: Path,
-    device: str | None = None,
-    dtype: str | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
     components: dict[str, torch.nn.Module] | None = None,
 ) -> tuple[DiffusionPipeline, str]:
-    """Load `model` (see `resolve_model`) on `device` and `dtype`, else those of the data root's config, else the
-    defaults (see `pick_device`, `pick_dtype`); return the pipeline and its resolved path. `components` (e.g. a
+    """Load `model` (see `resolve_model`) on `device` in `dtype` (the defaults: `pick_device()`, `pick_dtype`; a
+    caller that honours the data root's config resolves them from it first, as the renderer does); return the
+    pipeline and its resolved path. `components` (e.g. a
     DreamBooth identity's {"unet": ...}) take the place of the model's own, which are then never loaded.
 
     Raises ModelError with what was looked for and how to provide it when the weights are not available.
     """
     model_path = resolve_model(model, home)
     model_family(model_path)
-    config = load_config(home)
-    torch_device = pick_device(device or config.device)
+    device = device or pick_device()
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            model_path, dtype=pick_dtype(torch_device, dtype or config.dtype), safety_checker=None, **(components or {})
+            model_path, dtype=dtype or pick_dtype(device), safety_checker=None, **(components or {})
         )
     except (OSError, ValueError) as error:
         folder = local_snapshot(model_path)
@@ -224,7 +223,7 @@ def load_pipeline(
             f"{model} loads as {type(pipeline).__name__}; storybook needs Stable Diffusion 1.x/2.x or SDXL."
         )
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(torch_device), model_path
+    return pipeline.to(device), model_path
 
 
 def model_folder(model_path: str, patterns: list[str] | None = None) -> Path:

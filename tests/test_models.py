@@ -68,7 +68,7 @@ def test_a_base_model_whose_weights_are_cut_off_is_named_damaged_not_missing(tmp
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100_000])  # a download or a copy cut off
     with pytest.raises(ModelError) as refused:
-        load_pipeline(str(model), tmp_path, "cpu")
+        load_pipeline(str(model), tmp_path, torch.device("cpu"))
     said = str(refused.value)
     assert "unet/diffusion_pytorch_model.safetensors cannot be read: it is cut off or damaged" in said
     assert "download it again" in said and "not in the Hugging Face cache" not in said

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from storybook.book import RenderSettings
+from storybook.config import load_config
 from storybook.errors import LabError
 from storybook.identities import resolve_config
 from storybook.lab import world
@@ -38,6 +39,7 @@ from storybook.models import (
     load_tokenizer,
     model_family,
     model_fingerprint,
+    pick_device,
     unet_parameter_count,
 )
 from storybook.registry import add_character, identity_folder, set_photo_captions
@@ -129,7 +131,7 @@ def prepare_class_images(home: Path, model: str, training: dict, trainer_methods
     config = max(configs, key=lambda c: c.num_class_images)
     folder = class_image_dir(home, model_fingerprint(model_path, home), "toddler")
     ensure_class_images(
-        lambda: load_pipeline(model, home, dtype="fp32")[0],
+        lambda: load_pipeline(model, home, pick_device(load_config(home).device), torch.float32)[0],
         folder,
         "toddler",
         config.num_class_images,

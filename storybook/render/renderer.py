@@ -143,15 +143,16 @@ class Renderer:
         self.dreambooth = dreambooth
         self.model_path = resolve_model(model, home)
         self.base_fingerprint = model_fingerprint(self.model_path, home)
+        config = load_config(home)
+        run_device = pick_device(device or config.device)  # the arguments, else the data root's config
+        drawing_dtype = pick_dtype(run_device, dtype or config.dtype)
         replaced = {}  # a DreamBooth identity's UNet (and text encoders), loaded instead of the base ones
         if dreambooth:
             folder = identity_folder(home, dreambooth)
             unet_config = UNet2DConditionModel.load_config(self.model_path, subfolder="unet")
             checked_identity(folder, unet_config["cross_attention_dim"], self.base_fingerprint)
-            config = load_config(home)
-            drawing_dtype = pick_dtype(pick_device(device or config.device), dtype or config.dtype)
             replaced = dreambooth_components(folder, drawing_dtype)
-        self.pipeline, _ = load_pipeline(model, home, device, dtype, replaced)
+        self.pipeline, _ = load_pipeline(model, home, run_device, drawing_dtype, replaced)
         if self.device.type != "cpu":  # a GPU's memory: decode a batch one picture at a time, big ones in tiles
             self.pipeline.vae.enable_slicing()
             self.pipeline.vae.enable_tiling()
@@ -163,7 +164,7 @@ class Renderer:
         self.no_image: dict[str, torch.Tensor] = {}  # a zero embedding of the loaded adapter's shape
         self.separate_regions = True  # several image prompts on a page: each in its own region (the lab turns it off)
         # The safety checker every picture of a book passes (None: off, or the model ships none and none is named).
-        self.safety_setting = load_config(home).safety_checker
+        self.safety_setting = config.safety_checker
         self.safety = load_safety_checker(self.safety_setting, self.model_path, home, self.device, self.dtype)
         self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
         # What every picture depends on of the model: the base and its DreamBooth UNet.

@@ -151,7 +151,7 @@ def load_for_training(home: Path, character: Character, plan: RunPlan) -> Loaded
     parts added in fp32 (bf16 with full_bf16); then the UNet and what trains moved to the run's device, the frozen
     text encoders and the VAE too unless the step does not use them. The GPU never holds the whole model in fp32."""
     config = plan.config
-    pipeline, _ = load_pipeline(plan.model, home, "cpu", "fp32")
+    pipeline, _ = load_pipeline(plan.model, home, torch.device("cpu"), torch.float32)
     frozen_dtype = WEIGHT_DTYPES[config.mixed_precision]
     freeze(pipeline.vae, torch.float32 if pipeline.vae.config.force_upcast else frozen_dtype)
     pipeline.vae.enable_slicing()  # encodes and decodes one picture at a time
@@ -223,7 +223,7 @@ def train_identity(
     class_paths = []
     if config.prior_preservation and config.num_class_images > 0:
         class_paths = ensure_class_images(
-            lambda: load_pipeline(model, home, str(run_device), class_image_dtype(run_device))[0],
+            lambda: load_pipeline(model, home, run_device, class_image_dtype(run_device))[0],
             class_image_dir(home, fingerprint, character.class_noun),
             character.class_noun,
             config.num_class_images,

@@ -67,11 +67,11 @@ def default_optimizer(device: torch.device) -> Optimizer:
     return "adamw-8bit" if device.type == "cuda" and importlib.util.find_spec("bitsandbytes") else "adamw"
 
 
-def class_image_dtype(device: torch.device) -> str:
+def class_image_dtype(device: torch.device) -> torch.dtype:
     """The dtype of the pipeline that draws class images: half precision on a GPU, fp32 on the CPU."""
     if device.type == "cpu":
-        return "fp32"
-    return "bf16" if device.type == "cuda" and bf16_in_hardware() else "fp16"
+        return torch.float32
+    return torch.bfloat16 if device.type == "cuda" and bf16_in_hardware() else torch.float16
 
 
 def bf16_in_hardware() -> bool:

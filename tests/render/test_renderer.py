@@ -9,6 +9,7 @@ import torch
 
 from storybook import registry
 from storybook.book import RenderSettings, load_book
+from storybook.models import load_pipeline
 from storybook.render.configure import update_config
 from storybook.render.pages import open_renderer
 from storybook.render.renderer import ImageJob, Renderer, region_masks
@@ -23,6 +24,13 @@ def test_region_masks_split_the_picture_into_strips_left_to_right():
     masks = region_masks(3, 6, 2)
     assert masks.shape == (1, 3, 2, 6)
     assert masks[0, :, 0].tolist() == [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]]
+
+
+def test_the_data_roots_dtype_is_read_by_the_renderer_and_arguments_win_while_load_pipeline_reads_no_config(home):
+    update_config(home, {"dtype": "bf16"})
+    assert Renderer(home, "tiny").dtype == torch.bfloat16
+    assert Renderer(home, "tiny", dtype="fp32").dtype == torch.float32
+    assert load_pipeline("tiny", home)[0].unet.dtype == torch.float32  # what its caller hands down, or the default
 
 
 def test_two_characters_masks_reach_diffusers_at_the_latents_size_on_the_pipelines_device_and_dtype(
