@@ -71,12 +71,12 @@ def run_pairs(
         renderer.load_identities(slugs)
         for variant, separate in (("masks", True), ("no masks", False)):
             progress(f"pair {number + 1}/{pairs}: {variant}")
-            renderer.separate_regions = separate
+            renderer.image_prompts.separate_regions = separate
             pictures = draw_all(renderer, world.pair_prompts(*subjects), seeds, tuple(slugs), settings)
             left = evaluator.read([halves(picture)[0] for picture in pictures])
             right = evaluator.read([halves(picture)[1] for picture in pictures])
             readings[variant].append(pair_scores(left, right, first, second))
-    renderer.separate_regions = True
+    renderer.image_prompts.separate_regions = True
     return [
         PairResult(variant, *(sum(column) / len(column) for column in zip(*rows, strict=True)))
         for variant, rows in readings.items()

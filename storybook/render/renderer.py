@@ -1,12 +1,12 @@
 """The renderer: a base pipeline loaded once, each character's identity loaded once as a named adapter.
 
 Per batch of pictures it activates the adapters of the characters drawn (with their weights), passes the image
-embeddings of the characters with an image prompt (IP-Adapter; each limited to its own region when several share a
-page) and calls the diffusers pipeline with one fresh CPU generator per picture, so a picture depends on its prompt
+embeddings of the characters with an image prompt (IP-Adapter, `image_prompts.py`; each limited to its own region when
+several share a page) and calls the diffusers pipeline with one fresh CPU generator per picture, so a picture depends on its prompt
 and seed only, never on what was drawn before it or beside it in a batch.
 
 One renderer holds the GPU at a time: a renderer that cannot draw the next book is released (its pipeline freed)
-before another loads (`open_renderer` in render_book.py), and a DreamBooth UNet is given to `from_pretrained` in
+before another loads (`open_renderer` in pages.py), and a DreamBooth UNet is given to `from_pretrained` in
 place of the base one, which never loads.
 """
 
@@ -26,16 +26,15 @@ from diffusers import (
 from PIL import Image
 
 from storybook.book import RenderSettings, Scheduler
-from storybook.config import AdapterSource, load_config
+from storybook.config import load_config
 from storybook.errors import ModelError
 from storybook.identities import METHODS, checked_identity, load_identity, unload_identity
 from storybook.identities.dreambooth import components as dreambooth_components
-from storybook.identities.image_prompt import adapter_fingerprint, adapter_root, load_image_embeds, read_image_prompt
 from storybook.identities.record import IdentityMetadata, read_identity
 from storybook.models import load_pipeline, model_fingerprint, parse_device, pick_device, pick_dtype, resolve_model
 from storybook.registry import identity_folder, identity_hash
+from storybook.render.image_prompts import ImagePrompts
 from storybook.render.safety import checker_fingerprint, checker_in_use, load_safety_checker
-from storybook.weights import check_finite, file_tensors
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -159,25 +158,20 @@ class Renderer:
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: Scheduler = "model"
         self.trained: dict[str, tuple[str, IdentityMetadata]] = {}  # trained identities loaded: slug -> (hash, record)
-        self.image_adapter: AdapterSource | None = None  # the IP-Adapter loaded, once a character needs it
-        self.image_prompts: dict[str, tuple[dict[str, torch.Tensor], float]] = {}  # slug -> (embeds, scale)
-        self.no_image: dict[str, torch.Tensor] = {}  # a zero embedding of the loaded adapter's shape
-        self.separate_regions = True  # several image prompts on a page: each in its own region (the lab turns it off)
+        self.image_prompts = ImagePrompts(self.pipeline, home, model)  # and their IP-Adapter, once one needs it
         # The safety checker every picture of a book passes (None: off, or the model ships none and none is named).
         self.safety_setting = config.safety_checker
         self.safety = load_safety_checker(self.safety_setting, self.model_path, home, self.device, self.dtype)
         self.dreambooth_hash = identity_hash(home, dreambooth) if dreambooth else None
         # What every picture depends on of the model: the base and its DreamBooth UNet.
         self.fingerprint = with_dreambooth(self.base_fingerprint, self.dreambooth_hash)
-        self.masks: dict[tuple, torch.Tensor] = {}  # region masks by (count, height, width), on the device
 
     def release(self) -> None:
         """Free the pipeline (and the safety checker and embeddings on the device), so that another renderer can
         load into the memory it held; this renderer draws nothing afterwards (`fits` says no)."""
         self.pipeline = self.safety = None
         self.trained.clear()
-        self.image_prompts.clear()
-        self.no_image, self.masks = {}, {}
+        self.image_prompts = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -229,30 +223,7 @@ class Renderer:
 
         Raises ModelError when the characters' image prompts need different IP-Adapters (one per book).
         """
-        records = {slug: read_image_prompt(identity_folder(self.home, slug)) for slug in slugs}
-        adapters = {record.adapter.model_dump_json(): record.adapter for record in records.values() if record}
-        if len(adapters) > 1:
-            sources = ", ".join(adapter.source for adapter in adapters.values())
-            raise ModelError(
-                f"The characters' image prompts use different IP-Adapters ({sources}): build every character's image "
-                "prompt of a book with the same adapter."
-            )
-        if adapters:
-            self.use_image_adapter(*adapters.values())
-        for slug, record in records.items():
-            if record is None:
-                self.image_prompts.pop(slug, None)
-                continue
-            if record.adapter_fingerprint != adapter_fingerprint(record.adapter, self.home):
-                raise ModelError(
-                    f"The IP-Adapter {record.adapter.source} changed since {slug}'s image prompt was built: run "
-                    f"`storybook character train {slug} --method ip-adapter` again."
-                )
-            embeds = {
-                k: v.to(self.device, self.dtype) for k, v in load_image_embeds(identity_folder(self.home, slug)).items()
-            }
-            self.image_prompts[slug] = (embeds, record.scale)
-            self.no_image = {key: torch.zeros_like(value) for key, value in embeds.items()}
+        self.image_prompts.load(slugs)
         for slug in slugs:
             if slug == self.dreambooth:
                 continue
@@ -272,29 +243,6 @@ class Renderer:
                 current,
                 load_identity(self.pipeline, identity_folder(self.home, slug), slug, self.base_fingerprint),
             )
-
-    def use_image_adapter(self, adapter: AdapterSource) -> None:
-        """Load `adapter` into the pipeline with diffusers' `load_ip_adapter` (weights only: embeddings are computed
-        when a character is built), replacing another one. Raises ModelError when it does not fit the base model."""
-        if adapter == self.image_adapter:
-            return
-        if self.image_adapter is not None:
-            self.pipeline.unload_ip_adapter()
-            self.image_prompts.clear()
-        subfolder, _, weight_name = adapter.weight_name.rpartition("/")
-        check_finite(
-            file_tensors(adapter_root(adapter) / adapter.weight_name),
-            f"The IP-Adapter {adapter.source} ({adapter.weight_name})",
-            "Download it again, or build the image prompts with another adapter.",
-        )
-        try:
-            self.pipeline.load_ip_adapter(str(adapter_root(adapter)), subfolder, weight_name, image_encoder_folder=None)
-        except (OSError, RuntimeError, ValueError, KeyError) as error:
-            raise ModelError(
-                f"The IP-Adapter {adapter.source} ({adapter.weight_name}) does not load into {self.model}: is it an "
-                f"adapter for this base model? Build the image prompts again with one that is. Details: {error}"
-            ) from error
-        self.image_adapter = adapter
 
     def use_scheduler(self, name: Scheduler) -> None:
         """Switch the sampler ('model' restores the model's own scheduler)."""
@@ -344,7 +292,7 @@ class Renderer:
             height=height,
             generator=[torch.Generator("cpu").manual_seed(job.seed) for job in jobs],
             output_type="np",
-            **self.image_prompt_inputs(jobs[0].characters, len(jobs), settings),
+            **self.image_prompts.inputs(jobs[0].characters, len(jobs), settings, (width, height)),
         ).images  # (B, H, W, 3) in [0, 1], NaN where the numbers broke down
         if not np.isfinite(pixels).all():
             drawn = ", ".join(jobs[0].characters) or "no character"
@@ -355,54 +303,7 @@ class Renderer:
             )
         return self.pipeline.numpy_to_pil(pixels)
 
-    def image_prompt_inputs(self, characters: tuple[str, ...], count: int, settings: RenderSettings) -> dict:
-        """The IP-Adapter arguments for `count` pictures of `characters`: each one's embedding at its scale, in its
-        own vertical strip of the picture (left to right in page order) when there are several; no image prompt at
-        all (scale 0) for pages without one. Empty when no IP-Adapter is loaded."""
-        if self.image_adapter is None:
-            return {}
-        drawn = [slug for slug in characters if slug in self.image_prompts]
-        if not drawn:  # diffusers needs an embedding once an adapter is loaded; at scale 0 it adds nothing
-            pairs, scales = [self.no_image], [0.0]
-        else:
-            pairs = [self.image_prompts[slug][0] for slug in drawn]
-            scales = [settings.image_scales.get(slug, self.image_prompts[slug][1]) for slug in drawn]
-        positive = torch.stack([pair["positive"][0] for pair in pairs])[None].expand(
-            count, *([-1] * pairs[0]["positive"].dim())
-        )
-        negative = torch.stack([pair["negative"][0] for pair in pairs])[None].expand_as(positive)
-        guided = settings.guidance > 1
-        embeds = torch.cat([negative, positive]) if guided else positive  # (2B or B, images, D)
-        if len(pairs) == 1 or not self.separate_regions:  # one set of image tokens over the whole picture
-            self.pipeline.set_ip_adapter_scale(sum(scales) / len(scales))
-            return {"ip_adapter_image_embeds": [embeds]}
-        self.pipeline.set_ip_adapter_scale([scales])
-        masks = self.regions(len(pairs), settings)
-        return {"ip_adapter_image_embeds": [embeds], "cross_attention_kwargs": {"ip_adapter_masks": [masks]}}
-
-    def regions(self, count: int, settings: RenderSettings) -> torch.Tensor:
-        """The masks of `count` characters' regions for pictures under `settings`: (1, count, h, w) at the latents'
-        size, on the pipeline's device and in its dtype, made once. diffusers downsamples a mask to each attention
-        layer's size and moves it to the layer's device and dtype in every layer at every step: from a full-size fp32
-        CPU mask that is an interpolation on the CPU and a copy to the GPU each time; from this one, a small
-        interpolation where it already is."""
-        width, height = self.size(settings)
-        scale = self.pipeline.vae_scale_factor
-        key = (count, height // scale, width // scale)
-        if key not in self.masks:
-            self.masks[key] = region_masks(count, width // scale, height // scale).to(self.device, self.dtype)
-        return self.masks[key]
-
     def tokens_over_limit(self, prompt: str) -> int:
         """How many of `prompt`'s tokens CLIP cuts off (0 when it fits its 77-token window)."""
         tokenizer = self.pipeline.tokenizer
         return tokens_beyond(tokenizer, self.pipeline.maybe_convert_prompt(prompt, tokenizer))  # multi-vector words
-
-
-def region_masks(count: int, width: int, height: int) -> torch.Tensor:
-    """`count` masks that split a `width` x `height` picture into vertical strips, left to right; (1, count, height,
-    width) of 0 and 1, as diffusers' `ip_adapter_masks` take them."""
-    masks = torch.zeros(1, count, height, width)
-    for index in range(count):
-        masks[0, index, :, index * width // count : (index + 1) * width // count] = 1
-    return masks

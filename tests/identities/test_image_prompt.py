@@ -20,8 +20,9 @@ from storybook.identities.adapter_format import adapter_weights
 from storybook.identities.image_prompt import load_image_embeds, read_image_prompt
 from storybook.models import TINY_MODEL_FOLDER
 from storybook.registry import identity_hash
+from storybook.render.image_prompts import region_masks
 from storybook.render.pages import render_book, with_settings
-from storybook.render.renderer import ImageJob, Renderer, region_masks
+from storybook.render.renderer import ImageJob, Renderer
 from storybook.story.stage import StoryRequest, write_story
 from storybook.tiny_model import build_tokenizer
 from storybook.training.personalize import build_identity
@@ -110,7 +111,7 @@ def test_two_characters_each_draw_in_their_own_region(home, tmp_path, tiny_ip_ad
     assert masks[1, :, 16:].all() and not masks[1, :, :16].any()
     renderer = Renderer(home, "tiny")
     renderer.load_identities(["mia", "rex"])
-    inputs = renderer.image_prompt_inputs(("mia", "rex"), 2, SETTINGS)
+    inputs = renderer.image_prompts.inputs(("mia", "rex"), 2, SETTINGS, renderer.size(SETTINGS))
     assert inputs["ip_adapter_image_embeds"][0].shape == (4, 2, 32)  # (CFG halves x 2 pictures, 2 images, width)
     assert inputs["cross_attention_kwargs"]["ip_adapter_masks"][0].shape == (1, 2, 16, 16)  # at the latents' size
     both = renderer.draw([ImageJob("two toddlers", "", 5, ("mia", "rex"))], SETTINGS, 6)[0]
@@ -131,12 +132,12 @@ def test_lora_and_image_prompt_together(home, sample_photos, tiny_ip_adapter):
     assert (folder / "pytorch_lora_weights.safetensors").is_file() and (folder / "image_prompt.json").is_file()
     renderer = Renderer(home, "tiny")
     renderer.load_identities(["mia"])
-    assert renderer.adapters.keys() == {"mia"} and renderer.image_prompts.keys() == {"mia"}
+    assert renderer.adapters.keys() == {"mia"} and renderer.image_prompts.loaded.keys() == {"mia"}
     # Built again as an image prompt alone, the LoRA is gone: the identity is what the last build made.
     build_identity(home, "Mia", "ip-adapter", adapter=tiny_ip_adapter)
     assert not (folder / "pytorch_lora_weights.safetensors").exists()
     renderer.load_identities(["mia"])  # a renderer kept loaded (the app's) drops her old LoRA
-    assert renderer.adapters == {} and renderer.image_prompts.keys() == {"mia"}
+    assert renderer.adapters == {} and renderer.image_prompts.loaded.keys() == {"mia"}
 
 
 def test_pivotal_tuning_and_image_prompt_together(home, sample_photos, tiny_ip_adapter):
@@ -148,7 +149,7 @@ def test_pivotal_tuning_and_image_prompt_together(home, sample_photos, tiny_ip_a
     assert metadata.method == "pivotal" and record.character == "mia"
     renderer = Renderer(home, "tiny")
     renderer.load_identities(["mia"])
-    assert renderer.adapters.keys() == {"mia"} and renderer.image_prompts.keys() == {"mia"}
+    assert renderer.adapters.keys() == {"mia"} and renderer.image_prompts.loaded.keys() == {"mia"}
     assert renderer.pipeline.tokenizer.tokenize(character.token) == [character.token]  # the learned word is in
     job = ImageJob(f"{character.token} toddler at the beach", "", 3, ("mia",))
     with_photos = renderer.draw([job], SETTINGS, 6)[0]

@@ -12,18 +12,12 @@ from storybook.book import RenderSettings, load_book
 from storybook.models import load_pipeline
 from storybook.render.configure import update_config
 from storybook.render.pages import open_renderer
-from storybook.render.renderer import ImageJob, Renderer, region_masks
+from storybook.render.renderer import ImageJob, Renderer
 from storybook.tiny_model import build_tokenizer
 from storybook.training.personalize import build_identity
 from tests.render.test_pages import new_book
 
 pytestmark = pytest.mark.slow
-
-
-def test_region_masks_split_the_picture_into_strips_left_to_right():
-    masks = region_masks(3, 6, 2)
-    assert masks.shape == (1, 3, 2, 6)
-    assert masks[0, :, 0].tolist() == [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]]
 
 
 def test_the_data_roots_dtype_is_read_by_the_renderer_and_arguments_win_while_load_pipeline_reads_no_config(home):
