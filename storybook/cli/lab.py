@@ -18,6 +18,8 @@ ReplaceCommittedOption = Annotated[
     ),
 ]
 
+DeviceOption = Annotated[str, typer.Option(help="Train on this device, e.g. cuda (the pictures are drawn on the CPU).")]
+
 
 def weights_folder(name: str, replace_committed: bool) -> Path:
     """Where a lab trainer writes `name` when no folder is given: the work folder, or the committed weights."""
@@ -103,9 +105,7 @@ def lab_train_mini(
         Path | None, typer.Option(help="A storybook-mini folder whose trained VAE to use instead of training one.")
     ] = None,
     seed: int = 0,
-    device: Annotated[
-        str, typer.Option(help="Train on this device, e.g. cuda (the pictures are drawn on the CPU).")
-    ] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Train storybook-mini from scratch on the lab's world (resumable; docs/lab.md gives the times)."""
 
@@ -154,9 +154,7 @@ def lab_train_adapter(
     ] = Path(".cache/storybook-mini-text"),
     unet_steps: Annotated[int, typer.Option(min=1, help="Adapter + UNet steps.")] = 2400,
     seed: int = 0,
-    device: Annotated[
-        str, typer.Option(help="Train on this device, e.g. cuda (the pictures are drawn on the CPU).")
-    ] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Train storybook-mini's image encoder and IP-Adapter with its UNet (about 1.2 h on 2 CPU cores; resumable)."""
 
