@@ -17,6 +17,7 @@ from storybook.models import (
     resolve_model,
     unet_parameter_count,
 )
+from storybook.render.configure import update_config
 
 
 def test_tiny_model_is_a_committed_diffusers_folder_loaded_by_from_pretrained_without_training(home):
@@ -131,3 +132,9 @@ def test_fingerprint_counts_only_the_weights_loaded_and_reads_hub_blob_names(tmp
     index.write_text("{ half")
     with pytest.raises(ModelError, match="damaged"):
         model_fingerprint(str(model), home)
+
+
+def test_load_pipeline_loads_what_its_caller_hands_down_and_reads_no_config(home):
+    update_config(home, {"dtype": "bf16"})  # the renderer reads it (tests/test_config.py); load_pipeline does not
+    assert load_pipeline("tiny", home, torch.device("cpu"))[0].unet.dtype == torch.float32
+    assert load_pipeline("tiny", home, torch.device("cpu"), torch.float16)[0].unet.dtype == torch.float16

@@ -39,6 +39,7 @@ from storybook.lab import world
 from storybook.lab.mini_model import (
     SCHEDULE,
     MiniRecipe,
+    check_recipe,
     cpu_state,
     denoising_loss,
     save_state,
@@ -172,16 +173,24 @@ def train_mini_adapter(
     with its new UNet to `out` and the adapter (weights file and `image_encoder/`) to `adapter_out`; return both
     folders.
 
-    `work` keeps each finished stage and UNet checkpoints: run again after an interruption (on this device or
-    another) and it resumes. Noise, timesteps and image drops come from CPU generators, as in `train_mini`.
+    `work` keeps each finished stage and UNet checkpoints with `recipe` (the loss and framing): run again after an
+    interruption (on this device or another) and it resumes; a run with another recipe is refused. Noise, timesteps
+    and image drops come from CPU generators, as in `train_mini`.
     """
     if not (base / "model_index.json").is_file():
         raise LabError(
             f"{base} holds no text-only storybook-mini to start from: train it first with "
             f"`storybook lab train-mini --out {base}` (see docs/lab.md, 'storybook-mini')."
         )
+    checkpoint_file = work / "adapter-checkpoint.pt"
+    if checkpoint_file.exists() and not (work / "recipe.json").exists():
+        raise LabError(
+            f"{work} holds an adapter run from before the adapter stage took v4's recipe (plain loss, v3's framing): "
+            "use another --work folder, or delete it to start again."
+        )
     torch.manual_seed(seed)
     work.mkdir(parents=True, exist_ok=True)
+    check_recipe(work / "recipe.json", recipe)
     encoder = build_image_encoder().to(device)
     encoder_file = work / "image-encoder.safetensors"
     if encoder_file.exists():
@@ -215,7 +224,6 @@ def train_mini_adapter(
     snr_of = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).to(device)  # per timestep
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
     rng, generator, step = random.Random(f"adapter-{seed}"), torch.Generator().manual_seed(seed), 0
-    checkpoint_file = work / "adapter-checkpoint.pt"
     if checkpoint_file.exists():
         state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)  # step counts stay on the CPU
         unet.load_state_dict(state["unet"])

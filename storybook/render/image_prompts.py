@@ -47,24 +47,27 @@ class ImagePrompts:
                 f"The characters' image prompts use different IP-Adapters ({sources}): build every character's image "
                 "prompt of a book with the same adapter."
             )
-        if adapters:
-            self.use_adapter(*adapters.values())
+        prompts = {}  # every record and embedding checked before anything changes
         for slug, record in records.items():
             if record is None:
-                self.unload(slug)
                 continue
             if record.adapter_fingerprint != adapter_fingerprint(record.adapter, self.home):
                 raise ModelError(
                     f"The IP-Adapter {record.adapter.source} changed since {slug}'s image prompt was built: run "
                     f"`storybook character train {slug} --method ip-adapter` again."
                 )
-            unet = self.pipeline.unet
-            embeds = load_image_embeds(identity_folder(self.home, slug))
-            self.loaded[slug] = (
-                {key: value.to(unet.device, unet.dtype) for key, value in embeds.items()},
-                record.scale,
-            )
-            self.no_image = {key: torch.zeros_like(value) for key, value in self.loaded[slug][0].items()}
+            prompts[slug] = (load_image_embeds(identity_folder(self.home, slug)), record.scale)
+        if adapters:
+            self.use_adapter(*adapters.values())
+        unet = self.pipeline.unet
+        for slug in slugs:
+            if slug not in prompts:
+                self.unload(slug)
+                continue
+            embeds, scale = prompts[slug]
+            embeds = {key: value.to(unet.device, unet.dtype) for key, value in embeds.items()}
+            self.loaded[slug] = (embeds, scale)
+            self.no_image = {key: torch.zeros_like(value) for key, value in embeds.items()}
 
     def unload(self, slug: str) -> None:
         """Draw `slug` without an image prompt from now on (the adapter stays for the others)."""
@@ -77,6 +80,7 @@ class ImagePrompts:
             return
         if self.adapter is not None:
             self.pipeline.unload_ip_adapter()
+            self.adapter, self.no_image = None, {}
             self.loaded.clear()
         subfolder, _, weight_name = adapter.weight_name.rpartition("/")
         check_finite(

@@ -1,13 +1,13 @@
 """The renderer: a base pipeline loaded once, each character's identity loaded once as a named adapter.
 
 Per batch of pictures it activates the adapters of the characters drawn (with their weights), passes the image
-embeddings of the characters with an image prompt (IP-Adapter, `image_prompts.py`; each limited to its own region when
-several share a page) and calls the diffusers pipeline with one fresh CPU generator per picture, so a picture depends on its prompt
-and seed only, never on what was drawn before it or beside it in a batch.
+embeddings of the characters with an image prompt (IP-Adapter, `image_prompts.py`; each limited to its own region
+when several share a page) and calls the diffusers pipeline with one fresh CPU generator per picture, so a picture
+depends on its prompt and seed only, never on what was drawn before it or beside it in a batch.
 
 One renderer holds the GPU at a time: a renderer that cannot draw the next book is released (its pipeline freed)
-before another loads (`open_renderer` in pages.py), and a DreamBooth UNet is given to `from_pretrained` in
-place of the base one, which never loads.
+before another loads (`open_renderer` in pages.py), and a DreamBooth UNet is given to `from_pretrained` in place of
+the base one, which never loads.
 """
 
 import gc

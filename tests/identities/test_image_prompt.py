@@ -138,6 +138,16 @@ def test_lora_and_image_prompt_together(home, sample_photos, tiny_ip_adapter):
     assert not (folder / "pytorch_lora_weights.safetensors").exists()
     renderer.load_identities(["mia"])  # a renderer kept loaded (the app's) drops her old LoRA
     assert renderer.adapters == {} and renderer.image_prompts.loaded.keys() == {"mia"}
+    # And built again as a LoRA alone, her image prompt goes: her pages draw as a plain LoRA page does.
+    build_identity(home, "Mia", "lora", overrides=quick, show_progress=False)
+    assert not (folder / "image_prompt.json").exists()
+    renderer.load_identities(["mia"])
+    assert renderer.adapters.keys() == {"mia"} and renderer.image_prompts.loaded == {}
+    job = ImageJob("a toddler at the beach", "", 3, ("mia",))
+    fresh = Renderer(home, "tiny")
+    fresh.load_identities(["mia"])
+    assert fresh.image_prompts.adapter is None  # never loaded an adapter
+    assert np.array_equal(pixels(renderer.draw([job], SETTINGS, 6)[0]), pixels(fresh.draw([job], SETTINGS, 6)[0]))
 
 
 def test_pivotal_tuning_and_image_prompt_together(home, sample_photos, tiny_ip_adapter):
@@ -182,8 +192,11 @@ def test_an_adapter_that_is_missing_changed_or_for_another_model_is_refused_with
         Renderer(home, "storybook-mini").load_identities(["mia"])
     weights = load_file(copy / adapter.weight_name)
     save_file({key: value + 1 for key, value in weights.items()}, copy / adapter.weight_name)
+    renderer = Renderer(home, "tiny")
     with pytest.raises(ModelError, match="changed since mia's image prompt was built"):
-        Renderer(home, "tiny").load_identities(["mia"])
+        renderer.load_identities(["mia"])
+    assert renderer.image_prompts.adapter is None  # refused before anything loaded: its pages still draw
+    renderer.draw([ImageJob("a toddler", "", 1, ())], SETTINGS, 2)
 
 
 def poison(weights_file) -> None:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 
 from storybook.config import MINI_ADAPTER_FILE
+from storybook.errors import LabError
 from storybook.identities.adapter_format import adapter_weights
 from storybook.identities.image_prompt import MINI_ADAPTER_FOLDER, MINI_ADAPTER_SCALE, image_processor
 from storybook.lab import world
@@ -22,7 +23,7 @@ from storybook.lab.mini_adapter import (
     image_condition,
     train_mini_adapter,
 )
-from storybook.lab.mini_model import build_vae
+from storybook.lab.mini_model import MiniRecipe, build_vae, check_recipe
 from storybook.models import MINI_MODEL, MINI_MODEL_FOLDER, load_pipeline
 
 FIELDS = [*world.ATTRIBUTES, *world.SIGNATURE]  # the seven identity fields
@@ -70,6 +71,19 @@ def test_the_adapter_trains_on_story_scenes_weighted_where_the_toddler_is():
         assert world.STORY_HEIGHTS[0] <= scene.height <= world.STORY_HEIGHTS[1]  # the toddler drawn large
         mask = torch.from_numpy(np.asarray(world.toddler_mask(scene, 64), dtype=np.float32) / 255)
         assert torch.allclose(covered[0], F.avg_pool2d(mask[None], 4)[0], atol=1e-6)  # the loss's weights
+
+
+def test_adapter_training_refuses_a_work_folder_of_another_recipe_before_training(tmp_path):
+    old, out = tmp_path / "v3-run", (tmp_path / "out", tmp_path / "adapter")
+    old.mkdir()
+    (old / "adapter-checkpoint.pt").write_bytes(b"a run from before recipes were recorded")
+    with pytest.raises(LabError, match="before the adapter stage took v4's recipe"):
+        train_mini_adapter(*out, old)
+    other = tmp_path / "other"
+    check_recipe(other / "recipe.json", MiniRecipe(part_weight=0.0))
+    with pytest.raises(LabError, match="holds a run with another recipe"):
+        train_mini_adapter(*out, other)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other", "v3-run"]  # nothing trained or written
 
 
 def test_adapter_training_resumes_and_writes_loadable_files(tmp_path):

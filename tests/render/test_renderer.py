@@ -9,7 +9,6 @@ import torch
 
 from storybook import registry
 from storybook.book import RenderSettings, load_book
-from storybook.models import load_pipeline
 from storybook.render.configure import update_config
 from storybook.render.pages import open_renderer
 from storybook.render.renderer import ImageJob, Renderer
@@ -18,13 +17,6 @@ from storybook.training.personalize import build_identity
 from tests.render.test_pages import new_book
 
 pytestmark = pytest.mark.slow
-
-
-def test_the_data_roots_dtype_is_read_by_the_renderer_and_arguments_win_while_load_pipeline_reads_no_config(home):
-    update_config(home, {"dtype": "bf16"})
-    assert Renderer(home, "tiny").dtype == torch.bfloat16
-    assert Renderer(home, "tiny", dtype="fp32").dtype == torch.float32
-    assert load_pipeline("tiny", home)[0].unet.dtype == torch.float32  # what its caller hands down, or the default
 
 
 def test_two_characters_masks_reach_diffusers_at_the_latents_size_on_the_pipelines_device_and_dtype(
