@@ -15,6 +15,7 @@ diffusers' `load_ip_adapter` as it loads a real adapter:
    encoder and VAE stay as they are.
 """
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from storybook.lab.mini_model import (
     warmup_cosine,
 )
 from storybook.models import MINI_MODEL_FOLDER
+from storybook.storage import atomic_write_text
 from storybook.training.losses import diffusion_target
 
 ENCODER_SIZE = 64  # pixels the image encoder sees (CLIP's processor resizes and centre-crops to it)
@@ -299,6 +301,10 @@ def save_mini_adapter(
     pipeline = DiffusionPipeline.from_pretrained(base, dtype=torch.float32)
     pipeline.unet = plain
     pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    for config_file in [out / "model_index.json", *out.glob("*/config.json")]:
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:  # the trainer's own folder: nothing a user's machine has
+            atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
     save_adapter_weights(adapter_out / MINI_ADAPTER_FILE, adapter_weights(unet))
     encoder.to(torch.float16).save_pretrained(adapter_out / "image_encoder", safe_serialization=True)
     image_processor(ENCODER_SIZE).save_pretrained(adapter_out / "image_encoder")

@@ -47,6 +47,13 @@ class ImagePrompts:
                 f"The characters' image prompts use different IP-Adapters ({sources}): build every character's image "
                 "prompt of a book with the same adapter."
             )
+        for adapter in adapters.values():
+            if adapter != self.adapter:
+                check_finite(
+                    file_tensors(adapter_root(adapter) / adapter.weight_name),
+                    f"The IP-Adapter {adapter.source} ({adapter.weight_name})",
+                    "Download it again, or build the image prompts with another adapter.",
+                )
         prompts = {}  # every record and embedding checked before anything changes
         for slug, record in records.items():
             if record is None:
@@ -74,8 +81,9 @@ class ImagePrompts:
         self.loaded.pop(slug, None)
 
     def use_adapter(self, adapter: AdapterSource) -> None:
-        """Load `adapter` into the pipeline with diffusers' `load_ip_adapter` (weights only: embeddings are computed
-        when a character is built), replacing another one. Raises ModelError when it does not fit the base model."""
+        """Load `adapter` (its weights checked by `load`) into the pipeline with diffusers' `load_ip_adapter` (weights
+        only: embeddings are computed when a character is built), replacing another one. Raises ModelError when it
+        does not fit the base model."""
         if adapter == self.adapter:
             return
         if self.adapter is not None:
@@ -83,11 +91,6 @@ class ImagePrompts:
             self.adapter, self.no_image = None, {}
             self.loaded.clear()
         subfolder, _, weight_name = adapter.weight_name.rpartition("/")
-        check_finite(
-            file_tensors(adapter_root(adapter) / adapter.weight_name),
-            f"The IP-Adapter {adapter.source} ({adapter.weight_name})",
-            "Download it again, or build the image prompts with another adapter.",
-        )
         try:
             self.pipeline.load_ip_adapter(str(adapter_root(adapter)), subfolder, weight_name, image_encoder_folder=None)
         except (OSError, RuntimeError, ValueError, KeyError) as error:

@@ -94,6 +94,7 @@ def test_adapter_training_resumes_and_writes_loadable_files(tmp_path):
     train_mini_adapter(out, adapter, tmp_path / "work", unet_steps=4, progress=messages.append, **options)
     assert "resumed at step 2" in messages
     assert sum("image encoder trained" in message for message in messages) == 1  # the encoder is trained once
+    assert not any("_name_or_path" in path.read_text() for path in out.rglob("*.json"))  # no trainer's folder in it
     pipeline = DiffusionPipeline.from_pretrained(out, dtype=torch.float32)
     pipeline.load_ip_adapter(str(adapter), "", MINI_ADAPTER_FILE, "image_encoder")
     embeds = torch.zeros(2, 1, IMAGE_EMBED_DIM)
