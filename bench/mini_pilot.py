@@ -4,7 +4,8 @@ Each candidate trains the UNet and text encoder from scratch on the committed VA
 by `bench/mini_ceilings.py`) with a constant learning rate after warm-up, so a run can go on as the long run, and
 saves its EMA weights every `--every` steps with the process's CPU seconds spent training so far (the cost, fair
 between candidates run side by side). `--read` then draws 48 training-family captions with each snapshot (25 steps,
-guidance 7.5) and the evaluator reads the setting and the four worded attributes: one line of
+guidance 7.5) and the evaluator reads the setting and the four worded attributes, and draws the demo book's 12 story
+pages (the offline writer's prompts, text only) and reads how many show its beach: one line of
 `<work>/<candidate>/curve.jsonl` per snapshot.
 
 Usage: python bench/mini_pilot.py CANDIDATE [--until 3000] [--every 500] [--work DIR] [--threads 1]
@@ -18,6 +19,7 @@ Usage: python bench/mini_pilot.py CANDIDATE [--until 3000] [--every 500] [--work
 import argparse
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,11 +27,13 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 
+from storybook import registry
 from storybook.lab import world
 from storybook.lab.drawing import check_scenes, read_captions
-from storybook.lab.evaluator import load_evaluator
+from storybook.lab.evaluator import Evaluator, load_evaluator
 from storybook.lab.mini_model import MiniRecipe, train_mini
-from storybook.models import MINI_MODEL_FOLDER
+from storybook.models import MINI_MODEL, MINI_MODEL_FOLDER, load_tokenizer
+from storybook.story.stage import StoryRequest, write_story
 
 CANDIDATES = {
     "v3": MiniRecipe(heights=world.FULL_BODY_HEIGHTS, part_weight=0.0, min_snr_gamma=None),  # the current recipe
@@ -86,6 +90,32 @@ def take_snapshot(name: str, work: Path, snapshot: Path, cpu_seconds: float) -> 
     return out
 
 
+def story_pages(work: Path) -> list[tuple[str, str]]:
+    """The demo book's 12 pages as (prompt, negative prompt): the offline writer's story of Mia at the beach, written
+    once into `work` (the prompts a parent's book gives the model, not the world's captions)."""
+    cached = work / "story-pages.json"
+    if not cached.exists():
+        with tempfile.TemporaryDirectory() as folder:
+            home = Path(folder)
+            photos = world.write_photos(home / "photos", world.DEMO_TODDLER)
+            tokenizer = load_tokenizer(MINI_MODEL, home)
+            registry.add_character(home, "Mia", photos, tokenizer, description=world.DEMO_TODDLER.description)
+            request = StoryRequest(child="Mia", theme="a day at the beach", pages=12, pronouns="she", seed=1)
+            _, book = write_story(home, request, "offline")
+        cached.write_text(json.dumps([(page.prompt, page.negative_prompt) for page in book.pages]))
+    return [tuple(page) for page in json.loads(cached.read_text())]
+
+
+@torch.no_grad()
+def story_setting_share(pipeline: DiffusionPipeline, evaluator: Evaluator, pages: list[tuple[str, str]]) -> float:
+    """The share of the story's pages (text only, 25 steps, guidance 7.5, seed = the page's index) read as the
+    beach: whether the model draws the setting of a story's wording, not only of its own captions."""
+    prompts, negatives = zip(*pages, strict=True)
+    generators = [torch.Generator().manual_seed(index) for index in range(len(pages))]
+    pictures = pipeline(list(prompts), negative_prompt=list(negatives), num_inference_steps=25, generator=generators)
+    return sum(reading["setting"] == "beach" for reading in evaluator.read(pictures.images)) / len(pages)
+
+
 def read_snapshots(name: str, work: Path, evaluator_folder: Path | None) -> None:
     """Read every snapshot of candidate `name` not read yet into curve.jsonl (one line each, by step)."""
     recipe, folder = CANDIDATES[name], work / name
@@ -100,6 +130,7 @@ def read_snapshots(name: str, work: Path, evaluator_folder: Path | None) -> None
         pipeline = DiffusionPipeline.from_pretrained(snapshot, dtype=torch.float32)
         pipeline.set_progress_bar_config(disable=True)
         shares = read_captions(pipeline, evaluator, scenes)
+        shares["story_beach"] = story_setting_share(pipeline, evaluator, story_pages(work))
         cpu_seconds = round(float((snapshot / "cpu_s.txt").read_text()))
         row = {"step": step, "cpu_s": cpu_seconds, **{key: round(value, 3) for key, value in shares.items()}}
         with curve_file.open("a") as file:
@@ -109,14 +140,18 @@ def read_snapshots(name: str, work: Path, evaluator_folder: Path | None) -> None
 
 def print_table(work: Path) -> None:
     """Print every candidate's curve as one markdown table: per step, each field's share right and the CPU cost."""
-    print("| candidate | step | CPU s | setting | hair colour | hair style | skin | shirt | all four + setting |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| candidate | step | CPU s | setting | hair colour | hair style | skin | shirt | all four + setting "
+        "| story pages' beach |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in CANDIDATES:
         curve_file = work / name / "curve.jsonl"
         rows = [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
         for row in sorted(rows, key=lambda row: row["step"]):
             shares = " | ".join(f"{row[field]:.0%}" for field in ["setting", *world.ATTRIBUTES, "all"])
-            print(f"| {name} | {row['step']} | {row['cpu_s']} | {shares} |")
+            story = f"{row['story_beach']:.0%}" if "story_beach" in row else "-"  # read since step 4,250 + 1
+            print(f"| {name} | {row['step']} | {row['cpu_s']} | {shares} | {story} |")
 
 
 def main() -> None:
