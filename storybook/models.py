@@ -192,8 +192,8 @@ def load_pipeline(
 ) -> tuple[DiffusionPipeline, str]:
     """Load `model` (see `resolve_model`) on `device` in `dtype` (the defaults: `pick_device()`, `pick_dtype`; a
     caller that honours the data root's config resolves them from it first, as the renderer does); return the
-    pipeline and its resolved path. `components` (e.g. a
-    DreamBooth identity's {"unet": ...}) take the place of the model's own, which are then never loaded.
+    pipeline and its resolved path. `components` (e.g. a DreamBooth identity's {"unet": ...}) take the place of the
+    model's own, which are then never loaded.
 
     Raises ModelError with what was looked for and how to provide it when the weights are not available.
     """

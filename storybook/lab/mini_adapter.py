@@ -43,8 +43,9 @@ from storybook.lab.mini_model import (
     check_recipe,
     cpu_state,
     denoising_loss,
+    encode_scenes,
     save_state,
-    toddler_coverage,
+    snr_per_timestep,
     training_caption,
     warmup_cosine,
 )
@@ -137,9 +138,9 @@ def encode_pairs(
     latents, coverage, embeddings = [], [], []
     for start in range(0, count, 256):
         chunk = scenes[start : start + 256]
-        pictures = world.to_tensor([world.draw_scene(scene, recipe.resolution) for scene in chunk]).to(vae.device)
-        latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
-        coverage.append(toddler_coverage(chunk, recipe.resolution, latents[-1].shape[-1]).to(vae.device))
+        chunk_latents, chunk_coverage = encode_scenes(vae, chunk, recipe.resolution)
+        latents.append(chunk_latents)
+        coverage.append(chunk_coverage)
         pixels = photo_pixels([scene.toddler for scene in chunk], [rng.randrange(100) for _ in chunk])
         embeddings.append(encoder(pixels.to(encoder.device)).image_embeds)
     return torch.cat(latents), torch.cat(coverage), torch.cat(embeddings), scenes
@@ -223,7 +224,7 @@ def train_mini_adapter(
     load_adapter_weights(unet, new_adapter_weights(unet, IMAGE_EMBED_DIM, torch.Generator().manual_seed(seed)))
     unet.to(device)
     scheduler = DDPMScheduler(**SCHEDULE)
-    snr_of = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).to(device)  # per timestep
+    snr_of = snr_per_timestep(scheduler, device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
     rng, generator, step = random.Random(f"adapter-{seed}"), torch.Generator().manual_seed(seed), 0
     if checkpoint_file.exists():

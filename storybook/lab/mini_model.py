@@ -165,20 +165,26 @@ def encode_dataset(
     size, heights = recipe.resolution, recipe.heights
     scenes = [training_scene(rng, heights) for _ in range(count)]
     latents, masks = [], []
-    with torch.no_grad():
-        for start in range(0, count, 256):
-            chunk = scenes[start : start + 256]
-            pictures = world.to_tensor([world.draw_scene(scene, size) for scene in chunk]).to(vae.device)
-            latents.append(vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor)
-            masks.append(toddler_coverage(chunk, size, latents[-1].shape[-1]).to(vae.device))
+    for start in range(0, count, 256):
+        chunk_latents, chunk_masks = encode_scenes(vae, scenes[start : start + 256], size)
+        latents.append(chunk_latents)
+        masks.append(chunk_masks)
     return torch.cat(latents), torch.cat(masks), scenes
 
 
-def toddler_coverage(scenes: list[world.Scene], size: int, latent_size: int) -> torch.Tensor:
-    """The share of each latent pixel the toddler covers in each of `scenes` drawn at `size` px, (N, 1, latent_size,
-    latent_size): where `denoising_loss` weighs the loss more."""
+@torch.no_grad()
+def encode_scenes(vae: AutoencoderKL, scenes: list[world.Scene], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scenes` drawn at `size` px: their scaled VAE latents (N, 4, h, w) and the share of each latent pixel the
+    toddler covers (N, 1, h, w: where `denoising_loss` weighs the loss more), on the VAE's device."""
+    pictures = world.to_tensor([world.draw_scene(scene, size) for scene in scenes]).to(vae.device)
+    latents = vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor
     covered = world.to_tensor([world.toddler_mask(scene, size).convert("RGB") for scene in scenes])[:, :1]
-    return F.avg_pool2d((covered + 1) / 2, size // latent_size)
+    return latents, F.avg_pool2d((covered + 1) / 2, size // latents.shape[-1]).to(vae.device)
+
+
+def snr_per_timestep(scheduler: DDPMScheduler, device: torch.device | str) -> torch.Tensor:
+    """The signal-to-noise ratio of each of `scheduler`'s training timesteps (what Min-SNR-gamma weighs by)."""
+    return (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).to(device)
 
 
 def refine_decoder(
@@ -322,7 +328,7 @@ def train_mini(
         progress(f"decoder refined in {time.perf_counter() - started:.0f} s")
 
     scheduler = DDPMScheduler(**SCHEDULE)
-    snr_of = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).to(device)  # per timestep
+    snr_of = snr_per_timestep(scheduler, device)
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=1e-2)
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
