@@ -13,7 +13,7 @@ Usage: python bench/mini_pilot.py CANDIDATE [--until 3000] [--every 500] [--work
        python bench/mini_pilot.py CANDIDATE --take SNAPSHOT --cpu-s S   (the long run's weights-only snapshot as the
            next step-N, S its CPU seconds so far; the VAE stays the pilot's, so the curve goes on comparably)
        python bench/mini_pilot.py v3 --table   (every candidate's curve)
-    candidates: v3, story, story+parts, story96+parts
+    candidates: v3, story, story+parts, story+parts+words, story+bg+words, story96+parts
 """
 
 import argparse
@@ -36,10 +36,12 @@ from storybook.models import MINI_MODEL, MINI_MODEL_FOLDER, load_tokenizer
 from storybook.story.stage import StoryRequest, write_story
 
 CANDIDATES = {
-    "v3": MiniRecipe(heights=world.FULL_BODY_HEIGHTS, part_weight=0.0, min_snr_gamma=None),  # the current recipe
-    "story": MiniRecipe(part_weight=0.0, min_snr_gamma=None),  # the toddler drawn large, the hat in the frame
-    "story+parts": MiniRecipe(),  # and the loss where the toddler is (v4's recipe so far)
-    "story96+parts": MiniRecipe(resolution=96, part_weight=4.0, min_snr_gamma=5.0),  # and 24x24 latents
+    "v3": MiniRecipe(heights=world.FULL_BODY_HEIGHTS, part_weight=0.0, min_snr_gamma=None, varied_captions=False),
+    "story": MiniRecipe(part_weight=0.0, min_snr_gamma=None, varied_captions=False),  # the toddler drawn large
+    "story+parts": MiniRecipe(varied_captions=False),  # and the loss where the toddler is (v4 to step 5,750)
+    "story+parts+words": MiniRecipe(),  # and varied captions (v4's recipe from step 6,000 on)
+    "story+bg+words": MiniRecipe(part_weight=1.0),  # the background weighed more (a copy of it at step 7,000)
+    "story96+parts": MiniRecipe(resolution=96, varied_captions=False),  # and 24x24 latents
 }
 SCHEDULE_STEPS = 100_000  # far beyond the pilot: its learning rate stays constant after warm-up
 

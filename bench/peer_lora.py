@@ -1,8 +1,9 @@
 """Training's whole-process time against diffusers' own LoRA DreamBooth script, paired, at equal settings.
 
-Both train a LoRA (rank 8, attention only, lr 5e-4 constant, batch 4, 64 px, no prior preservation, fp32) of Mia's
-prepared photos on storybook-mini, from a cold start of the process to its weights on disk: `storybook character
-train Mia --method lora ...` and diffusers' `examples/dreambooth/train_dreambooth_lora.py` (the peer; pass its path,
+Both train a LoRA (rank 8, attention only, lr 5e-4 constant, batch 4, 64 px, no prior preservation, fp32, no sample
+pictures: the peer draws none unless asked) of Mia's prepared photos on storybook-mini, from a cold start of the
+process to its weights on disk: `storybook character train Mia --method lora ...` and diffusers'
+`examples/dreambooth/train_dreambooth_lora.py` (the peer; pass its path,
 it is not part of this project). Each pair runs back to back, storybook first, at every step count given; the ratio
 is storybook's seconds over the peer's. Prints one markdown row per step count.
 
@@ -45,7 +46,7 @@ def storybook_command(home: Path, steps: int) -> list[str]:
         *STORYBOOK, "--home", str(home), "character", "train", "Mia", "--method", "lora", "--steps", str(steps),
         "--rank", str(SETTINGS["rank"]), "--lr", str(SETTINGS["lr"]), "--batch-size", str(SETTINGS["batch"]),
         "--no-lora-convolutions", "--no-prior-preservation", "--captions", "identifier", "--no-photo-captions",
-        "--mixed-precision", "no", "--restart",
+        "--mixed-precision", "no", "--restart", "--no-samples",
     ]  # fmt: skip
 
 

@@ -33,7 +33,8 @@ def candidate_tokens(seed_text: str) -> list[str]:
 
 def choose_token(tokenizer: "PreTrainedTokenizerBase", seed_text: str, taken: set[str], avoid: str = "") -> str:
     """Pick the identifier for a new character: not an English word, not already an entry of the tokenizer's vocabulary
-    (Textual Inversion adds it as a token of its own), as few tokenizer pieces as possible.
+    (Textual Inversion adds it as a token of its own), with as few pieces that are words themselves (`word_pieces`)
+    and then as few tokenizer pieces as possible.
 
     `taken` holds the tokens of the registry's other characters, which the token must neither contain nor occur in
     (added tokens match inside words), and `avoid` text (class noun, name) the token must not occur in. The choice is
@@ -48,4 +49,11 @@ def choose_token(tokenizer: "PreTrainedTokenizerBase", seed_text: str, taken: se
         and token not in avoid.lower()
         and not is_english_word(token)
     ]
-    return min(usable, key=lambda token: len(tokenizer.tokenize(token)))
+    return min(usable, key=lambda token: (len(word_pieces(tokenizer, token)), len(tokenizer.tokenize(token))))
+
+
+def word_pieces(tokenizer: "PreTrainedTokenizerBase", token: str) -> list[str]:
+    """The pieces of `token` that are the tokenizer's own tokens for English words of two letters or more: 'zof' read
+    as 'z' + 'of</w>' brings the word 'of' and what it means ("a photo of ...") into every prompt it is in."""
+    pieces = [piece for piece in tokenizer.tokenize(token) if piece.endswith("</w>")]
+    return [piece for piece in pieces if len(word := piece.removesuffix("</w>")) > 1 and is_english_word(word)]

@@ -14,7 +14,7 @@ from storybook import registry
 from storybook.cli import app
 
 runner = CliRunner()
-DEMO_FIELDS_RIGHT = 22  # of Mia's 7 identity fields x 12 pages, read right: 27 measured (README, "Set-up")
+DEMO_FIELDS_RIGHT = 22  # of Mia's 7 identity fields x 12 pages, read right: 25 measured (docs/configuration.md)
 
 
 def invoke(home, *args):
@@ -297,3 +297,18 @@ def test_storybook_app_stopped_by_sigterm_or_sighup_stops_streamlit(tmp_path):
 def answers(port: int) -> bool:
     with socket.socket() as client:
         return client.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_train_with_no_samples_draws_no_grid_and_leaves_none_of_an_earlier_identity(home, sample_photos):
+    photos = [arg for path in sample_photos for arg in ("--photos", str(path))]
+    assert invoke(home, "character", "add", "Mia", *photos).exit_code == 0
+    options = ["--steps", "4", "--checkpoint-every", "2", "--no-prior-preservation"]
+    folder = registry.character_dir(home, "Mia")
+    with_grids = invoke(home, "character", "train", "Mia", "--method", "lora", *options)
+    assert with_grids.exit_code == 0, with_grids.output
+    assert (folder / "samples" / "step-000002.png").exists() and (folder / "samples" / "final.png").exists()
+    trained = invoke(home, "character", "train", "Mia", "--method", "lora", *options, "--no-samples")
+    assert trained.exit_code == 0, trained.output
+    assert (folder / "identity").is_dir() and not (folder / "samples").exists()
+    assert "Samples:" not in trained.output

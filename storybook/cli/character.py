@@ -205,6 +205,9 @@ def character_train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     restart: Annotated[bool, typer.Option(help="Discard an unfinished run's checkpoint and start over.")] = False,
     export_kohya: Annotated[bool, typer.Option(help="Also write a kohya/A1111-format LoRA file.")] = False,
+    samples: Annotated[
+        bool, typer.Option(help="Draw sample pictures at each checkpoint and at the end (--no-samples: none).")
+    ] = True,
     device: Annotated[
         str | None, typer.Option(help="cuda, mps or cpu (default: the config's, else the best available).")
     ] = None,
@@ -253,7 +256,13 @@ def character_train(
             except ValidationError as error:
                 problems = "; ".join(problem["msg"] for problem in error.errors())
                 raise ModelError(f"Bad IP-Adapter paths: {problems}.") from None
-        options = {"resume": resume, "restart": restart, "export_kohya": export_kohya, "device": device}
+        options = {
+            "resume": resume,
+            "restart": restart,
+            "export_kohya": export_kohya,
+            "device": device,
+            "sample_grids": samples,
+        }
         if every:
             train_every(method, model, overrides, adapter, image_scale, options, ray, ray_address, gpus_per_task)
             return
@@ -267,7 +276,8 @@ def character_train(
                 f"(photo loss {metadata.photo_loss_before:.4f} -> {metadata.photo_loss_after:.4f}): "
                 f"{folder / 'identity'}"
             )
-            console.print(f"Samples: {folder / 'samples' / 'final.png'}")
+            if samples:
+                console.print(f"Samples: {folder / 'samples' / 'final.png'}")
         if image_prompt:
             console.print(
                 f"Image prompt of {image_prompt.character} from {len(image_prompt.photo_sha256)} photos with the "

@@ -153,6 +153,9 @@ def lab_train_adapter(
         Path, typer.Option(help="The text-only storybook-mini to start from (what `lab train-mini` writes).")
     ] = Path(".cache/storybook-mini-text"),
     unet_steps: Annotated[int, typer.Option(min=1, help="Adapter + UNet steps.")] = 2400,
+    hat_weight: Annotated[
+        float, typer.Option(min=0.0, max=100.0, help="Extra loss weight on the hat's pixels (the recipe's hat_weight).")
+    ] = 0.0,
     seed: int = 0,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -160,6 +163,7 @@ def lab_train_adapter(
 
     def train() -> None:
         from storybook.lab.mini_adapter import train_mini_adapter
+        from storybook.lab.mini_model import MiniRecipe
         from storybook.models import pick_device
 
         on = str(pick_device(device))
@@ -171,6 +175,7 @@ def lab_train_adapter(
             unet_steps=unet_steps,
             seed=seed,
             device=on,
+            recipe=MiniRecipe(hat_weight=hat_weight),
             progress=console.print,
         )
 

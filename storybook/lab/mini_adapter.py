@@ -130,8 +130,8 @@ def encode_pairs(
     recipe: MiniRecipe = MiniRecipe(),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[world.Scene]]:
     """`count` story scenes of training-family toddlers in `recipe`'s framing: their scaled latents (count, 4, h, w),
-    where the toddler is on the latent grid (count, 1, h, w), the image embedding of one registration photo of each
-    scene's toddler (count, 64), on the VAE's and the encoder's devices, and the scenes (for captions)."""
+    where the toddler and its hat are on the latent grid (count, 2, h, w), the image embedding of one registration
+    photo of each scene's toddler (count, 64), on the VAE's and the encoder's devices, and the scenes (for captions)."""
     scenes = [
         world.random_scene(rng, world.random_toddler(rng, held_out=False), heights=recipe.heights) for _ in range(count)
     ]
@@ -241,7 +241,7 @@ def train_mini_adapter(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * warmup_cosine(step, 100, unet_steps)
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
-        captions = [training_caption(scenes[i], rng) for i in indices]
+        captions = [training_caption(scenes[i], rng, recipe.varied_captions) for i in indices]
         keep_image, branch_on = image_condition(torch.tensor([rng.random() for _ in indices], device=device))
         token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         with torch.no_grad():

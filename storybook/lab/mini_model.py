@@ -8,6 +8,7 @@ storybook/weights/storybook-mini (see README, "storybook-mini").
 """
 
 import copy
+import functools
 import io
 import json
 import math
@@ -26,6 +27,7 @@ from storybook.errors import LabError
 from storybook.lab import world
 from storybook.storage import atomic_write_bytes
 from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
+from storybook.story.stage import DEFAULT_STYLE
 from storybook.tiny_model import PROMPT_WORDS, assemble_pipeline, build_text_encoder, build_tokenizer
 from storybook.training.losses import diffusion_target
 
@@ -33,6 +35,10 @@ RESOLUTION = 64  # pixels; the VAE divides by 4, so the UNet works on 16x16 late
 PHOTO_SHARE = 0.15  # of training pictures that are plain-backdrop "photos", as parents upload
 UNDESCRIBED_SHARE = 0.25  # captions that say only "a toddler": the class prior that DreamBooth preserves
 UNCONDITIONAL_SHARE = 0.1  # captions dropped (to "" or the negative prompt) for classifier-free guidance
+# Varied captions (MiniRecipe.varied_captions): story pages are worded unlike the world's captions, so some captions
+# take the story stage's form, and some carry words the world never draws, which the model learns to pass over.
+STORY_FORM_SHARE = 0.3
+FILLER_SHARE = 0.5
 SCHEDULE = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -47,14 +53,27 @@ class MiniRecipe:
     """What a storybook-mini run draws and how its UNet learns; saved beside its checkpoints so a resume keeps it.
 
     `heights`: the toddler's height in story scenes (a share of the picture). `part_weight`: the loss on the latent
-    pixels the toddler covers counts 1 + part_weight times (the renderer knows where the toddler is). `min_snr_gamma`:
+    pixels the toddler covers counts 1 + part_weight times (the renderer knows where the toddler is); `hat_weight`
+    adds to that on the hat's (a few latent pixels, the signature's shape). `min_snr_gamma`:
     Min-SNR-gamma weighting of timesteps (Hang et al. 2023, arXiv 2303.09556), None for the plain loss.
+    `varied_captions`: some captions in the story stage's form, some with words no caption uses (`training_caption`).
     """
 
     resolution: int = RESOLUTION
     heights: tuple[float, float] = world.STORY_HEIGHTS
     part_weight: float = 4.0  # v4's choice so far: the pilot's best attributes at 500 steps (README, "v4")
     min_snr_gamma: float | None = 5.0
+    varied_captions: bool = True  # story-form captions and filler words (`training_caption`); v4 from step 6,000
+    hat_weight: float = 0.0  # the loss on the hat's latent pixels counts 1 + part_weight + hat_weight times
+
+
+# What a run saved before a field existed trained as: a recipe.json or snapshot without them reads with these values.
+LEGACY_RECIPE_FIELDS = {"varied_captions": False, "hat_weight": 0.0}
+
+
+def saved_recipe(text: str) -> dict:
+    """A saved recipe's fields, those it predates filled in with how it trained (`LEGACY_RECIPE_FIELDS`)."""
+    return {**LEGACY_RECIPE_FIELDS, **json.loads(text)}
 
 
 def mini_words() -> list[str]:
@@ -113,11 +132,49 @@ def training_scene(rng: random.Random, heights: tuple[float, float] = world.STOR
     return world.random_scene(rng, toddler, heights=heights)
 
 
-def training_caption(scene: world.Scene, rng: random.Random) -> str:
-    """The caption to train `scene` with: described, class-only ('a toddler ...'), or dropped for guidance."""
+def training_caption(scene: world.Scene, rng: random.Random, varied: bool = True) -> str:
+    """The caption to train `scene` with: described, class-only ('a toddler ...'), or dropped for guidance; when
+    `varied`, a story scene's caption takes the story stage's form (`world.story_caption`) STORY_FORM_SHARE of the
+    time, and FILLER_SHARE of the captions carry words no caption uses (`with_fillers`)."""
     if rng.random() < UNCONDITIONAL_SHARE:
         return rng.choice(["", DEFAULT_NEGATIVE_PROMPT])
-    return world.caption(scene, describe=rng.random() >= UNDESCRIBED_SHARE)
+    describe = rng.random() >= UNDESCRIBED_SHARE
+    if not varied:
+        return world.caption(scene, describe=describe)
+    if scene.setting != world.PLAIN and rng.random() < STORY_FORM_SHARE:
+        caption = world.story_caption(scene, describe, style=rng.choice([world.STYLE, DEFAULT_STYLE]))
+    else:
+        caption = world.caption(scene, describe=describe)
+    return with_fillers(caption, rng, scene.toddler.description) if rng.random() < FILLER_SHARE else caption
+
+
+@functools.cache
+def filler_words() -> tuple[str, ...]:
+    """Common English words that no caption uses and that bring none of the captions' tokens with them: not a word
+    of the tokenizer's vocabulary or of the signature (which no caption names), and no piece of them a caption word's
+    token ('that' would read as 't' + 'hat'). Some name things the world draws (sun, water), uncorrelated with the
+    picture: the model learns to pass over what the world's captions never say."""
+    from wordfreq import top_n_list  # 0.4 s to import: only when a run trains with varied captions
+
+    tokenizer = build_tokenizer(mini_words(), whole_words=True)
+    known = {*mini_words(), *world.HAT_SHAPES, *world.HAT_COLOURS, *world.PATTERNS, "hat", "stripe", "dot"}
+    known_tokens = {f"{word}</w>" for word in known}
+    return tuple(
+        word
+        for word in top_n_list("en", 2000)
+        if word.isalpha() and len(word) > 1 and word not in known and not known_tokens & set(tokenizer.tokenize(word))
+    )
+
+
+def with_fillers(caption: str, rng: random.Random, keep: str) -> str:
+    """`caption` with one to four `filler_words` slipped in between its words, as a story's wording brings words
+    that the model has never seen drawn; none inside the words of `keep` (the toddler's description: its attributes
+    stay bound to their nouns)."""
+    head, kept, tail = caption.partition(keep) if keep else (caption, "", "")
+    words = [*head.split(" "), kept, *tail.split(" ")] if kept else caption.split(" ")
+    for _ in range(rng.randint(1, 4)):
+        words.insert(rng.randint(0, len(words)), rng.choice(filler_words()))
+    return " ".join(word for word in words if word)
 
 
 def train_vae(
@@ -161,7 +218,8 @@ def encode_dataset(
     vae: AutoencoderKL, count: int, rng: random.Random, recipe: MiniRecipe = MiniRecipe()
 ) -> tuple[torch.Tensor, torch.Tensor, list[world.Scene]]:
     """`count` training scenes of `recipe`, their scaled VAE latents (count, 4, h, w, on the VAE's device) and where
-    the toddler is on the latent grid (count, 1, h, w: the share of each latent pixel it covers), computed once."""
+    the toddler and its hat are on the latent grid (count, 2, h, w: the share of each latent pixel they cover),
+    computed once."""
     size, heights = recipe.resolution, recipe.heights
     scenes = [training_scene(rng, heights) for _ in range(count)]
     latents, masks = [], []
@@ -175,11 +233,14 @@ def encode_dataset(
 @torch.no_grad()
 def encode_scenes(vae: AutoencoderKL, scenes: list[world.Scene], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`scenes` drawn at `size` px: their scaled VAE latents (N, 4, h, w) and the share of each latent pixel the
-    toddler covers (N, 1, h, w: where `denoising_loss` weighs the loss more), on the VAE's device."""
+    toddler covers and the hat covers (N, 2, h, w: where `denoising_loss` weighs the loss more), on the VAE's
+    device."""
     pictures = world.to_tensor([world.draw_scene(scene, size) for scene in scenes]).to(vae.device)
     latents = vae.encode(pictures).latent_dist.mean * vae.config.scaling_factor
-    covered = world.to_tensor([world.toddler_mask(scene, size).convert("RGB") for scene in scenes])[:, :1]
-    return latents, F.avg_pool2d((covered + 1) / 2, size // latents.shape[-1]).to(vae.device)
+    toddler = world.to_tensor([world.toddler_mask(scene, size).convert("RGB") for scene in scenes])[:, :1]
+    hat = world.to_tensor([world.hat_mask(scene, size).convert("RGB") for scene in scenes])[:, :1]
+    covered = F.avg_pool2d((torch.cat([toddler, hat], dim=1) + 1) / 2, size // latents.shape[-1])
+    return latents, covered.to(vae.device)
 
 
 def snr_per_timestep(scheduler: DDPMScheduler, device: torch.device | str) -> torch.Tensor:
@@ -250,8 +311,14 @@ def denoising_loss(
     recipe: MiniRecipe,
 ) -> torch.Tensor:
     """The v-prediction MSE, each latent pixel weighted 1 + part_weight x the share of it the toddler covers
-    (`covered`, (B, 1, h, w)) and each sample by Min-SNR-gamma (min(SNR, gamma) / (SNR + 1) for v-prediction)."""
-    pixel_weight = 1 + recipe.part_weight * covered
+    + hat_weight x the share the hat covers (`covered`, (B, 2, h, w), `encode_scenes`; a dataset from before the hat's
+    share has one channel, and trains only with hat_weight 0), and each sample by Min-SNR-gamma (min(SNR, gamma) /
+    (SNR + 1) for v-prediction)."""
+    pixel_weight = 1 + recipe.part_weight * covered[:, :1]
+    if recipe.hat_weight:
+        if covered.shape[1] < 2:
+            raise LabError("This dataset has no hat coverage (made before it): hat_weight needs a new --work folder.")
+        pixel_weight = pixel_weight + recipe.hat_weight * covered[:, 1:2]
     per_sample = ((prediction - target) ** 2 * pixel_weight).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
     if recipe.min_snr_gamma is not None:
         per_sample = per_sample * snr.clamp(max=recipe.min_snr_gamma) / (snr + 1)
@@ -354,7 +421,7 @@ def train_mini(
         for group in optimizer.param_groups:
             group["lr"] = 5e-4 * warmup_stable_decay(step, 200, schedule_steps or unet_steps)
         indices = [rng.randrange(len(scenes)) for _ in range(batch_size)]
-        captions = [training_caption(scenes[i], rng) for i in indices]
+        captions = [training_caption(scenes[i], rng, recipe.varied_captions) for i in indices]
         token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         batch = latents[indices]  # (B, 4, h, w)
         noise = torch.randn(batch.shape, generator=generator).to(device)
@@ -417,7 +484,7 @@ def load_snapshot(
     """Load a `save_snapshot` folder into every module of `unets` and `texts` (the trained and EMA copies); return its
     step. A snapshot of another recipe is refused."""
     saved = json.loads((folder / "snapshot.json").read_text())
-    if saved["recipe"] != json.loads(json.dumps(asdict(recipe))):
+    if saved_recipe(json.dumps(saved["recipe"])) != json.loads(json.dumps(asdict(recipe))):
         raise LabError(f"The snapshot {folder} was trained with another recipe ({saved['recipe']}); use its recipe.")
     for modules, name in ((unets, "unet"), (texts, "text_encoder")):
         weights = load_file(folder / f"{name}.safetensors")
@@ -429,7 +496,7 @@ def load_snapshot(
 def check_recipe(path: Path, recipe: MiniRecipe) -> None:
     """Write `recipe` to `path` for a new run; refuse to resume a run that was started with another recipe."""
     wanted = json.loads(json.dumps(asdict(recipe)))
-    if path.exists() and json.loads(path.read_text()) != wanted:
+    if path.exists() and saved_recipe(path.read_text()) != wanted:
         raise LabError(
             f"{path.parent} holds a run with another recipe ({path.read_text().strip()}); "
             "use another --work folder or the same recipe."

@@ -251,6 +251,16 @@ def caption(scene: Scene, describe: bool = True) -> str:
     return f"{subject}, {action}{friend} {SETTING_PHRASES[scene.setting]}, {STYLE}"
 
 
+def story_caption(scene: Scene, describe: bool = True, style: str = STYLE) -> str:
+    """The caption of a story scene in the story stage's own form (subject and action; the subject's description;
+    the style): 'a toddler holding a balloon at the beach; a toddler: curly red hair and light skin in a yellow
+    shirt; picture book style'. `describe=False` leaves out the description."""
+    action = OBJECTS[scene.object] if scene.object else scene.pose
+    friend = f" with a {scene.friend}" if scene.friend else ""
+    description = f"; a toddler: {scene.toddler.description}" if describe else ""
+    return f"a toddler {action}{friend} {SETTING_PHRASES[scene.setting]}{description}; {style}"
+
+
 PAGE_ACTIONS = [("ball", "standing"), (None, "waving"), ("teddy", "standing"), (None, "jumping")]
 PAGE_ACTIONS += [("balloon", "standing"), (None, "sitting")]  # (object, pose) of the benchmark's pages, in turn
 
@@ -326,6 +336,18 @@ def toddler_mask(scene: Scene, size: int = 64) -> Image.Image:
     canvas = Image.new("L", (size * scale, size * scale))
     draw_toddler(SilhouetteDraw(ImageDraw.Draw(canvas)), scene, feet_line(scene, ground, rng), size * scale)
     return canvas.resize((size, size), Image.Resampling.LANCZOS) if scale > 1 else canvas
+
+
+def hat_mask(scene: Scene, size: int = 64) -> Image.Image:
+    """Where `scene`'s hat shows, as a `size` px greyscale mask (255 on the hat, smooth edges): the pixels that change
+    when only the hat's colour does, so whatever stands in front of the hat is left out. Training may weigh it more."""
+    other = "black" if scene.toddler.hat_colour == "white" else "white"
+    recoloured = replace(scene, toddler=replace(scene.toddler, hat_colour=other))
+    change = np.abs(
+        np.asarray(draw_scene(scene, size), dtype=np.int16) - np.asarray(draw_scene(recoloured, size), dtype=np.int16)
+    ).max(axis=2)
+    contrast = max(abs(a - b) for a, b in zip(HAT_COLOURS[scene.toddler.hat_colour], HAT_COLOURS[other], strict=True))
+    return Image.fromarray((np.clip(change / contrast, 0, 1) * 255).astype(np.uint8), "L")
 
 
 class SilhouetteDraw:

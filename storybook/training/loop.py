@@ -391,6 +391,8 @@ def train_identity(
             (building / RECORD).write_text(metadata.model_dump_json(indent=2))
             if sample_grids:
                 samples(folder / "samples" / "final.png")
+        if not sample_grids:  # an earlier identity's grids would pass for this one's
+            shutil.rmtree(folder / "samples", ignore_errors=True)
         shutil.rmtree(checkpoint_root, ignore_errors=True)
         return metadata
 

@@ -64,13 +64,14 @@ def test_an_image_prompt_on_storybook_mini_draws_the_childs_look(tmp_path):
     assert with_prompt >= without + MIN_GAIN, (with_prompt, without)
 
 
-def test_the_adapter_trains_on_story_scenes_weighted_where_the_toddler_is():
+def test_the_adapter_trains_on_story_scenes_weighted_where_the_toddler_and_its_hat_are():
     latents, coverage, embeddings, scenes = encode_pairs(build_vae(), build_image_encoder(), 6, random.Random(0))
-    assert latents.shape == (6, 4, 16, 16) and coverage.shape == (6, 1, 16, 16) and embeddings.shape == (6, 64)
+    assert latents.shape == (6, 4, 16, 16) and coverage.shape == (6, 2, 16, 16) and embeddings.shape == (6, 64)
     for scene, covered in zip(scenes, coverage, strict=True):
         assert world.STORY_HEIGHTS[0] <= scene.height <= world.STORY_HEIGHTS[1]  # the toddler drawn large
-        mask = torch.from_numpy(np.asarray(world.toddler_mask(scene, 64), dtype=np.float32) / 255)
-        assert torch.allclose(covered[0], F.avg_pool2d(mask[None], 4)[0], atol=1e-6)  # the loss's weights
+        for channel, mask_of in enumerate((world.toddler_mask, world.hat_mask)):  # the loss's weights
+            mask = torch.from_numpy(np.asarray(mask_of(scene, 64), dtype=np.float32) / 255)
+            assert torch.allclose(covered[channel], F.avg_pool2d(mask[None], 4)[0], atol=1e-6)
 
 
 def test_adapter_training_refuses_a_work_folder_of_another_recipe_before_training(tmp_path):

@@ -13,13 +13,17 @@ from storybook.lab.evaluator import load_evaluator
 from storybook.lab.mini_model import (
     MiniRecipe,
     build_unet,
+    check_recipe,
     denoising_loss,
+    filler_words,
     mini_words,
     save_snapshot,
     train_mini,
+    training_caption,
     warmup_stable_decay,
 )
 from storybook.models import MINI_MODEL, MINI_MODEL_FOLDER, load_pipeline
+from storybook.story.checks import DEFAULT_NEGATIVE_PROMPT
 from storybook.tiny_model import build_tokenizer
 
 
@@ -27,6 +31,29 @@ def test_every_caption_word_is_one_token_and_an_identifier_is_several_unseen_one
     tokenizer = build_tokenizer(mini_words(), whole_words=True)
     assert all(len(tokenizer.tokenize(word)) == 1 for word in mini_words())
     assert len(tokenizer.tokenize("zorv")) > 1
+
+
+def test_varied_captions_take_the_story_form_and_carry_words_the_world_never_draws():
+    rng, forms, fillers = random.Random(3), set(), 0
+    signature_words = {*world.HAT_SHAPES, *world.HAT_COLOURS, *world.PATTERNS}
+    for _ in range(400):
+        scene = world.random_scene(rng, world.random_toddler(rng, held_out=False))
+        text = training_caption(scene, rng)
+        words = set(text.replace(",", " ").replace(";", " ").replace(":", " ").split())
+        if not text or text == DEFAULT_NEGATIVE_PROMPT:
+            continue
+        forms.add("story" if ";" in text else "world")
+        strangers = words - set(mini_words())
+        fillers += bool(strangers)
+        assert strangers <= set(filler_words()) and not strangers & signature_words
+        assert scene.toddler.description in text or "shirt" not in words  # described whole (no filler inside), or not
+    assert forms == {"story", "world"} and 120 < fillers < 280  # about half carry fillers
+    tokenizer, caption_tokens = build_tokenizer(mini_words(), whole_words=True), {f"{w}</w>" for w in mini_words()}
+    assert not any(caption_tokens & set(tokenizer.tokenize(word)) for word in filler_words())  # 'that': 't' + 'hat'
+    assert "that" not in filler_words() and "sun" in filler_words()
+    unvaried = random.Random(4)
+    plain = {training_caption(scene, unvaried, varied=False) for _ in range(50)} - {"", DEFAULT_NEGATIVE_PROMPT}
+    assert plain == {world.caption(scene), world.caption(scene, describe=False)}
 
 
 def test_the_committed_weights_are_small_and_load_through_from_pretrained(tmp_path):
@@ -105,6 +132,20 @@ def test_the_loss_weighs_the_toddlers_pixels_more_and_min_snr_weighs_clean_times
     )
 
 
+def test_the_hat_weight_weighs_the_hats_pixels_more_and_needs_a_dataset_that_knows_the_hat():
+    target, covered = torch.zeros(1, 4, 16, 16), torch.zeros(1, 2, 16, 16)
+    covered[:, 0, 2:10, 4:8] = 1  # the toddler
+    covered[:, 1, 2:4, 4:8] = 1  # its hat
+    on_hat, on_shirt = target.clone(), target.clone()
+    on_hat[:, :, 3, 5], on_shirt[:, :, 8, 5] = 1, 1
+    snr, parts = torch.tensor([0.5]), MiniRecipe(min_snr_gamma=None)
+    hats = MiniRecipe(min_snr_gamma=None, hat_weight=8.0)
+    assert denoising_loss(on_hat, target, snr, covered, parts) == denoising_loss(on_shirt, target, snr, covered, parts)
+    assert denoising_loss(on_hat, target, snr, covered, hats) > 2 * denoising_loss(on_shirt, target, snr, covered, hats)
+    with pytest.raises(LabError, match="no hat coverage"):
+        denoising_loss(on_hat, target, snr, covered[:, :1], hats)
+
+
 def test_the_learning_rate_holds_until_the_last_fifth_so_a_run_can_be_made_longer():
     assert warmup_stable_decay(0, 200, 1000) == 1 / 200
     assert warmup_stable_decay(700, 200, 1000) == warmup_stable_decay(700, 200, 5000) == 1.0
@@ -119,6 +160,14 @@ def test_a_run_resumes_only_with_the_recipe_it_started_with(tmp_path):
         train_mini(tmp_path / "out", tmp_path / "work", unet_steps=2, recipe=MiniRecipe(), **options)
     assert (tmp_path / "work" / "unet-checkpoint.pt").read_bytes() == checkpoint
     assert not (tmp_path / "work" / "vae.safetensors").exists()  # the given VAE is used as it is
+
+
+def test_a_recipe_saved_before_the_varied_captions_and_hat_weight_reads_as_trained_without_them(tmp_path):
+    path = tmp_path / "recipe.json"
+    path.write_text('{"resolution": 64, "heights": [0.72, 0.92], "part_weight": 4.0, "min_snr_gamma": 5.0}')
+    check_recipe(path, MiniRecipe(varied_captions=False))  # the same run: it resumes
+    with pytest.raises(LabError, match="another recipe"):
+        check_recipe(path, MiniRecipe())  # the captions changed
 
 
 def test_a_new_machine_goes_on_from_a_weights_only_snapshot(tmp_path):

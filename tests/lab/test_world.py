@@ -72,6 +72,31 @@ def test_captions_say_the_attributes_and_setting_but_never_the_signature():
     assert photo == "a photo of a toddler with curly red hair and light skin in a yellow shirt on a plain background"
 
 
+def test_the_hat_mask_covers_the_hat_alone_and_follows_its_shape():
+    rng = random.Random(3)
+    scene = replace(world.random_scene(rng, world.DEMO_TODDLER, "park"), friend=None, object=None)
+    hat = np.asarray(world.hat_mask(scene)) > 127
+    toddler = np.asarray(world.toddler_mask(scene)) > 127
+    assert 4 < hat.sum() < 0.25 * toddler.sum()  # a few pixels, part of the toddler's
+    assert (hat & ~toddler).sum() <= 2  # on the toddler's silhouette (up to a pixel of smooth edge)
+    rows = np.flatnonzero(hat.any(axis=1))
+    assert rows.max() < np.flatnonzero(toddler.any(axis=1)).mean()  # at the top of the toddler
+    cone = world.hat_mask(replace(scene, toddler=replace(world.DEMO_TODDLER, hat_shape="cone")))
+    assert (np.asarray(cone) > 127).sum() != hat.sum()  # another shape covers other pixels
+    white = replace(scene, toddler=replace(world.DEMO_TODDLER, hat_colour="white"))
+    assert (np.asarray(world.hat_mask(white)) > 127).sum() == hat.sum()  # whatever the hat's own colour
+
+
+def test_story_form_captions_say_the_action_setting_description_and_style_like_a_story_page():
+    rng = random.Random(2)
+    for _ in range(100):
+        scene = world.random_scene(rng, world.random_toddler(rng, held_out=False))
+        action, description, style = world.story_caption(scene, style="soft watercolor").split("; ")
+        assert action.startswith("a toddler ") and action.endswith(world.SETTING_PHRASES[scene.setting])
+        assert description == f"a toddler: {scene.toddler.description}" and style == "soft watercolor"
+        assert world.story_caption(scene, describe=False) == f"{action}; {world.STYLE}"
+
+
 def test_page_prompts_ask_for_twelve_pages_in_known_settings():
     prompts = world.page_prompts("zorv toddler")
     assert len(prompts) == len(world.page_settings()) == 12
