@@ -71,9 +71,9 @@ class MiniRecipe:
 LEGACY_RECIPE_FIELDS = {"varied_captions": False, "hat_weight": 0.0}
 
 
-def saved_recipe(text: str) -> dict:
-    """A saved recipe's fields, those it predates filled in with how it trained (`LEGACY_RECIPE_FIELDS`)."""
-    return {**LEGACY_RECIPE_FIELDS, **json.loads(text)}
+def saved_recipe(fields: dict) -> dict:
+    """A saved recipe's `fields`, those it predates filled in with how it trained (`LEGACY_RECIPE_FIELDS`)."""
+    return {**LEGACY_RECIPE_FIELDS, **fields}
 
 
 def mini_words() -> list[str]:
@@ -484,7 +484,7 @@ def load_snapshot(
     """Load a `save_snapshot` folder into every module of `unets` and `texts` (the trained and EMA copies); return its
     step. A snapshot of another recipe is refused."""
     saved = json.loads((folder / "snapshot.json").read_text())
-    if saved_recipe(json.dumps(saved["recipe"])) != json.loads(json.dumps(asdict(recipe))):
+    if saved_recipe(saved["recipe"]) != json.loads(json.dumps(asdict(recipe))):
         raise LabError(f"The snapshot {folder} was trained with another recipe ({saved['recipe']}); use its recipe.")
     for modules, name in ((unets, "unet"), (texts, "text_encoder")):
         weights = load_file(folder / f"{name}.safetensors")
@@ -496,7 +496,7 @@ def load_snapshot(
 def check_recipe(path: Path, recipe: MiniRecipe) -> None:
     """Write `recipe` to `path` for a new run; refuse to resume a run that was started with another recipe."""
     wanted = json.loads(json.dumps(asdict(recipe)))
-    if path.exists() and saved_recipe(path.read_text()) != wanted:
+    if path.exists() and saved_recipe(json.loads(path.read_text())) != wanted:
         raise LabError(
             f"{path.parent} holds a run with another recipe ({path.read_text().strip()}); "
             "use another --work folder or the same recipe."
